@@ -1,0 +1,167 @@
+"""What an adapter provides to the backend-neutral core.
+
+An adapter knows one framework: which values are its leaves, how to turn them
+into numpy, how to evaluate a loss at a float64 vector (functionally, or by
+writing into mutable state), its autodiff gradient, the random number
+generators to replay, and how to put every global setting back afterwards.
+It never compares anything: the core does.
+
+The core talks to an adapter through :meth:`Adapter.target`, a context manager
+yielding a :class:`Target`.  Everything the adapter changed (parameters,
+dtypes, framework flags, RNG state, train/eval mode) is restored when the
+context exits, whatever happened inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradcheck_core.errors import InputError
+from gradcheck_core.flatten import Flat, flatten, gradient_vector
+
+__all__ = ["Adapter", "Target", "RngState", "takes_argument", "python_rng_states"]
+
+
+def takes_argument(loss: Callable[..., Any]) -> bool:
+    """True if ``loss`` is to be called as ``loss(p)``, False for ``loss()``."""
+    try:
+        sig = inspect.signature(loss)
+    except (TypeError, ValueError):
+        return True
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL,):
+            return True
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            return True
+    return False
+
+
+@dataclass
+class RngState:
+    """A random number generator whose state is saved once and replayed.
+
+    ``get`` reads the state, ``set`` writes it.  The core sets the saved state
+    before every evaluation (so dropout draws the same mask each time) and once
+    more at the end (so the user's stream continues as if nothing had run).
+    """
+
+    name: str
+    get: Callable[[], Any]
+    set: Callable[[Any], None]
+
+
+def python_rng_states() -> list[RngState]:
+    """numpy's legacy global generator and Python's ``random``."""
+    return [
+        RngState("numpy.random", np.random.get_state, np.random.set_state),
+        RngState("random", random.getstate, random.setstate),
+    ]
+
+
+@dataclass
+class Target:
+    """A loss made ready for the core: everything in float64 vectors.
+
+    Attributes
+    ----------
+    flat : Flat
+        The parameters: names, shapes, ``x0``.
+    evaluate : callable
+        ``evaluate(x)`` -> the loss's raw output at the float64 vector ``x``.
+    gradient : callable or None
+        ``gradient()`` -> the framework's autodiff gradient at ``x0`` as a
+        float64 vector; None where the framework has none.
+    call_grad : callable
+        ``call_grad(user_grad_fn)`` calls a handwritten gradient function the
+        way the loss is called, at ``x0``.
+    evaluate_batch : callable or None
+        ``evaluate_batch(X)`` -> the losses at the rows of ``X`` (k, n).
+    evaluate_complex : callable or None
+        For the complex-step method.
+    precision : list of str
+        Why evaluations may not be in float64 (each a sentence with a remedy).
+    rngs : list of RngState
+        Generators to replay before each evaluation.
+    """
+
+    flat: Flat
+    evaluate: Callable[[np.ndarray], Any]
+    gradient: Callable[[], np.ndarray] | None
+    call_grad: Callable[[Callable[..., Any]], Any]
+    evaluate_batch: Callable[[np.ndarray], np.ndarray] | None = None
+    evaluate_complex: Callable[[np.ndarray], Any] | None = None
+    precision: list[str] = field(default_factory=list)
+    rngs: list[RngState] = field(default_factory=list)
+    framework: str = "numpy"
+    #: A picklable ``worker(rows) -> losses`` for process-pool executors, if any.
+    worker: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+class Adapter:
+    """Base class: one subclass per framework, in ``gradcheck_core.adapters``."""
+
+    #: Framework name, as reported and as used in error messages.
+    name: str = "?"
+
+    # -- values -----------------------------------------------------------------
+    def is_leaf(self, value: Any) -> bool:
+        """True for this framework's arrays/tensors/variables."""
+        raise NotImplementedError
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        """A leaf (or a loss output) as a numpy array, dtype preserved."""
+        raise NotImplementedError
+
+    def collect(self, params: Any) -> Any:
+        """Turn containers the framework owns (modules, models) into dicts."""
+        return params
+
+    def flatten(self, params: Any) -> Flat:
+        return flatten(self.collect(params), is_leaf=self.is_leaf, to_numpy=self.to_numpy)
+
+    def gradient_vector(self, grad: Any, flat: Flat) -> np.ndarray:
+        """A handwritten gradient (any accepted form) as a flat float64 vector."""
+        from gradcheck_core.adapters import to_numpy
+
+        return gradient_vector(grad, flat, to_numpy=to_numpy, is_leaf=_any_array)
+
+    def rng_states(self) -> list[RngState]:
+        """Generators the framework's code may draw from (besides numpy/random)."""
+        return []
+
+    # -- the check --------------------------------------------------------------
+    @contextlib.contextmanager
+    def target(self, loss: Callable[..., Any], params: Any, *, float64: bool = True) -> Iterator[Target]:
+        """Prepare ``loss`` for evaluation at float64 vectors; restore on exit."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def vjp(self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray]) -> list[np.ndarray]:
+        """Reverse-mode products ``u^T J`` of ``fn`` at ``inputs`` (float64).
+
+        Returns one numpy array per input.  Frameworks without autodiff raise.
+        """
+        raise InputError(
+            f"{self.name} has no automatic differentiation: pass the vector-Jacobian "
+            "product yourself with vjp=..."
+        )
+
+    def call(self, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
+        """Evaluate ``fn(*inputs)`` and return its outputs as numpy arrays."""
+        out = fn(*inputs)
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        return [np.asarray(self.to_numpy(o)) for o in outs]
+
+
+def _any_array(value: Any) -> bool:
+    """Leaf test for gradient values, which may come from any framework."""
+    from gradcheck_core.adapters import framework_of
+
+    return isinstance(value, np.ndarray) or framework_of(value) is not None

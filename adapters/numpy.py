@@ -1,0 +1,114 @@
+"""The numpy adapter: handwritten backward passes checked in float64.
+
+A loss ``loss(p)`` receives float64 copies of the parameters (float32 arrays
+included), so the user's arrays are never touched.  A zero-argument
+``loss()`` that reads the arrays directly is evaluated by writing the
+perturbed values into those arrays; their original bytes are put back when the
+check ends, also after an exception or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from gradcheck_core.errors import InputError
+
+from .base import Adapter, Target, python_rng_states, takes_argument
+
+
+class NumpyAdapter(Adapter):
+    name = "numpy"
+
+    def is_leaf(self, value: Any) -> bool:
+        return isinstance(value, (np.ndarray, np.generic, float)) and not isinstance(value, bool)
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return np.asarray(value)
+
+    @contextlib.contextmanager
+    def target(self, loss: Callable[..., Any], params: Any, *, float64: bool = True) -> Iterator[Target]:
+        flat = self.flatten(params)
+        if takes_argument(loss):
+            def evaluate(x: np.ndarray) -> Any:
+                return loss(flat.unravel(x, _float64_copy))
+
+            def call_grad(fn: Callable[..., Any]) -> Any:
+                return fn(flat.unravel(flat.x0, _float64_copy))
+
+            def evaluate_complex(z: np.ndarray) -> Any:
+                return loss(flat.unravel(z, lambda piece, _: np.array(piece, dtype=np.complex128)))
+
+            yield Target(
+                flat=flat,
+                evaluate=evaluate,
+                gradient=None,
+                call_grad=call_grad,
+                evaluate_complex=evaluate_complex,
+                rngs=python_rng_states(),
+                framework=self.name,
+            )
+            return
+        # loss() reads the arrays themselves: perturb them in place.
+        arrays = []
+        for leaf, value in zip(flat.leaves, flat.values):
+            if not isinstance(value, np.ndarray):
+                raise InputError(
+                    f"loss takes no argument, so parameter {leaf.name!r} must be a numpy array "
+                    f"that the loss reads, but it is a {type(value).__name__}, which cannot be "
+                    "changed in place. Write the loss as loss(p) and read the values from p."
+                )
+            if not value.flags.writeable:
+                raise InputError(
+                    f"parameter {leaf.name!r} is a read-only array, so a loss() without "
+                    "arguments cannot be checked by perturbing it; write the loss as loss(p)."
+                )
+            arrays.append(value)
+        precision = [
+            f"parameter {leaf.name!r} is {leaf.dtype} and the loss reads it in place, so each "
+            "perturbation is rounded to that precision; write the loss as loss(p) to have it "
+            "evaluated with float64 values"
+            for leaf in flat.leaves
+            if leaf.dtype not in ("float64", "float128", "longdouble")
+        ]
+        saved = [a.copy() for a in arrays]
+
+        def write(x: np.ndarray) -> None:
+            for a, piece in zip(arrays, flat.split(x)):
+                a[...] = piece
+
+        def evaluate(x: np.ndarray) -> Any:
+            write(x)
+            return loss()
+
+        def call_grad(fn: Callable[..., Any]) -> Any:
+            for a, s in zip(arrays, saved):
+                np.copyto(a, s)
+            return fn()
+
+        try:
+            yield Target(
+                flat=flat,
+                evaluate=evaluate,
+                gradient=None,
+                call_grad=call_grad,
+                precision=precision,
+                rngs=python_rng_states(),
+                framework=self.name,
+            )
+        finally:
+            for a, s in zip(arrays, saved):
+                np.copyto(a, s)
+
+
+def _float64_copy(piece: np.ndarray, original: Any) -> Any:
+    out = np.array(piece, dtype=np.float64)
+    if isinstance(original, float):
+        return float(out)
+    return out
+
+
+ADAPTER = NumpyAdapter()

@@ -1,0 +1,28 @@
+"""The one exception family of gradcheck-core."""
+
+from __future__ import annotations
+
+__all__ = ["GradcheckError", "InputError", "CheckFailed"]
+
+
+class GradcheckError(AssertionError):
+    """Base class of every error raised by gradcheck-core.
+
+    It derives from ``AssertionError`` so that a failed gradient check inside a
+    test suite reads as a failed assertion.
+    """
+
+
+class InputError(GradcheckError, ValueError):
+    """The loss, the parameters or the gradient given to a check are unusable.
+
+    The message names the offending value and says how to fix it.
+    """
+
+
+class CheckFailed(GradcheckError):
+    """A gradient check did not pass; ``report`` holds the full :class:`Report`."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report

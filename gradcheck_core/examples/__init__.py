@@ -1,0 +1,1 @@
+"""Small models used by the demos, the tests and the benchmarks."""

@@ -1,0 +1,310 @@
+"""Structure <-> one float64 vector, with a name for every leaf.
+
+A parameter structure is a single array or any nesting of dicts, lists,
+tuples and namedtuples of arrays.  :func:`flatten` walks it in a fixed order
+(dict insertion order, sequence order), names every leaf the way API.md says
+(``W1``, ``enc.W``, ``layer[0]``, ``[1]``) and concatenates the leaves into a
+single float64 vector.  :meth:`Flat.unravel` goes back.
+
+Which values count as leaves, and how a leaf becomes a numpy array, is the
+adapter's business: both are passed in as functions so that this module never
+needs to know about any framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["Leaf", "Flat", "flatten", "leaf_items", "gradient_vector"]
+
+# A node of the structure skeleton: ("leaf", i) | ("dict", type, keys, children)
+# | ("seq", type, children) | ("namedtuple", type, children).
+Node = tuple
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One parameter block of the flat vector."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.offset, self.offset + self.size)
+
+
+@dataclass
+class Flat:
+    """A flattened parameter structure.
+
+    Attributes
+    ----------
+    leaves : list of Leaf
+        Name, shape, offset and original dtype of every leaf, in flatten order.
+    values : list
+        The user's leaf objects, untouched.
+    x0 : numpy.ndarray
+        All leaves as one float64 vector (a copy).
+    """
+
+    leaves: list[Leaf]
+    values: list[Any]
+    x0: np.ndarray
+    skeleton: Node = field(repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.x0.size)
+
+    @property
+    def names(self) -> list[str]:
+        return [leaf.name for leaf in self.leaves]
+
+    def split(self, vec: np.ndarray) -> list[np.ndarray]:
+        """Cut a flat vector into one array per leaf, shaped like the leaf."""
+        return [vec[leaf.slice].reshape(leaf.shape) for leaf in self.leaves]
+
+    def unravel(
+        self,
+        vec: np.ndarray,
+        make: Callable[[np.ndarray, Any], Any] | None = None,
+    ) -> Any:
+        """Rebuild the structure from a flat vector.
+
+        Parameters
+        ----------
+        vec : numpy.ndarray
+            A vector of length ``n`` (float64 or complex128).
+        make : callable, optional
+            ``make(array, original_leaf)`` turns each piece into the value the
+            loss expects (a framework tensor, say).  Default: the numpy array.
+        """
+        pieces = self.split(vec)
+        if make is not None:
+            pieces = [make(p, v) for p, v in zip(pieces, self.values)]
+        return _rebuild(self.skeleton, pieces)
+
+    def block_of(self, index: int) -> tuple[int, tuple[int, ...]]:
+        """Which leaf a flat index falls into, and the index within that leaf."""
+        for b, leaf in enumerate(self.leaves):
+            if leaf.offset <= index < leaf.offset + leaf.size:
+                local = index - leaf.offset
+                return b, tuple(int(i) for i in np.unravel_index(local, leaf.shape))
+        raise IndexError(index)
+
+
+def _is_namedtuple(value: Any) -> bool:
+    return isinstance(value, tuple) and hasattr(type(value), "_fields")
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _walk(value: Any, prefix: str, is_leaf: Callable[[Any], bool], out: list) -> Node:
+    """Record ``(name, leaf)`` pairs in ``out`` and return the skeleton node."""
+    if isinstance(value, Mapping) and not is_leaf(value):
+        keys = list(value.keys())
+        children = [_walk(value[k], _join(prefix, k), is_leaf, out) for k in keys]
+        return ("dict", type(value), keys, children)
+    if _is_namedtuple(value) and not is_leaf(value):
+        children = [
+            _walk(v, _join(prefix, f), is_leaf, out) for f, v in zip(value._fields, value)
+        ]
+        return ("namedtuple", type(value), children)
+    if isinstance(value, (list, tuple)) and not is_leaf(value):
+        children = [_walk(v, f"{prefix}[{i}]", is_leaf, out) for i, v in enumerate(value)]
+        return ("seq", type(value), children)
+    out.append((prefix or "param", value))
+    return ("leaf", len(out) - 1)
+
+
+def _rebuild(node: Node, pieces: Sequence[Any]) -> Any:
+    kind = node[0]
+    if kind == "leaf":
+        return pieces[node[1]]
+    if kind == "dict":
+        _, typ, keys, children = node
+        items = [(k, _rebuild(c, pieces)) for k, c in zip(keys, children)]
+        try:
+            return typ(items)
+        except TypeError:
+            return dict(items)
+    if kind == "namedtuple":
+        _, typ, children = node
+        return typ(*[_rebuild(c, pieces) for c in children])
+    _, typ, children = node
+    values = [_rebuild(c, pieces) for c in children]
+    return typ(values) if typ in (list, tuple) else list(values)
+
+
+def leaf_items(value: Any, is_leaf: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:
+    """All ``(name, leaf)`` pairs of a structure, in flatten order."""
+    out: list[tuple[str, Any]] = []
+    _walk(value, "", is_leaf or (lambda v: False), out)
+    return out
+
+
+def _dtype_name(array: np.ndarray, original: Any) -> str:
+    dt = getattr(original, "dtype", None)
+    if dt is None:
+        return "float64" if isinstance(original, float) else str(array.dtype)
+    name = getattr(dt, "name", None) or str(dt)
+    return str(name).replace("torch.", "")
+
+
+def check_floating(name: str, array: np.ndarray, original: Any) -> None:
+    """Raise :class:`InputError` unless ``array`` holds real floating values."""
+    kind = array.dtype.kind
+    if kind == "f" or (kind == "V" and array.dtype.itemsize == 2):  # bfloat16 via ml_dtypes
+        return
+    if kind == "c":
+        raise InputError(
+            f"parameter {name!r} is complex ({array.dtype}); gradient checks need real "
+            "floating parameters. Split it into real and imaginary parts."
+        )
+    raise InputError(
+        f"parameter {name!r} has dtype {_dtype_name(array, original)}; gradients are "
+        "defined only for floating values. Convert it to float64 (for example "
+        f"`{name} = {name}.astype(float)` or `.double()`), or leave it out of params."
+    )
+
+
+def flatten(
+    params: Any,
+    *,
+    is_leaf: Callable[[Any], bool],
+    to_numpy: Callable[[Any], np.ndarray],
+) -> Flat:
+    """Flatten ``params`` into a :class:`Flat`.
+
+    Parameters
+    ----------
+    params : array or nested dict/list/tuple of arrays
+        The parameters.
+    is_leaf : callable
+        True for values that are leaves (arrays, tensors, variables).
+    to_numpy : callable
+        Turns a leaf into a numpy array (any floating dtype).
+
+    Raises
+    ------
+    InputError
+        For non-floating leaves, or when there is nothing to check.
+    """
+    pairs: list[tuple[str, Any]] = []
+    skeleton = _walk(params, "", is_leaf, pairs)
+    if not pairs:
+        raise InputError(
+            "params is empty: pass the arrays to check, e.g. params={'W1': W1, 'b1': b1}."
+        )
+    leaves: list[Leaf] = []
+    chunks: list[np.ndarray] = []
+    offset = 0
+    for name, value in pairs:
+        array = np.asarray(to_numpy(value))
+        check_floating(name, array, value)
+        leaves.append(Leaf(name, tuple(int(s) for s in array.shape), offset, _dtype_name(array, value)))
+        chunks.append(np.asarray(array, dtype=np.float64).reshape(-1))
+        offset += array.size
+    if offset == 0:
+        raise InputError(
+            f"params has {len(pairs)} leaves but all of them are empty (size 0); "
+            "there is nothing to check."
+        )
+    x0 = np.concatenate(chunks).astype(np.float64, copy=True)
+    return Flat(leaves, [v for _, v in pairs], x0, skeleton)
+
+
+def _gradient_key_candidates(name: str) -> list[str]:
+    """``W1`` -> ``W1``, ``dW1``; ``enc.W`` -> ``enc.W``, ``denc.W``, ``enc.dW``."""
+    out = [name, "d" + name]
+    if "." in name:
+        head, _, last = name.rpartition(".")
+        out.append(f"{head}.d{last}")
+    return out
+
+
+def gradient_vector(
+    grad: Any,
+    flat: Flat,
+    *,
+    to_numpy: Callable[[Any], np.ndarray],
+    is_leaf: Callable[[Any], bool],
+) -> np.ndarray:
+    """Turn a handwritten gradient into a float64 vector in flatten order.
+
+    Accepted forms: the structure of ``params``; a dict keyed by parameter
+    names or by names with a ``d`` prefix (``dW1`` for ``W1``; other keys such
+    as ``dZ1`` are ignored); one flat vector of length ``n``.
+    """
+    if grad is None:
+        raise InputError("the gradient is None; return the gradient arrays from grad=.")
+    # One flat vector in flatten order (also an (n, 1) column, as many tutorials use).
+    if is_leaf(grad) or isinstance(grad, np.ndarray):
+        array = np.asarray(to_numpy(grad))
+        if len(flat.leaves) == 1 and array.shape == flat.leaves[0].shape:
+            return _finite_vector(array.reshape(-1), flat.leaves[0].name)
+        if array.size == flat.n and array.ndim <= 2 and (array.ndim < 2 or 1 in array.shape):
+            return _finite_vector(array.reshape(-1), "the flat gradient")
+        expected = flat.leaves[0].shape if len(flat.leaves) == 1 else (flat.n,)
+        raise InputError(
+            f"the gradient is one array of shape {array.shape}, but the parameters need "
+            f"shape {expected} (or a flat vector of length {flat.n} in the order "
+            f"{', '.join(flat.names[:6])}{', ...' if len(flat.names) > 6 else ''}). "
+            "Return the gradient with the structure of params, or as a dict keyed by name."
+        )
+    pairs = dict(leaf_items(grad, is_leaf))
+    out = np.empty(flat.n, dtype=np.float64)
+    missing = []
+    for leaf in flat.leaves:
+        key = next((k for k in _gradient_key_candidates(leaf.name) if k in pairs), None)
+        if key is None:
+            missing.append(leaf.name)
+            continue
+        array = np.asarray(to_numpy(pairs[key]))
+        if array.dtype.kind not in "fiuV":
+            raise InputError(
+                f"gradient {key!r} has dtype {array.dtype}; return real floating arrays."
+            )
+        if array.shape != leaf.shape:
+            hint = " (it looks transposed)" if array.shape == leaf.shape[::-1] and array.ndim == 2 else ""
+            raise InputError(
+                f"gradient {key!r} has shape {array.shape} but parameter {leaf.name!r} has "
+                f"shape {leaf.shape}{hint}; the gradient of a parameter has the parameter's shape."
+            )
+        out[leaf.slice] = _finite_vector(array.reshape(-1), key)
+    if missing:
+        wanted = ", ".join(f"{m!r} (or 'd{m}')" for m in missing)
+        present = ", ".join(repr(k) for k in pairs) or "nothing"
+        raise InputError(
+            f"the gradient has no entry for {wanted}; it has {present}. Return one "
+            "gradient per parameter, keyed by the parameter's name or the name with a 'd' prefix."
+        )
+    return out
+
+
+def _finite_vector(vec: np.ndarray, what: str) -> np.ndarray:
+    vec = np.asarray(vec, dtype=np.float64)
+    bad = ~np.isfinite(vec)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{what} contains {vec[i]} at flat index {i} ({int(bad.sum())} non-finite "
+            "entries); the analytic gradient must be finite. Look for a log(0), a division "
+            "by zero or an overflow in the backward pass."
+        )
+    return vec

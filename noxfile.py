@@ -1,0 +1,83 @@
+"""Test, demo and benchmark sessions.
+
+``nox -s tests`` runs everything (every framework, every Keras backend, each
+Keras backend in its own pytest process); ``nox -s core`` proves the core
+works with numpy alone; one session per framework for quick work on one
+adapter.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+# The CPU wheel of this release is what CI machines carry; a looser pin pulls a CUDA build.
+TORCH = "torch==2.13.0"
+FRAMEWORK_PACKAGES = {
+    "torch": [TORCH],
+    "tensorflow": ["tensorflow-cpu"],
+    "jax": ["jax[cpu]"],
+    "keras": ["keras>=3", "tensorflow-cpu", "jax[cpu]", TORCH],
+}
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def install(session: nox.Session, *frameworks: str) -> None:
+    packages = [p for fw in frameworks for p in FRAMEWORK_PACKAGES[fw]]
+    session.install("-e", ".[test]", *dict.fromkeys(packages))
+
+
+def run_pytest(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
+    session.run("pytest", *args, *session.posargs, env=env or {}, success_codes=[0, 5])
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Everything: the core, every adapter, every Keras backend."""
+    install(session, "torch", "tensorflow", "jax", "keras")
+    run_pytest(session, "-m", "not keras")
+    for backend in KERAS_BACKENDS:
+        run_pytest(session, "-m", "keras", env={"KERAS_BACKEND": backend})
+
+
+@nox.session(python=PYTHON)
+def core(session: nox.Session) -> None:
+    """The core and the numpy adapter with no framework installed."""
+    install(session)
+    run_pytest(session, "-m", "not torch and not tensorflow and not jax and not keras")
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("framework", ["torch", "tensorflow", "jax"])
+def framework(session: nox.Session, framework: str) -> None:
+    """One framework's adapter tests."""
+    install(session, framework)
+    run_pytest(session, "-m", framework)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("backend", list(KERAS_BACKENDS))
+def keras(session: nox.Session, backend: str) -> None:
+    """Keras adapter tests on one backend (each backend in its own process)."""
+    install(session, "keras")
+    run_pytest(session, "-m", "keras", env={"KERAS_BACKEND": backend})
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The built-in examples."""
+    install(session, "torch", "tensorflow", "jax", "keras")
+    session.run("gradcheck", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: accuracy, overhead, and the comparisons with other tools."""
+    install(session, "torch", "tensorflow", "jax", "keras")
+    import glob
+
+    for script in sorted(glob.glob("benchmarks/*.py")):
+        session.run("python", script, *session.posargs)
