@@ -339,6 +339,7 @@ def run_check(loss: Any, params: Any, grad: Any, opts: Options, what: str = "gra
         t0 = time.perf_counter()
         f0 = fun(flat.x0)
         t_eval = time.perf_counter() - t0
+        fun.replay()  # the gradient sees the same random draws as every evaluation
         analytic = _analytic(grad, target, adapter)
         findings: list[Finding] = []
 
@@ -361,7 +362,10 @@ def run_check(loss: Any, params: Any, grad: Any, opts: Options, what: str = "gra
                 )
             )
 
-        noise, nfev_noise = fd.estimate_noise(fun, flat.x0, f0, rng)
+        try:
+            noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng)
+        except InputError:  # the probe left the loss's domain; the sweep will say where
+            noise = fd.EPS * abs(f0)
         noise = max(noise, spread)
         noise_rel = noise / abs(f0) if f0 != 0 else fd.EPS
         low_precision = fun.out_dtype not in ("float64", "float128", "longdouble", "complex128", None)
@@ -499,20 +503,21 @@ def _full(ctx: _Context) -> tuple[list[BlockResult], str, float]:
     scale = max(scale, float(np.max(np.abs(numeric))) if len(numeric) else 0.0)
 
     # Blocks whose error bounds swamp the gradient: try Richardson at larger steps.
+    r_default = fd.relative_step("richardson", ctx.noise_rel)
+    r_steps = [r_default] * len(per_block)
     if method in ("central", "forward") and opts.step is None:
-        for block_idx in per_block:
+        for b, block_idx in enumerate(per_block):
             pos = np.searchsorted(idx, block_idx)
             unsure = undecidable(a[pos], numeric[pos], err[pos], scale)
             if len(pos) and unsure.mean() > 0.5:
-                _escalate(ctx, block_idx, pos, numeric, err)
+                r_steps[b] = _escalate(ctx, block_idx, pos, numeric, err) or r_default
     kink = np.zeros(len(idx), dtype=bool)
     bad = np.zeros(len(idx), dtype=bool)
     tol = tolerance(a, numeric, err, opts.rtol, opts.atol)
     suspect = np.abs(a - numeric) > tol
     budget = REFINE_TOTAL
     if suspect.any():
-        r_rel = fd.relative_step("richardson", ctx.noise_rel)
-        for block_idx in per_block:
+        for block_idx, r_rel in zip(per_block, r_steps):
             pos = np.searchsorted(idx, block_idx)
             sus = pos[suspect[pos]]
             if not len(sus):
@@ -559,9 +564,16 @@ def _full(ctx: _Context) -> tuple[list[BlockResult], str, float]:
     return blocks, method, rel
 
 
-def _escalate(ctx: _Context, block_idx: np.ndarray, pos: np.ndarray, numeric: np.ndarray, err: np.ndarray) -> None:
-    """Re-differentiate a block with Richardson at steps large enough to beat the noise."""
+def _escalate(
+    ctx: _Context, block_idx: np.ndarray, pos: np.ndarray, numeric: np.ndarray, err: np.ndarray
+) -> float | None:
+    """Re-differentiate a block with Richardson at steps large enough to beat the noise.
+
+    Keeps whichever estimates have the smallest error bounds and returns the
+    Richardson step that gave them (None if the first sweep stays best).
+    """
     best = float(np.median(err[pos]))
+    chosen = None
     base = fd.relative_step("richardson", ctx.noise_rel)
     for rel in (base, max(base, 1e-2)):
         value, roundoff, trunc = fd.sweep(
@@ -572,6 +584,8 @@ def _escalate(ctx: _Context, block_idx: np.ndarray, pos: np.ndarray, numeric: np
         if float(np.median(e)) < best:
             best = float(np.median(e))
             numeric[pos], err[pos] = value, e
+            chosen = rel
+    return chosen
 
 
 def _complex_sanity(ctx: _Context, idx: np.ndarray, numeric: np.ndarray) -> None:

@@ -1,0 +1,71 @@
+"""The finite difference engine on its own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradcheck_core import differences as fd
+
+
+def rosen(x: np.ndarray) -> float:
+    return float(np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
+
+
+def rosen_grad(x: np.ndarray) -> np.ndarray:
+    g = np.zeros_like(x)
+    g[:-1] = -400 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2 * (1 - x[:-1])
+    g[1:] += 200 * (x[1:] - x[:-1] ** 2)
+    return g
+
+
+@given(st.floats(-1e8, 1e8, allow_nan=False), st.floats(1e-12, 1e-2))
+def test_taken_steps_are_exactly_representable(x: float, rel: float) -> None:
+    h = fd.taken_steps(np.array([x]), rel)[0]
+    assert (x + h) - x == h
+    assert abs(h) > 0
+
+
+@pytest.mark.parametrize("method,bound", [("central", 1e-8), ("forward", 1e-5), ("richardson", 1e-10)])
+def test_sweep_accuracy_on_rosenbrock(method: str, bound: float) -> None:
+    x = np.random.default_rng(0).uniform(-1.5, 1.5, 20)
+    f0 = rosen(x)
+    value, roundoff, trunc = fd.sweep(
+        rosen, x, np.arange(20), f0, method=method, rel_step=fd.relative_step(method), noise=fd.EPS * abs(f0)
+    )
+    g = rosen_grad(x)
+    assert np.linalg.norm(value - g) / np.linalg.norm(g) < bound
+    assert np.all(roundoff > 0)
+
+
+def test_noise_estimate_tells_float32_from_float64() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(30)
+    f64 = lambda v: float(np.sum(np.sin(v) ** 2))  # noqa: E731
+    f32 = lambda v: float(np.sum(np.sin(v.astype(np.float32)) ** 2, dtype=np.float32))  # noqa: E731
+    n64, k = fd.estimate_noise(f64, x, f64(x), np.random.default_rng(1))
+    n32, _ = fd.estimate_noise(f32, x, f32(x), np.random.default_rng(1))
+    assert k == 8
+    assert n64 / abs(f64(x)) < 1e-14
+    assert 1e-9 < n32 / abs(f32(x)) < 1e-5
+
+
+def test_refine_sees_a_kink_and_a_smooth_point() -> None:
+    relu_sum = lambda v: float(np.sum(np.maximum(v, 0)))  # noqa: E731
+    x = np.array([0.0, 1.0])
+    kink = fd.refine(relu_sum, x, 0, relu_sum(x), rel_step=1e-3, noise=1e-16)
+    smooth = fd.refine(relu_sum, x, 1, relu_sum(x), rel_step=1e-3, noise=1e-16)
+    assert not kink.smooth and {round(kink.left, 6), round(kink.right, 6)} == {0.0, 1.0}
+    assert smooth.smooth and smooth.value == pytest.approx(1.0, abs=1e-9)
+
+
+def test_directional_derivative() -> None:
+    x = np.random.default_rng(2).uniform(-1, 1, 50)
+    v = np.random.default_rng(3).standard_normal(50)
+    value, err, nfev = fd.directional(rosen, x, v, rel_step=1e-3, noise=1e-14, f0=rosen(x))
+    exact = rosen_grad(x) @ v
+    assert nfev == 4
+    assert abs(value - exact) <= max(err, 1e-9 * abs(exact))
+    assert abs(value - exact) / abs(exact) < 1e-9
