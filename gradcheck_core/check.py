@@ -404,7 +404,7 @@ def run_check(loss: Any, params: Any, grad: Any, opts: Options, what: str = "gra
                 if b.verdict == "fail":
                     b.verdict, b.passed = "inconclusive", False
         for b in blocks:
-            if b.verdict == "fail" and b.checked_by == "coordinates":
+            if b.verdict == "fail" and len(b.indices):
                 leaf = flat.leaves[[l.name for l in flat.leaves].index(b.name)]
                 x_local = flat.x0[b.indices + leaf.offset]
                 full = None
@@ -427,8 +427,8 @@ def run_check(loss: Any, params: Any, grad: Any, opts: Options, what: str = "gra
             )
     verdicts = {b.verdict for b in blocks}
     verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
-    a_all = np.concatenate([b.analytic for b in blocks]) if blocks else np.zeros(0)
-    n_all = np.concatenate([b.numeric for b in blocks]) if blocks else np.zeros(0)
+    a_all = np.concatenate([b.compared()[0] for b in blocks]) if blocks else np.zeros(0)
+    n_all = np.concatenate([b.compared()[1] for b in blocks]) if blocks else np.zeros(0)
     from .compare import rel_error
 
     return Report(
@@ -705,7 +705,9 @@ def merge_reports(reports: list[Report]) -> Report:
     first = reports[0]
     return Report(
         verdict=verdict,
-        rel_error=rel_error(np.concatenate([b.analytic for b in blocks]), np.concatenate([b.numeric for b in blocks])),
+        rel_error=rel_error(
+            np.concatenate([b.compared()[0] for b in blocks]), np.concatenate([b.compared()[1] for b in blocks])
+        ),
         blocks=blocks,
         findings=findings,
         nfev=sum(r.nfev for r in reports),

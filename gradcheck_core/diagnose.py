@@ -66,6 +66,22 @@ def diagnose_block(block: BlockResult, x: np.ndarray, full: np.ndarray | None = 
     out: list[Finding] = []
     if len(a) == 0 or not np.any(d):
         return out
+    if block.size >= 10 and 0 < block.n_bad <= max(3, 0.01 * block.size):
+        bad_local = [
+            tuple(int(i) for i in np.unravel_index(int(k), block.shape))
+            for k in block.indices[np.abs(d) > block.tolerance][:5]
+        ]
+        out.append(
+            Finding(
+                "sparse_error",
+                name,
+                f"only {block.n_bad} of the {block.size} entries of {name} are wrong "
+                f"(at {', '.join(map(str, bad_local))}); the rest agree. Look for an indexing, "
+                "slicing or broadcasting mistake that touches just those entries.",
+                {"entries": bad_local, "n_bad": block.n_bad},
+            )
+        )
+        return out
     na, nn = float(np.linalg.norm(a)), float(np.linalg.norm(n))
     if na <= 1e-12 * nn:
         out.append(
@@ -151,19 +167,3 @@ def diagnose_block(block: BlockResult, x: np.ndarray, full: np.ndarray | None = 
                     )
                 )
                 return out
-    if block.n_checked >= 10 and block.n_bad <= max(3, 0.05 * block.n_checked):
-        bad_local = [
-            tuple(int(i) for i in np.unravel_index(int(k), block.shape))
-            for k in block.indices[np.abs(d) > block.tolerance][:5]
-        ]
-        out.append(
-            Finding(
-                "sparse_error",
-                name,
-                f"only {block.n_bad} of {block.n_checked} checked entries of {name} are wrong "
-                f"(at {', '.join(map(str, bad_local))}); the rest agree. Look for an indexing, "
-                "slicing or broadcasting mistake that touches just those entries.",
-                {"entries": bad_local},
-            )
-        )
-    return out

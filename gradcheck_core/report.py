@@ -78,6 +78,17 @@ class BlockResult:
     n_kink: int = 0
     dtype: str = "float64"
     checked_by: str = "coordinates"
+    #: fast mode: analytic and numerical directional derivatives, one per direction
+    directional_analytic: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    directional_numeric: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: fast mode: evaluations spent localising wrong entries
+    n_tests: int = 0
+
+    def compared(self) -> tuple[np.ndarray, np.ndarray]:
+        """The values behind ``rel_error``: entries, or directions in fast mode."""
+        if self.checked_by == "directions":
+            return self.directional_analytic, self.directional_numeric
+        return self.analytic, self.numeric
 
     @property
     def size(self) -> int:
@@ -97,11 +108,14 @@ class BlockResult:
             "n_bad": self.n_bad,
             "n_kink": self.n_kink,
             "checked_by": self.checked_by,
+            "n_tests": self.n_tests,
         }
         if arrays:
             out["indices"] = self.indices.tolist()
             out["analytic"] = self.analytic.tolist()
             out["numeric"] = self.numeric.tolist()
+            out["directional_analytic"] = self.directional_analytic.tolist()
+            out["directional_numeric"] = self.directional_numeric.tolist()
         return _plain(out)
 
 

@@ -66,6 +66,6 @@ def test_directional_derivative() -> None:
     v = np.random.default_rng(3).standard_normal(50)
     value, err, nfev = fd.directional(rosen, x, v, rel_step=1e-3, noise=1e-14, f0=rosen(x))
     exact = rosen_grad(x) @ v
-    assert nfev == 4
+    assert nfev == 6
     assert abs(value - exact) <= max(err, 1e-9 * abs(exact))
-    assert abs(value - exact) / abs(exact) < 1e-9
+    assert abs(value - exact) / abs(exact) < 1e-11
