@@ -35,6 +35,8 @@ AUTO_FULL_SECONDS = 5.0
 # ...or when there are at most this many coordinates.
 AUTO_FULL_SIZE = 2000
 MODES = ("auto", "full", "fast")
+# Relative noise above this (about 4500 x float64 round-off) is reported as low precision.
+NOISY = 1e-12
 
 
 class Options:
@@ -372,6 +374,13 @@ def run_check(loss: Any, params: Any, grad: Any, opts: Options, what: str = "gra
         reasons = list(target.precision)
         if low_precision:
             reasons.insert(0, f"the loss returns {fun.out_dtype}, not float64")
+        elif noise_rel > NOISY and not nondeterministic:
+            reasons.insert(
+                0,
+                f"its measured round-off is {noise_rel / fd.EPS:.0f} times that of float64 arithmetic, "
+                "so part of it runs in lower precision (a float32 array or constant, a float32 "
+                "framework default) or sums many terms with cancellation",
+            )
         if reasons:
             findings.append(
                 Finding(

@@ -1,21 +1,550 @@
-"""Built-in examples for ``gradcheck demo``."""
+"""Built-in examples for ``gradcheck demo``: the situations people ask about.
+
+Each demo re-creates a situation from the questions and tutorials that
+people write about gradient checking, shows what a plain central-difference
+loop says about it, and what :func:`gradcheck_core.check` says.  Every demo
+states the outcome it expects and reports whether it got it, so
+``gradcheck demo`` doubles as a smoke test (exit status 1 when a demo did not
+turn out as expected).
+
+Demos that need a framework import it only when they run, and are skipped
+with a one-line note when it (or its gradcheck-core adapter) is missing.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 import numpy as np
 
 import gradcheck_core as gc
 
+from .errors import GradcheckError
+from .render import _wants_colour, print_report, rich_available
 
-def three_layer_net() -> None:
-    """A LINEAR-RELU-LINEAR-RELU-LINEAR-SIGMOID net with the bugs dW2 * 2 and db1 * 4."""
-    from gradcheck_core.examples import three_layer
+__all__ = ["DEMOS", "Demo", "Case", "run", "list_demos", "plain_loop"]
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+@dataclass
+class Case:
+    """One check a demo runs, with the outcome it expects.
+
+    ``expect`` is the verdict; ``failed`` the names of the parameters that
+    must fail (others must not); ``finding`` a ``(kind, block)`` the report
+    must contain.
+    """
+
+    label: str
+    report: gc.Report
+    expect: str
+    failed: tuple[str, ...] | None = None
+    finding: tuple[str, str | None] | None = None
+
+    def verify(self) -> tuple[bool, str]:
+        """``(as_expected, explanation)``."""
+        r = self.report
+        if r.verdict != self.expect:
+            return False, f"expected {self.expect.upper()}, got {r.verdict.upper()}"
+        if self.failed is not None and set(r.failed_blocks) != set(self.failed):
+            return False, f"expected {sorted(self.failed)} to fail, got {sorted(r.failed_blocks)}"
+        if self.finding is not None:
+            kind, block = self.finding
+            if not any(f.kind == kind and (block is None or f.block == block) for f in r.findings):
+                where = f" on {block}" if block else ""
+                return False, f"expected a {kind!r} finding{where}, got {[f.kind for f in r.findings]}"
+        return True, f"{self.expect.upper()} as expected"
+
+
+@dataclass
+class Outcome:
+    """What a demo produced: its cases and the figures it can draw."""
+
+    cases: list[Case] = field(default_factory=list)
+    figures: list[tuple[str, Callable[[str], None]]] = field(default_factory=list)
+
+
+@dataclass
+class Demo:
+    """A built-in example."""
+
+    name: str
+    title: str
+    summary: str
+    needs: tuple[str, ...]
+    body: Callable[[Output], Outcome]
+    adapter: str | None = None
+
+    def missing(self) -> str | None:
+        """Why the demo cannot run here (one line), or None."""
+        for module in self.needs:
+            if importlib.util.find_spec(module) is None:
+                extra = {"sklearn": "scikit-learn"}.get(module, f"'gradcheck-core[{module}]'")
+                return f"needs {module}, which is not installed (pip install {extra})"
+        if self.adapter is not None:
+            from .adapters import get_adapter
+
+            try:
+                get_adapter(self.adapter)
+            except GradcheckError:
+                return f"the {self.adapter} adapter of gradcheck-core is not available in this installation"
+        return None
+
+
+class Output:
+    """Where a demo writes: rich on a terminal, plain text elsewhere."""
+
+    def __init__(self, stream: TextIO | None = None, color: bool | None = None) -> None:
+        self.stream = sys.stdout if stream is None else stream
+        wanted = _wants_colour(self.stream) if color is None else bool(color)
+        self.rich = wanted and rich_available()
+        self.console: Any = None
+        if self.rich:
+            from rich.console import Console
+
+            self.console = Console(file=self.stream, force_terminal=True, highlight=False)
+
+    def heading(self, text: str) -> None:
+        if self.console is not None:
+            self.console.rule(f"[bold]{text}", align="left")
+        else:
+            self.stream.write(f"\n== {text} ==\n")
+
+    def say(self, text: str = "", style: str | None = None) -> None:
+        if self.console is not None:
+            from rich.text import Text
+
+            self.console.print(Text(text, style=style or ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def report(self, report: gc.Report) -> None:
+        print_report(report, self.stream, color=self.rich)
+
+
+def plain_loop(loss: Callable[[Any], Any], params: Any, grad: np.ndarray, eps: float = 1e-7) -> tuple[float, np.ndarray]:
+    """What the textbook loop computes: one relative error over all entries.
+
+    Central differences with a fixed step ``eps`` on every coordinate, then
+    ``||grad - approx|| / (||grad|| + ||approx||)``.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(p)`` with ``p`` shaped like ``params`` (numpy).
+    params : numpy array or dict/list of arrays
+        Where to differentiate.
+    grad : numpy.ndarray
+        The gradient to judge, as one flat vector in flatten order.
+    eps : float
+        The step.
+
+    Returns
+    -------
+    difference, approx
+    """
+    from .adapters import detect
+
+    flat = detect(params).flatten(params)
+    x0 = flat.x0
+    approx = np.empty(flat.n)
+    for i in range(flat.n):
+        xp, xm = x0.copy(), x0.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        fp = float(np.asarray(loss(flat.unravel(xp))))
+        fm = float(np.asarray(loss(flat.unravel(xm))))
+        approx[i] = (fp - fm) / (2 * eps)
+    g = np.asarray(grad, dtype=np.float64).reshape(-1)
+    denom = np.linalg.norm(g) + np.linalg.norm(approx)
+    return float(np.linalg.norm(g - approx) / denom) if denom else 0.0, approx
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence C-level log lines (TensorFlow's start-up chatter) while importing.
+
+    What was written is replayed if the import fails.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), fd)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            if not ok:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
+
+
+def _import_keras() -> Any:
+    if "keras" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with _quiet_stderr():
+            import keras
+
+            # the first op initialises the backend (and logs); do it while quiet
+            keras.ops.convert_to_numpy(keras.ops.add(1.0, 1.0))
+    import keras
+
+    return keras
+
+
+# ----------------------------------------------------------------------------- the demos
+
+
+def _keras_iris(out: Output) -> Outcome:
+    from .examples import iris
+
+    keras = _import_keras()
+    W, Xb, Y = iris.problem()
+    cce = keras.losses.CategoricalCrossentropy()
+    J = iris.cost(cce, Xb, Y)
+    grad = iris.gradient(Xb, Y)
+    out.say(
+        "Softmax regression on iris (150 x 5 inputs, W of shape (5, 3)) with the correct handwritten\n"
+        "gradient Xb.T (softmax(Xb W) - Y) / m; the cost is Keras' CategoricalCrossentropy(), which\n"
+        f"computes in {keras.backend.floatx()} (Keras backend: {keras.backend.backend()})."
+    )
+    diff, _ = plain_loop(J, W, grad(W), eps=1e-7)
+    out.say(
+        f"A plain central-difference loop with step 1e-7 says: difference = {diff:.3g}  "
+        "(\"clearly wrong\" - for a correct gradient).",
+        style="bold",
+    )
+    out.say("gc.check(cost, W, grad):")
+    ok = gc.check(J, W, grad)
+    out.report(ok)
+    out.say(
+        "The check measures the loss's float32 noise, picks its step and tolerance from it and passes the\n"
+        "correct gradient; the low_precision finding says how to evaluate in float64 instead."
+    )
+    out.say("The same loss with a gradient 2% too large (gc.check(cost, W, 1.02 * grad)):")
+    bad = gc.check(J, W, iris.gradient(Xb, Y, factor=1.02))
+    out.report(bad)
+
+    def steps(path: str) -> None:
+        from .plot import step_curve
+
+        cce64 = keras.losses.CategoricalCrossentropy(dtype="float64", reduction=None)
+
+        def J64(w: np.ndarray) -> float:
+            return float(np.mean(keras.ops.convert_to_numpy(cce64(Y, iris.softmax(Xb @ w)))))
+
+        step_curve({"Keras default (float32)": J, "Keras dtype='float64'": J64}, W, grad, path=path)
+
+    return Outcome(
+        [
+            Case("correct gradient, float32 loss", ok, "pass", finding=("low_precision", None)),
+            Case("gradient 2% too large, float32 loss", bad, "fail", failed=("param",), finding=("scale", "param")),
+        ],
+        [("", lambda path: bad.plot(path)), ("-steps", steps)],
+    )
+
+
+def _three_layer(out: Output) -> Outcome:
+    from .examples import three_layer
 
     params, X, Y = three_layer.problem()
-    report = gc.check(three_layer.cost(X, Y), params, three_layer.backward(X, Y, buggy=True))
-    print(report)
+    J = three_layer.cost(X, Y)
+    grads = three_layer.backward(X, Y, buggy=True)
+    out.say(
+        "LINEAR-RELU-LINEAR-RELU-LINEAR-SIGMOID, parameters W1, b1, W2, b2, W3, b3; the backward pass\n"
+        "returns a dict with dW1, db1, ... (and the cache entries dZ*, dA*), with two mistakes:\n"
+        "dW2 = ... * 2 and db1 = 4./m * ...  ."
+    )
+    from .adapters import detect
+
+    g = detect(params).flatten(params)
+    vec = np.concatenate([grads(params)["d" + name].ravel() for name in g.names])
+    diff, _ = plain_loop(J, params, vec, eps=1e-7)
+    out.say(
+        f"A plain central-difference loop with step 1e-7 says: difference = {diff:.3g} > 1e-7, "
+        "\"there is a mistake in the backward propagation\" - but not where.",
+        style="bold",
+    )
+    out.say("gc.check(cost, params, backward):")
+    report = gc.check(J, params, grads)
+    out.report(report)
+    out.say("Fixed (no factors):")
+    fixed = gc.check(J, params, three_layer.backward(X, Y, buggy=False))
+    out.report(fixed)
+    return Outcome(
+        [
+            Case("dW2 * 2 and db1 * 4", report, "fail", failed=("W2", "b1"), finding=("scale", "W2")),
+            Case("fixed backward pass", fixed, "pass"),
+        ],
+        [("", lambda path: report.plot(path))],
+    )
 
 
-def run(args: list[str]) -> int:
-    three_layer_net()
-    return 0
+def _digits(out: Output) -> Outcome:
+    from .examples import digits
+
+    params, X, Y = digits.problem()
+    J = digits.cost(X, Y)
+    t0 = time.perf_counter()
+    J(params)
+    t_eval = time.perf_counter() - t0
+    n = sum(v.size for v in params.values())
+    out.say(
+        f"sklearn's digits, all {X.shape[0]} images: 64-100-10 with sigmoid units, cross-entropy and L2\n"
+        f"regularisation (lambda = {digits.LAMBDA}); theta1 (65, 100), theta2 (101, 10) with bias rows,\n"
+        f"{n} parameters. The backward pass returns one flat vector and forgets + lambda/m * theta2."
+    )
+    out.say(
+        f"A plain loop over all {n} coordinates costs 2 x {n} evaluations x {1000 * t_eval:.0f} ms = "
+        f"about {2 * n * t_eval:.0f} s, and then gives one number. Here: 40 random entries of each parameter.",
+        style="bold",
+    )
+    out.say("gc.check(cost, params, backward, mode='full', sample=40):")
+    report = gc.check(J, params, digits.backward(X, Y, buggy=True), mode="full", sample=40, seed=0)
+    out.report(report)
+    return Outcome(
+        [Case("theta2 without its regularisation term", report, "fail", failed=("theta2",), finding=("missing_term", "theta2"))],
+        [("", lambda path: report.plot(path))],
+    )
+
+
+def _dropout(out: Output) -> Outcome:
+    import torch
+
+    from .examples import dropout
+
+    model, loss = dropout.problem(correct=True)
+    out.say(
+        "A torch classifier Linear(6, 12) - Tanh - Dropout(0.5) - Linear(12, 3) in train mode: every\n"
+        "forward pass draws a new dropout mask. The usual advice is to switch dropout off for the check."
+    )
+    # The plain loop: perturb in place, evaluate, no control over the random masks.
+    names = [n for n, _ in model.named_parameters()]
+    model.zero_grad()
+    loss().backward()
+    auto = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
+    model.zero_grad(set_to_none=True)
+    approx = []
+    with torch.no_grad():
+        for p in model.parameters():
+            flat = p.view(-1)
+            for i in range(flat.numel()):
+                keep = flat[i].item()
+                flat[i] = keep + 1e-3
+                fp = float(loss())
+                flat[i] = keep - 1e-3
+                fm = float(loss())
+                flat[i] = keep
+                approx.append((fp - fm) / 2e-3)
+    a = np.array(approx)
+    g = auto.numpy()
+    diff = float(np.linalg.norm(g - a) / (np.linalg.norm(g) + np.linalg.norm(a)))
+    out.say(
+        f"A plain loop (step 1e-3) with dropout on says: difference = {diff:.3g} - every evaluation saw another mask.",
+        style="bold",
+    )
+    out.say("gc.check(loss, model)  (torch's random state is replayed before every evaluation):")
+    training = model.training
+    ok = gc.check(loss, model)
+    out.report(ok)
+    out.say(f"model.training afterwards: {model.training} (was {training}); parameters: {', '.join(names)}")
+    out.say("A hand-written dropout (autograd.Function) whose backward forgets the 1/(1-p) factor:")
+    model_bad, loss_bad = dropout.problem(correct=False)
+    bad = gc.check(loss_bad, model_bad)
+    out.report(bad)
+    return Outcome(
+        [
+            Case("nn.Dropout, train mode", ok, "pass"),
+            Case("backward forgets 1/(1-p)", bad, "fail", failed=("0.weight", "0.bias"), finding=("scale", None)),
+        ],
+        [("", lambda path: bad.plot(path))],
+    )
+
+
+def _tiny(out: Output) -> Outcome:
+    from .examples import tiny
+
+    params, fixed, X, Y = tiny.problem()
+    J = tiny.cost(fixed, X, Y)
+    right = tiny.backward(fixed, X, Y)
+    wrong = tiny.backward(fixed, X, Y, factor=1.15)
+    g_right, g_wrong = right(params)["dW1"], wrong(params)["dW1"]
+    out.say(
+        f"A ten-class net on a plateau: cost {J(params):.3f}, first-layer gradient entries around "
+        f"{np.median(np.abs(g_right)):.1e}\n(largest {np.abs(g_right).max():.1e}). One backward pass is "
+        "right, the other 15% too large in every entry."
+    )
+    for label, g in (("correct", g_right), ("15% off", g_wrong)):
+        d7, approx = plain_loop(J, params, g, eps=1e-7)
+        d3, approx3 = plain_loop(J, params, g, eps=1e-3)
+        out.say(
+            f"  {label:8s} plain loop: max |grad - approx| = {np.abs(g.ravel() - approx3).max():.1e} (\"tiny\"), "
+            f"difference at step 1e-7 = {d7:.2f}, at step 1e-3 = {d3:.2g}"
+        )
+    out.say(
+        "Absolute differences call both fine; the textbook step 1e-7 calls both wrong (the loss's round-off,\n"
+        "about 2.3 x 1e-16 / 1e-7, is larger than the gradient).",
+        style="bold",
+    )
+    out.say("gc.check(cost, params, correct):")
+    ok = gc.check(J, params, right)
+    out.report(ok)
+    out.say("gc.check(cost, params, fifteen_percent_off):")
+    bad = gc.check(J, params, wrong)
+    out.report(bad)
+    return Outcome(
+        [
+            Case("correct, entries ~1e-11", ok, "pass"),
+            Case("15% too large, entries ~1e-11", bad, "fail", failed=("W1",), finding=("scale", "W1")),
+        ],
+        [("", lambda path: bad.plot(path))],
+    )
+
+
+DEMOS: dict[str, Demo] = {
+    d.name: d
+    for d in (
+        Demo(
+            "keras-iris",
+            "float32 Keras loss on iris: a correct gradient that a plain loop calls wrong",
+            "Keras CategoricalCrossentropy (float32) on iris: plain loop 0.2-0.3, our verdict PASS",
+            ("keras", "sklearn"),
+            _keras_iris,
+        ),
+        Demo(
+            "three-layer",
+            "three-layer net with dW2 * 2 and db1 * 4",
+            "the course assignment's net with dW2 * 2 and db1 * 4: which parameters, which factor",
+            (),
+            _three_layer,
+        ),
+        Demo(
+            "digits",
+            "digits net (64-100-10, L2) whose theta2 gradient forgets the regularisation",
+            "sklearn digits, 64-100-10 sigmoid net, theta2 gradient without lambda/m * theta2",
+            ("sklearn",),
+            _digits,
+        ),
+        Demo(
+            "dropout",
+            "dropout in train mode (torch): checked with the random masks replayed",
+            "torch net with Dropout(0.5) in train mode; a dropout backward that forgets 1/(1-p)",
+            ("torch",),
+            _dropout,
+            adapter="torch",
+        ),
+        Demo(
+            "tiny",
+            "tiny gradients (~1e-11): correct passes, 15% off fails",
+            "gradient entries around 1e-11 on a cost of 2.3: correct passes, 15% off fails",
+            (),
+            _tiny,
+        ),
+    )
+}
+
+
+def list_demos(stream: TextIO | None = None) -> None:
+    """Print the demos, one per line, with what they need."""
+    stream = sys.stdout if stream is None else stream
+    width = max(len(name) for name in DEMOS)
+    for demo in DEMOS.values():
+        missing = demo.missing()
+        note = f"  [skipped here: {missing}]" if missing else ""
+        stream.write(f"{demo.name.ljust(width)}  {demo.summary}{note}\n")
+    stream.flush()
+
+
+def run(
+    names: list[str] | None = None,
+    *,
+    stream: TextIO | None = None,
+    color: bool | None = None,
+    plot_dir: str | None = None,
+) -> int:
+    """Run demos (all by default).
+
+    Parameters
+    ----------
+    names : list of str, optional
+        Demo names (see :data:`DEMOS`); default all.
+    stream : text stream, optional
+        Where to write (default ``sys.stdout``).
+    color : bool, optional
+        Force (True) or forbid (False) the rich output; default: on a terminal.
+    plot_dir : str, optional
+        Save each demo's figures there as ``NAME.png`` (and ``NAME-steps.png``).
+
+    Returns
+    -------
+    int
+        0 when every demo that ran turned out as expected (skipped ones
+        included), 1 otherwise.
+    """
+    out = Output(stream, color)
+    chosen = list(DEMOS) if not names else names
+    unknown = [n for n in chosen if n not in DEMOS]
+    if unknown:
+        raise GradcheckError(f"no demo named {unknown[0]!r}; the demos are {', '.join(DEMOS)}.")
+    if plot_dir is not None:
+        os.makedirs(plot_dir, exist_ok=True)
+    status = 0
+    summary = []
+    for name in chosen:
+        demo = DEMOS[name]
+        missing = demo.missing()
+        if missing:
+            out.say(f"skipped {name}: {missing}")
+            summary.append(f"{name}: skipped")
+            continue
+        out.heading(f"{name}: {demo.title}")
+        start = time.perf_counter()
+        try:
+            outcome = demo.body(out)
+        except Exception as exc:  # a demo that breaks must not hide the others
+            out.say(f"{name} stopped: {type(exc).__name__}: {exc}", style="bold red")
+            summary.append(f"{name}: ERROR")
+            status = 1
+            continue
+        seconds = time.perf_counter() - start
+        verdicts = []
+        for case in outcome.cases:
+            ok, why = case.verify()
+            verdicts.append(ok)
+            out.say(f"  [{'ok' if ok else 'UNEXPECTED'}] {case.label}: {why}", style="green" if ok else "bold red")
+        if plot_dir is not None:
+            for suffix, draw in outcome.figures:
+                path = os.path.join(plot_dir, f"{name}{suffix}.png")
+                try:
+                    draw(path)
+                    out.say(f"  figure: {path}")
+                except ImportError as exc:
+                    out.say(f"  no figure: {exc}")
+        out.say(f"  ({seconds:.1f} s)", style="dim")
+        if not all(verdicts):
+            status = 1
+        summary.append(f"{name}: {'as expected' if all(verdicts) else 'UNEXPECTED'}")
+    if len(chosen) > 1:
+        out.say("")
+        out.say("summary: " + "; ".join(summary), style="bold")
+    return status

@@ -167,3 +167,4 @@ def diagnose_block(block: BlockResult, x: np.ndarray, full: np.ndarray | None = 
                     )
                 )
                 return out
+    return out

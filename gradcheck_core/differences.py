@@ -261,17 +261,21 @@ def estimate_noise(
         Evaluations used.
     """
     n = x0.size
-    v = rng.standard_normal(n)
-    v /= np.linalg.norm(v)
-    scale = rel_step * max(1.0, float(np.max(np.abs(x0))))
+    v = rng.standard_normal(n) * np.maximum(1.0, np.abs(x0))
     half = points // 2
-    ts = np.arange(-half, points - half + 1) * scale
-    values = np.empty(len(ts))
-    for k, t in enumerate(ts):
-        values[k] = f0 if t == 0 else fun(x0 + t * v)
-    nfev = len(ts) - 1
     floor = EPS * abs(f0)
-    if np.ptp(values) == 0:
+    nfev = 0
+    for scale in (rel_step, 100 * rel_step, 1e4 * rel_step):
+        ts = np.arange(-half, points - half + 1) * scale
+        values = np.empty(len(ts))
+        for k, t in enumerate(ts):
+            values[k] = f0 if t == 0 else fun(x0 + t * v)
+        nfev += len(ts) - 1
+        # A loss that does not move at all under these steps is quantised
+        # (float32 parameters, say): look again with larger steps.
+        if len(np.unique(values)) >= 3:
+            break
+    else:
         return floor, nfev
     table = values.copy()
     sigmas = []
