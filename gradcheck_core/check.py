@@ -97,6 +97,7 @@ class LossFunction:
         self.flat = target.flat
         self.nfev = 0
         self.out_dtype: str | None = None
+        self.first_output: Any = None  # the raw first loss output, for precision notes
         self.executor = executor
         self._saved = [r.get() for r in target.rngs]
 
@@ -125,6 +126,7 @@ class LossFunction:
             raise InputError(f"the loss returned a {array.dtype} value; return a floating point scalar.")
         if self.out_dtype is None:
             self.out_dtype = str(array.dtype)
+            self.first_output = out
         value = float(array.reshape(()).astype(np.float64))
         if not math.isfinite(value):
             raise InputError(self._not_finite(value, x))
@@ -239,10 +241,12 @@ def _indices(flat: Any, sample: int | None, rng: np.random.Generator) -> list[np
 
 
 @contextlib.contextmanager
-def _prepared(loss: Any, params: Any, opts: Options) -> Iterator[tuple[Any, Any, LossFunction]]:
+def _prepared(
+    loss: Any, params: Any, opts: Options, adapter: Any = None
+) -> Iterator[tuple[Any, Any, LossFunction]]:
     from .adapters import detect
 
-    adapter = detect(params)
+    adapter = adapter if adapter is not None else detect(params)
     with adapter.target(loss, params, float64=opts.float64) as target:
         fun = LossFunction(target, adapter, opts.executor)
         try:
@@ -332,10 +336,12 @@ def check(
     return run_check(loss, params, grad, opts)
 
 
-def run_check(loss: Any, params: Any, grad: Any, opts: Options, what: str = "gradient") -> Report:
-    """:func:`check` with validated options."""
+def run_check(
+    loss: Any, params: Any, grad: Any, opts: Options, what: str = "gradient", adapter: Any = None
+) -> Report:
+    """:func:`check` with validated options (``adapter``: default, the one of ``params``)."""
     start = time.perf_counter()
-    with _prepared(loss, params, opts) as (adapter, target, fun):
+    with _prepared(loss, params, opts, adapter) as (adapter, target, fun):
         flat = target.flat
         rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
@@ -373,7 +379,10 @@ def run_check(loss: Any, params: Any, grad: Any, opts: Options, what: str = "gra
         low_precision = fun.out_dtype not in ("float64", "float128", "longdouble", "complex128", None)
         reasons = list(target.precision)
         if low_precision:
+            from .adapters import precision_notes
+
             reasons.insert(0, f"the loss returns {fun.out_dtype}, not float64")
+            reasons.extend(n for n in precision_notes(fun.first_output, target.framework) if n not in reasons)
         elif noise_rel > NOISY and not nondeterministic:
             reasons.insert(
                 0,
@@ -429,8 +438,8 @@ def run_check(loss: Any, params: Any, grad: Any, opts: Options, what: str = "gra
                     kinks[0].name if len(kinks) == 1 else None,
                     f"{total} coordinate(s) sit at a kink of the loss ({', '.join(b.name for b in kinks)}): "
                     "the slopes left and right differ (ReLU at 0, abs, max), so finite differences "
-                    "cannot judge them; the analytic value lies between the two one-sided slopes "
-                    "and was not counted as wrong.",
+                    "cannot judge them; they were not counted as wrong. Move the parameters off "
+                    "the kink (a small random shift) to check them too.",
                     {"blocks": {b.name: b.n_kink for b in kinks}},
                 )
             )
@@ -549,13 +558,9 @@ def _full(ctx: _Context) -> tuple[list[BlockResult], str, float]:
                         bad[p] = True
                         confirmed_bad += 1
                 else:
-                    lo, hi = min(ref.left, ref.right), max(ref.left, ref.right)
-                    if lo - t <= a[p] <= hi + t:
-                        kink[p] = True
-                    else:
-                        bad[p] = True
-                        confirmed_bad += 1
-                        numeric[p] = ref.left if abs(a[p] - ref.left) < abs(a[p] - ref.right) else ref.right
+                    # Not differentiable here: no value is right or wrong.
+                    kink[p] = True
+                    numeric[p] = ref.left if abs(a[p] - ref.left) < abs(a[p] - ref.right) else ref.right
             else:
                 continue
             # Past the budget with confirmed bad entries: the unexamined suspects count as bad.
@@ -632,14 +637,14 @@ def check_loss(loss_fn: Callable[..., Any], y_true: Any, y_pred: Any, grad: Any 
     **options
         As for :func:`check`.
     """
-    from .adapters import detect
+    from .adapters import loss_adapter
 
-    adapter = detect(y_pred)
+    adapter = loss_adapter(loss_fn, y_pred)
     closure = adapter.loss_closure(loss_fn, y_true, y_pred) if hasattr(adapter, "loss_closure") else (
         lambda yp: loss_fn(y_true, yp)
     )
     opts = Options(**options)
-    report = run_check(closure, y_pred, grad, opts, what="loss")
+    report = run_check(closure, y_pred, grad, opts, what="loss", adapter=adapter)
     if len(report.blocks) == 1:
         report.blocks[0].name = "y_pred"
     return report

@@ -66,7 +66,7 @@ def diagnose_block(block: BlockResult, x: np.ndarray, full: np.ndarray | None = 
     out: list[Finding] = []
     if len(a) == 0 or not np.any(d):
         return out
-    if block.size >= 10 and 0 < block.n_bad <= max(3, 0.01 * block.size):
+    if block.size >= 20 and 0 < block.n_bad <= max(3, 0.01 * block.size):
         bad_local = [
             tuple(int(i) for i in np.unravel_index(int(k), block.shape))
             for k in block.indices[np.abs(d) > block.tolerance][:5]

@@ -248,7 +248,7 @@ def estimate_noise(
     """Round-off noise of ``fun`` near ``x0`` by ECnoise (More and Wild, 2011).
 
     Evaluates ``fun`` at ``points`` equally spaced points on a short segment
-    through ``x0`` along a random direction, builds the difference table and
+    from ``x0`` along a random direction, builds the difference table and
     takes the noise level from the first order at which the scaled
     differences agree and change sign (where they measure noise, not the
     function's curvature).
@@ -262,11 +262,12 @@ def estimate_noise(
     """
     n = x0.size
     v = rng.standard_normal(n) * np.maximum(1.0, np.abs(x0))
-    half = points // 2
     floor = EPS * abs(f0)
     nfev = 0
     for scale in (rel_step, 100 * rel_step, 1e4 * rel_step):
-        ts = np.arange(-half, points - half + 1) * scale
+        # One-sided points: a kink exactly at x0 (a ReLU at 0, abs(0)) then
+        # sits at the end of the segment, not in the middle of the table.
+        ts = np.arange(0, points + 1) * scale
         values = np.empty(len(ts))
         for k, t in enumerate(ts):
             values[k] = f0 if t == 0 else fun(x0 + t * v)
@@ -311,17 +312,26 @@ def directional(
     ``|R2 - R1|`` plus the round-off.  ``t`` is chosen so that no coordinate
     moves by more than ``rel_step * max(1, |x|)``.
 
-    Returns the value, an error estimate, and the evaluations used (6).
+    Returns the value, an error estimate (infinite where the one-sided slopes
+    reveal a kink on the segment), and the evaluations used (6).
     """
     vmax = float(np.max(np.abs(v))) or 1.0
     t = rel_step * max(1.0, float(np.max(np.abs(x0[v != 0])) if np.any(v) else 1.0)) / vmax
     steps = (t, t / 2, t / 4)
-    d = []
+    d, gap = [], []
     for s in steps:
-        d.append((fun(x0 + s * v) - fun(x0 - s * v)) / (2 * s))
+        fp, fm = fun(x0 + s * v), fun(x0 - s * v)
+        d.append((fp - fm) / (2 * s))
+        gap.append(((fp - f0) - (f0 - fm)) / s)  # right slope - left slope
     r1 = (4 * d[1] - d[0]) / 3
     r2 = (4 * d[2] - d[1]) / 3
     value = r2 + (r2 - r1) / 15
     noise = max(noise, EPS * abs(f0))
     roundoff = (4 * noise / steps[2] + noise / steps[1]) / 3
+    # For a smooth function the slope gap halves with the step; along a line
+    # through a kink it does not, and then no derivative exists to compare.
+    for k in (0, 1):
+        slack = 20 * noise / steps[k + 1] + 1e-3 * abs(gap[k])
+        if abs(gap[k] - 2 * gap[k + 1]) > slack:
+            return float(value), float("inf"), 6
     return float(value), float(abs(r2 - r1) + roundoff), 6

@@ -115,7 +115,8 @@ def plot_errors(report: Report, ax: Axes) -> None:
     rotate = len(names) > 6 or max((len(n) for n in names), default=0) > 10
     ax.set_xticklabels(names, rotation=45 if rotate else 0, ha="right" if rotate else "center")
     ax.set_ylabel("relative error  ||a - n|| / (||a|| + ||n||)")
-    ax.set_xlim(-0.6, len(names) - 0.4)
+    pad = max(0.0, (3 - len(names)) / 2)
+    ax.set_xlim(-0.6 - pad, len(names) - 0.4 + pad)
     ax.grid(axis="y", which="major", alpha=0.3, zorder=0)
     from matplotlib.patches import Patch
 
@@ -124,7 +125,7 @@ def plot_errors(report: Report, ax: Axes) -> None:
         if any(b.verdict == verdict for b in report.blocks):
             handles.append(Patch(color=_COLOUR[verdict]))
             labels.append(verdict)
-    ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.9)
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_title(
         f"gradient check: {report.verdict.upper()}  (rel_error {report.rel_error:.2e}, "
         f"{report.framework}, {report.method} differences)",

@@ -148,7 +148,7 @@ def render_rich(report: Report) -> Any:
         style="dim",
     )
 
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column("verdict")
     table.add_column("parameter", overflow="fold")
     table.add_column("shape")
@@ -177,13 +177,13 @@ def render_rich(report: Report) -> Any:
         findings.add_column(no_wrap=True)
         findings.add_column(ratio=1)
         for f in report.findings:
-            label = Text(f"{f.kind}", style="bold magenta")
+            label = Text.assemble(("  * ", "dim"), (f.kind, "bold magenta"))
             body = Text()
             if f.block:
                 body.append(f.block, style="bold")
                 body.append(": ")
             body.append(f.message)
-            findings.add_row(Text("  *", style="dim") + Text(" ") + label, body)
+            findings.add_row(label, body)
         parts.append(findings)
     extra = []
     if report.noise == report.noise and report.noise > 0:
