@@ -100,14 +100,23 @@ class LossFunction:
         self.first_output: Any = None  # the raw first loss output, for precision notes
         self.executor = executor
         self._saved = [r.get() for r in target.rngs]
+        # Generators the loss actually draws from; decided after the first call.
+        self._active: list[int] | None = None
 
     # -- RNG replay ---------------------------------------------------------
     def replay(self) -> None:
-        for r, s in zip(self.target.rngs, self._saved):
-            r.set(s)
+        for k in range(len(self._saved)) if self._active is None else self._active:
+            self.target.rngs[k].set(self._saved[k])
+
+    def _learn_active(self) -> None:
+        if self._active is None:
+            self._active = [
+                k for k, (r, s) in enumerate(zip(self.target.rngs, self._saved)) if not _same_state(r.get(), s)
+            ]
 
     def restore_rngs(self) -> None:
-        self.replay()
+        for r, s in zip(self.target.rngs, self._saved):
+            r.set(s)
 
     # -- values -------------------------------------------------------------
     def scalar(self, out: Any, x: np.ndarray | None) -> float:
@@ -153,6 +162,7 @@ class LossFunction:
         self.replay()
         out = self.target.evaluate(x)
         self.nfev += 1
+        self._learn_active()
         return self.scalar(out, x)
 
     def complex(self, z: np.ndarray) -> complex:
@@ -209,6 +219,20 @@ class LossFunction:
 
     def _row_values(self, rows: np.ndarray) -> np.ndarray:
         return np.array([self.scalar(self.target.evaluate(r), r) for r in rows])
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    """Whether two saved generator states are equal (False when unsure)."""
+    try:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+            return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+        if isinstance(a, (str, bytes, int, float, type(None))):
+            return a == b
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except Exception:  # an opaque state: replay it every time
+        return False
 
 
 def _analytic(grad: Any, target: Any, adapter: Any, what: str = "grad") -> np.ndarray:

@@ -133,6 +133,11 @@ class Output:
             self.stream.write(wrapped + "\n")
         self.stream.flush()
 
+    def line(self, text: str) -> None:
+        """One line as it is, never wrapped (skip notes)."""
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def report(self, report: gc.Report) -> None:
         print_report(report, self.stream, color=self.rich)
 
@@ -520,7 +525,7 @@ def run(
         demo = DEMOS[name]
         missing = demo.missing()
         if missing:
-            out.say(f"skipped {name}: {missing}")
+            out.line(f"skipped {name}: {missing}")
             summary.append(f"{name}: skipped")
             continue
         out.heading(f"{name}: {demo.title}")

@@ -75,33 +75,31 @@ def taken_steps(x: np.ndarray, rel: float) -> np.ndarray:
     return (x + h) - x
 
 
-def _points(x0: np.ndarray, idx: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Rows ``x0 + h_k e_{idx_k}``."""
-    rows = np.repeat(x0[None, :], len(idx), axis=0)
-    rows[np.arange(len(idx)), idx] += h
-    return rows
-
-
-def _evaluate_rows(
+def _evaluate_shifted(
     fun: Callable[[np.ndarray], float],
     batch: Callable[[np.ndarray], np.ndarray] | None,
-    rows_of: Callable[[np.ndarray], np.ndarray],
+    x0: np.ndarray,
     idx: np.ndarray,
-    n: int,
+    shift: np.ndarray,
     tick: Callable[[int], None] | None,
 ) -> np.ndarray:
-    """Evaluate ``fun`` at the points ``rows_of(chunk)`` for every index."""
+    """``fun(x0 + shift_k e_{idx_k})`` for every k, batched where possible."""
     out = np.empty(len(idx))
     if batch is not None:
-        chunk = max(1, min(len(idx), (32 << 20) // (8 * max(n, 1))))
+        chunk = max(1, min(len(idx), (32 << 20) // (8 * max(x0.size, 1))))
         for start in range(0, len(idx), chunk):
-            part = idx[start : start + chunk]
-            out[start : start + len(part)] = batch(rows_of(part))
+            part = np.arange(start, min(start + chunk, len(idx)))
+            rows = np.repeat(x0[None, :], len(part), axis=0)
+            rows[np.arange(len(part)), idx[part]] += shift[part]
+            out[part] = batch(rows)
             if tick:
                 tick(len(part))
         return out
+    x = x0.copy()
     for k, i in enumerate(idx):
-        out[k] = fun(rows_of(np.array([i]))[0])
+        x[i] = x0[i] + shift[k]
+        out[k] = fun(x)
+        x[i] = x0[i]
         if tick:
             tick(1)
     return out
@@ -133,7 +131,6 @@ def sweep(
         else zeros.
     """
     idx = np.asarray(idx, dtype=np.int64)
-    n = x0.size
     xi = x0[idx]
     noise = max(noise, EPS * abs(f0))
     zeros = np.zeros(len(idx))
@@ -142,46 +139,36 @@ def sweep(
             raise ValueError("complex step needs a complex evaluation")
         h = rel_step * np.maximum(1.0, np.abs(xi))
         out = np.empty(len(idx))
+        z = x0.astype(np.complex128)
         for k, i in enumerate(idx):
-            z = x0.astype(np.complex128)
-            z[i] += 1j * h[k]
+            z[i] = x0[i] + 1j * h[k]
             out[k] = complex_fun(z).imag / h[k]
+            z[i] = x0[i]
             if tick:
                 tick(1)
         return out, 4 * EPS * np.abs(out) + 1e-300, zeros
     h = taken_steps(xi, rel_step)
-
-    def plus(part: np.ndarray, scale: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda sub: _points(x0, sub, _lookup(idx, h, sub) * scale)
-
     if method == "forward":
-        fp = _evaluate_rows(fun, batch, plus(idx), idx, n, tick)
+        fp = _evaluate_shifted(fun, batch, x0, idx, h, tick)
         return (fp - f0) / h, 2 * noise / np.abs(h), zeros
+    hm = xi - (xi - h)  # the backward step actually taken
     if method == "central":
-        hm = xi - (xi - h)  # the backward step actually taken
-        fp = _evaluate_rows(fun, batch, plus(idx), idx, n, None)
-        fm = _evaluate_rows(fun, batch, lambda sub: _points(x0, sub, -_lookup(idx, hm, sub)), idx, n, tick)
+        fp = _evaluate_shifted(fun, batch, x0, idx, h, None)
+        fm = _evaluate_shifted(fun, batch, x0, idx, -hm, tick)
         return (fp - fm) / (h + hm), 2 * noise / np.abs(h + hm), zeros
     if method == "richardson":
         h2 = taken_steps(xi, rel_step / 2)
-        f1p = _evaluate_rows(fun, batch, plus(idx), idx, n, None)
-        f1m = _evaluate_rows(fun, batch, plus(idx, -1.0), idx, n, None)
-        f2p = _evaluate_rows(fun, batch, lambda sub: _points(x0, sub, _lookup(idx, h2, sub)), idx, n, None)
-        f2m = _evaluate_rows(fun, batch, lambda sub: _points(x0, sub, -_lookup(idx, h2, sub)), idx, n, tick)
-        d1 = (f1p - f1m) / (2 * h)
-        d2 = (f2p - f2m) / (2 * h2)
+        h2m = xi - (xi - h2)
+        f1p = _evaluate_shifted(fun, batch, x0, idx, h, None)
+        f1m = _evaluate_shifted(fun, batch, x0, idx, -hm, None)
+        f2p = _evaluate_shifted(fun, batch, x0, idx, h2, None)
+        f2m = _evaluate_shifted(fun, batch, x0, idx, -h2m, tick)
+        d1 = (f1p - f1m) / (h + hm)
+        d2 = (f2p - f2m) / (h2 + h2m)
         value = (4 * d2 - d1) / 3
         roundoff = (4 * noise / np.abs(h2) + noise / np.abs(h)) / 3
         return value, roundoff, np.abs(d2 - d1) / 3
     raise ValueError(f"unknown method {method!r}")
-
-
-def _lookup(idx: np.ndarray, values: np.ndarray, sub: np.ndarray) -> np.ndarray:
-    """``values`` belongs to ``idx``; pick the entries for the indices ``sub``."""
-    pos = np.searchsorted(idx, sub) if np.all(idx[:-1] <= idx[1:]) else np.array(
-        [int(np.flatnonzero(idx == s)[0]) for s in sub]
-    )
-    return values[pos]
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+import math
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ class Leaf:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def slice(self) -> slice:
@@ -65,6 +66,9 @@ class Flat:
     x0: np.ndarray
     skeleton: Node = field(repr=False)
 
+    def __post_init__(self) -> None:
+        self._cuts = [(leaf.slice, leaf.shape) for leaf in self.leaves]
+
     @property
     def n(self) -> int:
         return int(self.x0.size)
@@ -75,7 +79,7 @@ class Flat:
 
     def split(self, vec: np.ndarray) -> list[np.ndarray]:
         """Cut a flat vector into one array per leaf, shaped like the leaf."""
-        return [vec[leaf.slice].reshape(leaf.shape) for leaf in self.leaves]
+        return [vec[cut].reshape(shape) for cut, shape in self._cuts]
 
     def unravel(
         self,

@@ -13,21 +13,16 @@ be configured:
 * ``pytest --gradcheck-mode=full`` (and ``--gradcheck-seed``) set the mode and
   seed of every ``gradcheck`` fixture in the run; a marker or an explicit
   keyword argument takes precedence;
-* a failing check shows the report table in the failure, with the frames of
-  gradcheck-core itself left out of the traceback (``--fulltrace`` keeps them).
+* a failing check shows the report table in the failure (the message of
+  :class:`~gradcheck_core.CheckFailed`), with the frames of gradcheck-core
+  itself left out of the traceback (``--fulltrace`` keeps them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-_PACKAGE = Path(__file__).resolve().parent
-_ADAPTERS = _PACKAGE.parent / "adapters"
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradcheck", "gradient checks (gradcheck-core)")
@@ -47,6 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _hide_library_frames()
     config.addinivalue_line(
         "markers",
         "gradcheck(**options): options for the gradcheck fixture in this test, e.g. "
@@ -137,26 +133,30 @@ def gradcheck(request: pytest.FixtureRequest) -> GradcheckFixture:
     return GradcheckFixture(fixture_options(request.node, request.config))
 
 
-def _in_library(entry: Any) -> bool:
+def _hide_for_failed_checks(excinfo: Any) -> bool:
+    """``__tracebackhide__`` of the library's modules: hide their frames for a failed check only."""
     try:
-        path = Path(str(entry.path)).resolve()
-    except (TypeError, ValueError, OSError):
-        return False
-    return _PACKAGE in path.parents or _ADAPTERS in path.parents
-
-
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, None]:
-    """Leave gradcheck-core's own frames out of a failed check's traceback."""
-    excinfo = call.excinfo
-    if excinfo is not None and not item.config.getoption("fulltrace", False):
         from gradcheck_core.errors import CheckFailed
 
-        if excinfo.errisinstance(CheckFailed):
-            try:
-                kept = excinfo.traceback.filter(lambda entry: not _in_library(entry))
-                if len(kept):
-                    excinfo.traceback = kept
-            except Exception:  # never let the display break a test run
-                pass
-    yield
+        return excinfo is not None and bool(excinfo.errisinstance(CheckFailed))
+    except Exception:  # never let the display break a test run
+        return False
+
+
+def _hide_library_frames() -> None:
+    """Mark the modules that raise CheckFailed so pytest leaves their frames out.
+
+    pytest hides a traceback entry whose frame's globals hold a true (or
+    truthy-returning) ``__tracebackhide__``; with the callable above only
+    failures of a gradient check are shortened, every other error keeps its
+    full traceback.
+    """
+    import importlib
+
+    for name in ("gradcheck_core.check", "gradcheck_core.report"):
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # pragma: no cover - a broken install shows its own errors
+            continue
+        if "__tracebackhide__" not in vars(module):
+            module.__tracebackhide__ = _hide_for_failed_checks  # type: ignore[attr-defined]
