@@ -699,11 +699,37 @@ def check_function(fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any]
 
     if not inputs:
         raise InputError("check_function needs at least one input: check_function(fn, x, ...).")
-    adapter = detect(list(inputs))
+    from .adapters import framework_of
+
+    arrays = [x for x in inputs if framework_of(x) is not None]
+    if not arrays:
+        raise InputError("check_function needs at least one array or tensor input to differentiate.")
+    adapter = detect(arrays)
+    if adapter.name == "numpy" and vjp is None:
+        # numpy inputs to a framework function: the output says which framework
+        from .adapters import get_adapter
+
+        first = fn(*inputs)
+        first = first[0] if isinstance(first, (list, tuple)) and first else first
+        fw = framework_of(first)
+        if fw not in (None, "numpy"):
+            adapter = get_adapter(fw)
     outputs = adapter.call(fn, list(inputs))
     seed = options.get("seed", 0)
     rng = np.random.default_rng(seed)
     cotangents = [rng.standard_normal(o.shape) if o.dtype.kind == "f" else None for o in outputs]
+    # Floating inputs are the parameters; the others are held fixed.
+    floating = [i for i, x in enumerate(inputs) if _is_floating(adapter, x)]
+    if not floating:
+        raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
+
+    def args_of(p: dict[str, Any]) -> list[Any]:
+        args = list(inputs)
+        for i in floating:
+            args[i] = p[f"input{i}"]
+        return args
+
+    params = {f"input{i}": inputs[i] for i in floating}
     reports = []
     for j, u in enumerate(cotangents):
         if u is None:
@@ -711,7 +737,7 @@ def check_function(fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any]
         us = [c if k == j else (None if c is None else np.zeros_like(c)) for k, c in enumerate(cotangents)]
 
         def phi(p: Any, j: int = j, u: np.ndarray = u) -> float:
-            outs = adapter.call(fn, list(p))
+            outs = adapter.call(fn, args_of(p))
             return float(np.sum(u * np.asarray(outs[j], dtype=np.float64)))
 
         if vjp is not None:
@@ -719,17 +745,103 @@ def check_function(fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any]
             g = list(g) if isinstance(g, (list, tuple)) else [g]
         else:
             g = adapter.vjp(fn, list(inputs), us)
-        report = run_check(phi, list(inputs), list(g), Options(**options), what="function")
+        if len(g) != len(inputs):
+            raise InputError(f"the vjp returned {len(g)} gradients for {len(inputs)} inputs; return one per input.")
+        report = run_check(phi, params, {f"input{i}": g[i] for i in floating}, Options(**options), what="function")
         for b in report.blocks:
-            i = b.name.strip("[]")
-            b.name = f"input{i}->output{j}"
+            b.name = f"{b.name}->output{j}"
         for f in report.findings:
-            if f.block and f.block.startswith("["):
-                f.block = f"input{f.block.strip('[]')}->output{j}"
+            if f.block:
+                f.block = f"{f.block}->output{j}"
         reports.append(report)
     if not reports:
         raise InputError("fn has no floating output to check.")
-    return merge_reports(reports)
+    merged = merge_reports(reports)
+    if vjp is None and hasattr(adapter, "jvp"):
+        _check_jvps(adapter, fn, list(inputs), outputs, cotangents, merged, Options(**options))
+    return merged
+
+
+def _check_jvps(
+    adapter: Any, fn: Callable[..., Any], inputs: list[Any], outputs: list[np.ndarray],
+    cotangents: list[np.ndarray | None], report: Report, opts: Options,
+) -> None:
+    """Forward mode: ``<u_j, J_ij v_i>`` from the framework's JVP against finite differences.
+
+    Adds one block ``input{i}->output{j} (jvp)`` per pair.  A function without
+    forward mode (a ``custom_vjp`` rule, a torch Function without ``jvp``)
+    gets an ``info`` note instead.
+    """
+    from .compare import rel_error
+
+    rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
+    floating = [i for i, x in enumerate(inputs) if _is_floating(adapter, x)]
+
+    def args_of(p: dict[str, Any]) -> list[Any]:
+        args = list(inputs)
+        for i in floating:
+            args[i] = p[f"input{i}"]
+        return args
+
+    params = {f"input{i}": inputs[i] for i in floating}
+    for i in floating:
+        shape = np.shape(adapter.to_numpy(inputs[i]))
+        v = rng.standard_normal(shape)
+        tangents = [v if k == i else None for k in range(len(inputs))]
+        try:
+            out_tangents = adapter.jvp(fn, inputs, tangents)
+        except InputError as exc:
+            report.findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))
+            return
+        for j, u in enumerate(cotangents):
+            if u is None:
+                continue
+            analytic = float(np.sum(u * np.asarray(out_tangents[j], dtype=np.float64)))
+
+            def phi(p: Any, j: int = j, u: np.ndarray = u) -> float:
+                return float(np.sum(u * np.asarray(adapter.call(fn, args_of(p))[j], dtype=np.float64)))
+
+            with _prepared(phi, params, opts) as (_, target, fun):
+                f0 = fun(target.flat.x0)
+                noise, _ = fd.estimate_noise(fun, target.flat.x0, f0, rng)
+                direction = np.zeros(target.flat.n)
+                direction[target.flat.leaves[floating.index(i)].slice] = v.reshape(-1)
+                rel = fd.relative_step("richardson", noise / abs(f0) if f0 else fd.EPS)
+                numeric, err, _ = fd.directional(fun, target.flat.x0, direction, rel_step=rel, noise=noise, f0=f0)
+                nfev = fun.nfev
+            tol = opts.atol + opts.rtol * float(np.linalg.norm(u) * np.linalg.norm(v)) + 8 * err
+            ok = abs(analytic - numeric) <= tol if np.isfinite(err) else True
+            verdict = "pass" if ok else "fail"
+            a_arr, n_arr = np.array([analytic]), np.array([numeric])
+            report.blocks.append(
+                BlockResult(
+                    name=f"input{i}->output{j} (jvp)", shape=tuple(shape), passed=ok, verdict=verdict,
+                    rel_error=rel_error(a_arr, n_arr), max_abs_error=abs(analytic - numeric), worst_index=None,
+                    n_checked=0, n_bad=0 if ok else 1, analytic=np.zeros(0), numeric=np.zeros(0),
+                    indices=np.zeros(0, dtype=np.int64), tolerance=np.zeros(0), checked_by="directions",
+                    directional_analytic=a_arr, directional_numeric=n_arr,
+                )
+            )
+            report.nfev += nfev
+            if not ok:
+                report.verdict = "fail"
+                report.findings.append(
+                    Finding(
+                        "forward_mode",
+                        f"input{i}->output{j} (jvp)",
+                        f"the forward-mode derivative (JVP) of output {j} along input {i} is {analytic:.6g}, "
+                        f"finite differences give {numeric:.6g}: the jvp rule for input {i} is wrong "
+                        "(the reverse-mode rule may still be right).",
+                        {"analytic": analytic, "numeric": numeric},
+                    )
+                )
+
+
+def _is_floating(adapter: Any, value: Any) -> bool:
+    try:
+        return np.asarray(adapter.to_numpy(value)).dtype.kind == "f"
+    except Exception:
+        return False
 
 
 def merge_reports(reports: list[Report]) -> Report:
