@@ -50,6 +50,7 @@ class NumpyAdapter(Adapter):
                 evaluate_complex=evaluate_complex,
                 rngs=python_rng_states(),
                 framework=self.name,
+                worker=RowWorker(loss, flat, np.random.get_state()),
             )
             return
         # loss() reads the arrays themselves: perturb them in place.
@@ -102,6 +103,30 @@ class NumpyAdapter(Adapter):
         finally:
             for a, s in zip(arrays, saved):
                 np.copyto(a, s)
+
+
+class RowWorker:
+    """Evaluates ``loss(p)`` at rows of perturbed vectors, in another process if need be.
+
+    Picklable when the loss is (a module-level function): what a process pool
+    executor sends to its workers.  numpy's global generator is reset to the
+    check's saved state before each row, as in the main process.
+    """
+
+    def __init__(self, loss: Callable[..., Any], flat: Any, rng_state: Any) -> None:
+        self.loss = loss
+        self.flat = flat
+        self.rng_state = rng_state
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty(len(rows))
+        for k, row in enumerate(rows):
+            np.random.set_state(self.rng_state)
+            value = np.asarray(self.loss(self.flat.unravel(row, _float64_copy)))
+            if value.size != 1:
+                raise InputError(f"the loss returned an array of shape {value.shape}, not a scalar.")
+            out[k] = float(value.reshape(()).real)
+        return out
 
 
 def _float64_copy(piece: np.ndarray, original: Any) -> Any:

@@ -189,3 +189,43 @@ def test_nondeterministic_loss_is_inconclusive_never_fail() -> None:
     report = gc.check(loss, w, lambda w_: 2 * w_ * 10)  # even a wrong gradient
     assert report.verdict == "inconclusive"
     assert report.findings_of("nondeterministic")
+
+
+def module_level_loss(p):
+    return float(np.sum(np.sin(p["w"]) * np.arange(1, 9)))
+
+
+def module_level_grad(p):
+    return {"w": np.cos(p["w"]) * np.arange(1, 9)}
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_executor_evaluates_the_sweep_in_parallel(kind: str) -> None:
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    params = {"w": RNG.standard_normal(8)}
+    pool = ThreadPoolExecutor(2) if kind == "thread" else ProcessPoolExecutor(2)
+    with pool:
+        report = gc.check(module_level_loss, params, module_level_grad, mode="full", executor=pool)
+        wrong = gc.check(module_level_loss, params, lambda p: {"w": 2 * module_level_grad(p)["w"]},
+                         mode="full", executor=pool)
+    assert report.passed and report.rel_error < 1e-8
+    assert wrong.verdict == "fail"
+
+
+def test_process_pool_with_an_unpicklable_loss_says_why() -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1) as pool:
+        with pytest.raises(gc.GradcheckError, match="pickle"):
+            gc.check(lambda p: module_level_loss(p), {"w": RNG.standard_normal(8)}, module_level_grad,
+                     mode="full", executor=pool)
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    params = {"w": RNG.standard_normal(8)}
+    gc.check(module_level_loss, params, module_level_grad, mode="full")
+    assert "gradcheck [" not in capsys.readouterr().err
+    gc.check(module_level_loss, params, module_level_grad, mode="full", progress=True)
+    err = capsys.readouterr().err
+    assert "gradcheck [" in err and "8/8" in err
