@@ -77,10 +77,12 @@ class Target:
         ``evaluate(x)`` -> the loss's raw output at the float64 vector ``x``.
     gradient : callable or None
         ``gradient()`` -> the framework's autodiff gradient at ``x0`` as a
-        float64 vector; None where the framework has none.
+        float64 vector; None where the framework has none.  Adapters that
+        support ``gc.compare`` also accept ``gradient(x)`` for any vector.
     call_grad : callable
         ``call_grad(user_grad_fn)`` calls a handwritten gradient function the
-        way the loss is called, at ``x0``.
+        way the loss is called, at ``x0`` (``call_grad(fn, x)``: at ``x``,
+        where supported).
     evaluate_batch : callable or None
         ``evaluate_batch(X)`` -> the losses at the rows of ``X`` (k, n).
     evaluate_complex : callable or None

@@ -36,8 +36,8 @@ class NumpyAdapter(Adapter):
             def evaluate(x: np.ndarray) -> Any:
                 return loss(flat.unravel(x, _float64_copy))
 
-            def call_grad(fn: Callable[..., Any]) -> Any:
-                return fn(flat.unravel(flat.x0, _float64_copy))
+            def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
+                return fn(flat.unravel(flat.x0 if x is None else x, _float64_copy))
 
             def evaluate_complex(z: np.ndarray) -> Any:
                 return loss(flat.unravel(z, lambda piece, _: np.array(piece, dtype=np.complex128)))
@@ -85,9 +85,12 @@ class NumpyAdapter(Adapter):
             write(x)
             return loss()
 
-        def call_grad(fn: Callable[..., Any]) -> Any:
-            for a, s in zip(arrays, saved):
-                np.copyto(a, s)
+        def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
+            if x is None:
+                for a, s in zip(arrays, saved):
+                    np.copyto(a, s)
+            else:
+                write(x)
             return fn()
 
         try:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from .check import assert_gradients, check, check_function, check_loss
+from .crosscheck import Comparison, ParameterRow, compare
 from .errors import CheckFailed, GradcheckError, InputError
 from .report import BlockResult, Finding, Report
 
@@ -18,6 +19,9 @@ __all__ = [
     "assert_gradients",
     "check_function",
     "check_loss",
+    "compare",
+    "Comparison",
+    "ParameterRow",
     "Report",
     "BlockResult",
     "Finding",
