@@ -190,6 +190,18 @@ def _describe(flat: Flat) -> str:
     return ", ".join(f"{leaf.name} {leaf.shape}" for leaf in flat.leaves)
 
 
+def _leftovers(ref: Flat, other: Flat) -> tuple[list[Leaf], list[Leaf]]:
+    """Leaves without a counterpart: pair equal names first, then equal sizes."""
+    left_r, left_o = list(ref.leaves), list(other.leaves)
+    for key in (lambda leaf: (leaf.name.rsplit(".", 1)[-1].rsplit("/", 1)[-1], leaf.size), lambda leaf: leaf.size):
+        for r in list(left_r):
+            match = next((o for o in left_o if key(o) == key(r)), None)
+            if match is not None:
+                left_r.remove(r)
+                left_o.remove(match)
+    return left_r, left_o
+
+
 def _match(
     ref_name: str, ref: Flat, other_name: str, other: Flat, mapping: Mapping[str, Any] | None
 ) -> list[tuple[Leaf, Leaf, str]]:
@@ -213,10 +225,7 @@ def _match(
             pairs.append((leaf, by_name[name], _layout_for(leaf, by_name[name], forced)))
         return pairs
     if len(ref.leaves) != len(other.leaves) or ref.n != other.n:
-        sizes_r = sorted(leaf.size for leaf in ref.leaves)
-        sizes_o = sorted(leaf.size for leaf in other.leaves)
-        extra_r = [leaf for leaf in ref.leaves if leaf.size not in sizes_o]
-        extra_o = [leaf for leaf in other.leaves if leaf.size not in sizes_r]
+        extra_r, extra_o = _leftovers(ref, other)
         unmatched = [f"{ref_name}:{leaf.name} {leaf.shape}" for leaf in extra_r] + [
             f"{other_name}:{leaf.name} {leaf.shape}" for leaf in extra_o
         ]
