@@ -221,6 +221,19 @@ class LossFunction:
         return np.array([self.scalar(self.target.evaluate(r), r) for r in rows])
 
 
+def _rounding_floor(dtype: str | None, f0: float) -> float:
+    """The rounding error of the loss's own result type: noise cannot be smaller.
+
+    A float16 or float32 result is quantised to its last bit; a noise probe
+    with small steps can miss that and underestimate the noise.
+    """
+    try:
+        eps = float(np.finfo(np.dtype(dtype)).eps) if dtype else fd.EPS
+    except TypeError:  # bfloat16 and other extension types
+        eps = 2.0**-7 if dtype and "bfloat16" in dtype else fd.EPS
+    return 0.5 * eps * abs(f0)
+
+
 def _same_state(a: Any, b: Any) -> bool:
     """Whether two saved generator states are equal (False when unsure)."""
     try:
@@ -398,7 +411,7 @@ def run_check(
             noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng)
         except InputError:  # the probe left the loss's domain; the sweep will say where
             noise = fd.EPS * abs(f0)
-        noise = max(noise, spread)
+        noise = max(noise, spread, _rounding_floor(fun.out_dtype, f0))
         noise_rel = noise / abs(f0) if f0 != 0 else fd.EPS
         low_precision = fun.out_dtype not in ("float64", "float128", "longdouble", "complex128", None)
         reasons = list(target.precision)
@@ -550,8 +563,9 @@ def _full(ctx: _Context) -> tuple[list[BlockResult], str, float]:
     if method in ("central", "forward") and opts.step is None:
         for b, block_idx in enumerate(per_block):
             pos = np.searchsorted(idx, block_idx)
-            unsure = undecidable(a[pos], numeric[pos], err[pos], scale)
-            if len(pos) and unsure.mean() > 0.5:
+            own = float(np.max(np.maximum(np.abs(a[pos]), np.abs(numeric[pos])))) if len(pos) else 0.0
+            unsure = undecidable(a[pos], numeric[pos], err[pos], own)
+            if len(pos) and own > 0 and unsure.mean() > 0.5:
                 r_steps[b] = _escalate(ctx, block_idx, pos, numeric, err) or r_default
     kink = np.zeros(len(idx), dtype=bool)
     bad = np.zeros(len(idx), dtype=bool)

@@ -293,10 +293,13 @@ def _run(args: argparse.Namespace) -> int:
             report = check(**kwargs)
         except GradcheckError as exc:
             raise UsageError(_one_line(str(exc))) from exc
-        except TypeError as exc:
-            raise UsageError(f"the check could not run: {_describe(exc)}") from exc
         except Exception as exc:
-            raise UsageError(f"the check stopped: the loss or gradient raised {_describe(exc)}") from exc
+            if _user_frame(exc.__traceback__):
+                raise UsageError(f"the check stopped: {_describe(exc)}") from exc
+            raise UsageError(
+                f"the check stopped inside gradcheck-core: {_describe(exc)}; run again with "
+                "--traceback and report it"
+            ) from exc
     if args.json:
         sys.stdout.write(report.to_json(arrays=args.arrays) + "\n")
         sys.stdout.flush()

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -86,12 +87,20 @@ class Demo:
     body: Callable[[Output], Outcome]
     adapter: str | None = None
 
-    def missing(self) -> str | None:
-        """Why the demo cannot run here (one line), or None."""
+    def missing(self, load: bool = True) -> str | None:
+        """Why the demo cannot run here (one line), or None.
+
+        ``load=False`` only looks for the modules without importing them
+        (quick, for ``--list``).
+        """
         for module in self.needs:
             if importlib.util.find_spec(module) is None:
                 extra = {"sklearn": "scikit-learn"}.get(module, f"'gradcheck-core[{module}]'")
                 return f"needs {module}, which is not installed (pip install {extra})"
+        if self.adapter is not None and not load:
+            if importlib.util.find_spec(f"gradcheck_core.adapters.{self.adapter}") is None:
+                return f"the {self.adapter} adapter of gradcheck-core is not available in this installation"
+            return None
         if self.adapter is not None:
             from .adapters import get_adapter
 
@@ -249,14 +258,27 @@ def _keras_iris(out: Output) -> Outcome:
     cce64 = keras.losses.CategoricalCrossentropy(dtype="float64", reduction=None)
 
     def J64(w: np.ndarray) -> float:
-        return float(np.mean(keras.ops.convert_to_numpy(cce64(Y, iris.softmax(Xb @ w)))))
+        with warnings.catch_warnings():  # JAX without x64 warns that it truncates to float32
+            warnings.simplefilter("ignore", UserWarning)
+            values = keras.ops.convert_to_numpy(cce64(Y, iris.softmax(Xb @ w)))
+        return float(np.mean(values, dtype=np.float64))
 
-    diff64, _ = plain_loop(J64, W, grad(W), eps=1e-7)
-    out.say(
-        "The check measured the loss's float32 noise, took its step and tolerance from it, and passed the "
-        "correct gradient. To evaluate in float64, build the loss as CategoricalCrossentropy(dtype='float64', "
-        f"reduction=None) and average it yourself: then the plain loop says {diff64:.1g} as well."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dtype64 = str(keras.ops.convert_to_numpy(cce64(Y, iris.softmax(Xb @ W))).dtype)
+    text = (
+        "The check measured the loss's float32 noise, took its step and tolerance from it, and passed "
+        "the correct gradient. To evaluate in float64, build the loss as "
+        "CategoricalCrossentropy(dtype='float64', reduction=None) and average it yourself"
     )
+    if dtype64 == "float64":
+        diff64, _ = plain_loop(J64, W, grad(W), eps=1e-7)
+        out.say(f"{text}: then the plain loop says {diff64:.1g} as well.")
+    else:
+        out.say(
+            f"{text}; on the {keras.backend.backend()} backend that still gives {dtype64} until float64 is "
+            "switched on (for JAX: JAX_ENABLE_X64=1 before the first import of jax)."
+        )
     out.say("The same loss with a gradient 2% too large (gc.check(cost, W, 1.02 * grad)):")
     bad = gc.check(J, W, iris.gradient(Xb, Y, factor=1.02))
     out.report(bad)
@@ -264,7 +286,8 @@ def _keras_iris(out: Output) -> Outcome:
     def steps(path: str) -> None:
         from .plot import step_curve
 
-        step_curve({"Keras default (float32)": J, "Keras dtype='float64'": J64}, W, grad, path=path)
+        label = "Keras dtype='float64'" + ("" if dtype64 == "float64" else f" (gives {dtype64} here)")
+        step_curve({"Keras default (float32)": J, label: J64}, W, grad, path=path)
 
     return Outcome(
         [
@@ -284,7 +307,7 @@ def _three_layer(out: Output) -> Outcome:
     out.say(
         "LINEAR-RELU-LINEAR-RELU-LINEAR-SIGMOID, parameters W1, b1, W2, b2, W3, b3; the backward pass "
         "returns a dict with dW1, db1, ... (and the cache entries dZ*, dA*), with two mistakes: "
-        "dW2 = ... * 2 and db1 = 4./m * ...  ."
+        "dW2 = 1./m * np.dot(dZ2, A1.T) * 2 and db1 = 4./m * np.sum(dZ1, ...)."
     )
     from .adapters import detect
 
@@ -312,17 +335,25 @@ def _three_layer(out: Output) -> Outcome:
 
 
 def _digits(out: Output) -> Outcome:
-    from .examples import digits
+    from .examples import digits_l2
 
-    params, X, Y = digits.problem()
-    J = digits.cost(X, Y)
+    lam = 0.5
+    params, X, Y = digits_l2.problem()
+    J = digits_l2.cost(X, Y, lam)
+    buggy = digits_l2.backward(X, Y, lam, forget_l2_layer2=True)
+
+    def flat_gradient(p: dict[str, np.ndarray]) -> np.ndarray:
+        # the exercise's form: one vector, theta1's entries then theta2's
+        g = buggy(p)
+        return np.concatenate((g["dtheta1"].ravel(), g["dtheta2"].ravel()))
+
     t0 = time.perf_counter()
     J(params)
     t_eval = time.perf_counter() - t0
     n = sum(v.size for v in params.values())
     out.say(
         f"sklearn's digits, all {X.shape[0]} images: 64-100-10 with sigmoid units, cross-entropy and L2 "
-        f"regularisation (lambda = {digits.LAMBDA}); theta1 (65, 100), theta2 (101, 10) with bias rows, "
+        f"regularisation (lambda = {lam}); theta1 (65, 100) and theta2 (101, 10) hold the bias rows, "
         f"{n} parameters. The backward pass returns one flat vector and forgets + lambda/m * theta2."
     )
     out.say(
@@ -330,8 +361,8 @@ def _digits(out: Output) -> Outcome:
         f"about {2 * n * t_eval:.0f} s, and then gives one number. Here: 40 random entries of each parameter.",
         style="bold",
     )
-    out.say("gc.check(cost, params, backward, mode='full', sample=40):")
-    report = gc.check(J, params, digits.backward(X, Y, buggy=True), mode="full", sample=40, seed=0)
+    out.say("gc.check(cost, params, flat_gradient, mode='full', sample=40):")
+    report = gc.check(J, params, flat_gradient, mode="full", sample=40, seed=0)
     out.report(report)
     return Outcome(
         [Case("theta2 without its regularisation term", report, "fail", failed=("theta2",), finding=("missing_term", "theta2"))],
@@ -346,7 +377,7 @@ def _dropout(out: Output) -> Outcome:
 
     model, loss = dropout.problem(correct=True)
     out.say(
-        "A torch classifier Linear(6, 12) - Tanh - Dropout(0.5) - Linear(12, 3) in train mode: every "
+        "A torch classifier Linear(4, 8) - Tanh - Dropout(0.5) - Linear(8, 3) in train mode: every "
         "forward pass draws a new dropout mask. The usual advice is to switch dropout off for the check."
     )
     # The plain loop: perturb in place, evaluate, no control over the random masks.
@@ -383,6 +414,10 @@ def _dropout(out: Output) -> Outcome:
     model_bad, loss_bad = dropout.problem(correct=False)
     bad = gc.check(loss_bad, model_bad)
     out.report(bad)
+    out.say(
+        "The factor 1/2 is 1 - p: the layers in front of the dropout get gradients without the 1/(1-p) "
+        "that the forward pass applied; the layer behind it is right."
+    )
     return Outcome(
         [
             Case("nn.Dropout, train mode", ok, "pass"),
@@ -480,7 +515,7 @@ def list_demos(stream: TextIO | None = None) -> None:
     stream = sys.stdout if stream is None else stream
     width = max(len(name) for name in DEMOS)
     for demo in DEMOS.values():
-        missing = demo.missing()
+        missing = demo.missing(load=False)
         note = f"  [skipped here: {missing}]" if missing else ""
         stream.write(f"{demo.name.ljust(width)}  {demo.summary}{note}\n")
     stream.flush()
@@ -557,5 +592,5 @@ def run(
         summary.append(f"{name}: {'as expected' if all(verdicts) else 'UNEXPECTED'}")
     if len(chosen) > 1:
         out.say("")
-        out.say("summary: " + "; ".join(summary), style="bold")
+        out.line("summary: " + "; ".join(summary))
     return status

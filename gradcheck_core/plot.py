@@ -7,8 +7,8 @@
   against the step size for one coordinate.  The curve is V-shaped: on the
   right the truncation error grows like ``h**2``, on the left the round-off
   of the loss grows like ``noise / h``.  The bottom of the V is the best a
-  finite difference can do; a float32 loss has its bottom near ``1e-5``, a
-  float64 loss near ``1e-10``, and a wrong gradient has no V at all (the
+  finite difference can do: around ``1e-6`` for a float32 loss, ``1e-11``
+  for a float64 one (iris softmax regression: 9e-7 and 1e-11), and a wrong gradient has no V at all (the
   error never drops below the size of the mistake).
 
 Figures are built with ``matplotlib.figure.Figure`` and saved with the Agg
@@ -73,6 +73,8 @@ def _block_tolerance(b: BlockResult) -> float:
     ``||a - n|| / (||a|| + ||n||)`` exceeds ``||tol|| / (||a|| + ||n||)``
     cannot pass.  That ratio is drawn next to the bar.
     """
+    if b.checked_by != "coordinates":  # the relative error is one of directional derivatives
+        return float("nan")
     denom = float(np.linalg.norm(b.analytic) + np.linalg.norm(b.numeric))
     if denom == 0 or len(b.tolerance) == 0:
         return float("nan")
@@ -175,8 +177,7 @@ def plot_heatmap(block: BlockResult, ax: Axes, findings: Sequence[str] = ()) -> 
     finite = grid[np.isfinite(grid)]
     lo = min(float(finite.min()) if finite.size else -1.0, -1.0)
     hi = max(float(finite.max()) if finite.size else 1.0, 1.0)
-    cmap = matplotlib.colormaps["RdBu_r"].copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
     image = ax.imshow(
         np.ma.masked_invalid(grid), cmap=cmap, norm=TwoSlopeNorm(vcenter=0.0, vmin=lo, vmax=hi),
         aspect="auto", interpolation="nearest",
@@ -204,9 +205,14 @@ def plot_heatmap(block: BlockResult, ax: Axes, findings: Sequence[str] = ()) -> 
         else:
             r, c = 0, 0
         ax.plot([c], [r], marker="s", markersize=9, markerfacecolor="none", markeredgecolor="black", markeredgewidth=1.5)
-    title = f"{block.name} {tuple(block.shape)}: {block.n_bad} of {block.n_checked} checked entries off"
-    if block.n_checked < block.size:
-        title += f" ({block.size - block.n_checked} not checked, grey)"
+    if block.checked_by == "coordinates":
+        what = f"{block.n_bad} of {block.n_checked} checked entries off"
+    else:
+        what = f"{len(block.indices)} entries located by fast mode, {block.n_bad} off"
+    unchecked = block.size - len(block.indices)
+    if unchecked > 0:
+        what += f", {unchecked} not checked (grey)"
+    title = f"{block.name} {tuple(block.shape)}\n{what}"
     if findings:
         title += "\n" + ", ".join(findings)
     ax.set_title(title, fontsize=9)
@@ -252,10 +258,7 @@ def plot_report(
     """
     if not report.blocks:
         raise InputError("the report has no parameters to draw.")
-    failing = [
-        b for b in report.blocks
-        if b.verdict == "fail" and b.checked_by == "coordinates" and b.n_checked > 0
-    ]
+    failing = [b for b in report.blocks if b.verdict == "fail" and len(b.indices) > 0]
     failing.sort(key=lambda b: -b.n_bad)
     failing = failing[: max(0, int(max_heatmaps))]
     n_maps = len(failing)
@@ -500,7 +503,7 @@ def plot_step_curve(curve: StepCurve, ax: Axes) -> None:
     ax.set_xlabel("relative step h  (the entry moves by h * max(1, |x|))")
     ax.set_ylabel("relative error of the central difference")
     ax.grid(which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left", framealpha=0.92)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.set_title(
         f"error against step size at {curve.coordinate}\n"
         f"(derivative {curve.reference:.6g}, from {curve.reference_source})",
@@ -532,7 +535,7 @@ def step_curve(
     """
     _matplotlib()
     curve = step_errors(loss, params, grad, param=param, index=index, steps=steps, seed=seed)
-    fig = _new_figure((7.5, 4.8))
+    fig = _new_figure((11.0, 4.8))
     ax = fig.add_subplot(1, 1, 1)
     plot_step_curve(curve, ax)
     fig.step_curve = curve  # type: ignore[attr-defined]

@@ -88,3 +88,31 @@ def test_absolute_tolerance_would_have_hidden_the_tiny_bug() -> None:
     report = gc.check(loss, params, grad)
     assert report.blocks[0].max_abs_error < 1e-8
     assert not report.passed
+
+
+def test_tiny_gradient_block_next_to_a_normal_one_is_judged_on_its_own_scale() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 6))
+    Y = rng.standard_normal(20)
+    s = 3e-10
+
+    def loss(p):
+        r = X @ p["W"] + s * np.tanh(X[:, :4] @ p["V"]) - Y
+        return 0.5 * np.mean(r**2) + 2.0
+
+    def grad(p, factor):
+        t = np.tanh(X[:, :4] @ p["V"])
+        r = X @ p["W"] + s * t - Y
+        return {"W": X.T @ r / len(Y), "V": factor * s * X[:, :4].T @ (r * (1 - t**2)) / len(Y)}
+
+    params = {"W": rng.standard_normal(6) * 0.3, "V": rng.standard_normal(4)}
+    assert gc.check(loss, params, lambda p: grad(p, 1.0)).passed
+    assert gc.check(loss, params, lambda p: grad(p, 1.15)).failed_blocks == ["V"]
+
+
+def test_float16_loss_does_not_fail_a_correct_gradient() -> None:
+    p = np.array([0.3, -0.2, 0.5])
+    good = gc.check(lambda q: np.float16(np.sum(np.sin(q))), p, lambda q: np.cos(q))
+    assert good.verdict in ("pass", "inconclusive")
+    assert good.findings_of("low_precision")
+    assert gc.check(lambda q: np.float16(np.sum(np.sin(q))), p, lambda q: 2 * np.cos(q)).verdict == "fail"

@@ -6,7 +6,7 @@ torch's random state and replays it before every evaluation, so each
 evaluation sees the same mask and the gradient with dropout *on* can be
 checked.
 
-:class:`ForgetfulDropout` is a hand-written dropout (a
+``ForgetfulDropout`` (see :func:`forgetful_dropout`) is a hand-written dropout (a
 ``torch.autograd.Function``) whose backward pass leaves out the ``1/(1-p)``
 rescaling that its forward pass applies: every parameter in front of it gets a
 gradient ``1 - p`` times too small.
@@ -36,12 +36,12 @@ def problem(seed: int = 0, correct: bool = True, p: float = 0.5) -> tuple[Any, A
     from torch import nn
 
     gen = torch.Generator().manual_seed(seed)
-    X = torch.randn(32, 6, generator=gen)
-    y = torch.randint(0, 3, (32,), generator=gen)
-    dropout: nn.Module = nn.Dropout(p) if correct else _ForgetfulDropoutModule(p)
+    X = torch.randn(16, 4, generator=gen)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    dropout: nn.Module = nn.Dropout(p) if correct else _module_class()(p)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), dropout, nn.Linear(12, 3))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), dropout, nn.Linear(8, 3))
     torch.random.set_rng_state(state)
     model.train()
 
@@ -88,7 +88,3 @@ def _module_class() -> Any:
             return forgetful_dropout(x, self.p) if self.training else x
 
     return ForgetfulDropoutModule
-
-
-def _ForgetfulDropoutModule(p: float) -> Any:  # noqa: N802 - builds the module lazily
-    return _module_class()(p)
