@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,10 @@ from gradcheck_core.flatten import leaf_items
 
 from .base import Adapter, Target
 
-__all__ = ["Adapter", "Target", "framework_of", "detect", "get_adapter", "to_numpy"]
+__all__ = [
+    "Adapter", "Target", "framework_of", "detect", "get_adapter", "to_numpy", "loss_adapter",
+    "precision_notes",
+]
 
 _MODULES = {
     "numpy": "gradcheck_core.adapters.numpy",
@@ -57,7 +61,7 @@ def framework_of(value: Any) -> str | None:
         return "keras"
     if _is_instance(value, "torch", "Tensor") or _is_instance(value, "torch", "nn.Module"):
         return "torch"
-    if _is_instance(value, "jax", "Array"):
+    if _is_instance(value, "jax", "Array") or _is_jax_pytree_node(value):
         return "jax"
     if (
         _is_instance(value, "tensorflow", "Tensor")
@@ -66,6 +70,25 @@ def framework_of(value: Any) -> str | None:
     ):
         return "tensorflow"
     return None
+
+
+def _is_jax_pytree_node(value: Any) -> bool:
+    """A registered JAX pytree node (a dataclass, a module) holding only JAX arrays.
+
+    dicts, lists, tuples and namedtuples are walked by the core itself.
+    """
+    jax = sys.modules.get("jax")
+    if jax is None or value is None or isinstance(value, (Mapping, list, tuple, str, bytes, int, float, complex)):
+        return False
+    try:
+        leaves, treedef = jax.tree_util.tree_flatten(value)
+        return (
+            bool(leaves)
+            and not jax.tree_util.treedef_is_leaf(treedef)
+            and all(isinstance(leaf, jax.Array) for leaf in leaves)
+        )
+    except Exception:
+        return False
 
 
 def get_adapter(name: str) -> Adapter:
@@ -141,3 +164,40 @@ def to_numpy(value: Any) -> np.ndarray:
     if fw is None or fw == "numpy":
         return np.asarray(value)
     return get_adapter(fw).to_numpy(value)
+
+
+def _is_keras_loss(loss_fn: Any) -> bool:
+    """A Keras ``Loss`` object or one of Keras's own loss functions."""
+    if _is_instance(loss_fn, "keras", "losses.Loss"):
+        return True
+    module = getattr(loss_fn, "__module__", None) or ""
+    return "keras" in sys.modules and callable(loss_fn) and module.startswith("keras.")
+
+
+def loss_adapter(loss_fn: Any, y_pred: Any) -> Adapter:
+    """The adapter that evaluates ``loss_fn(y_true, y_pred)`` for ``check_loss``.
+
+    Keras losses go to the Keras adapter whatever ``y_pred`` is (a numpy array,
+    a backend tensor): it rebuilds them in float64.  Anything else goes to the
+    framework of ``y_pred``.
+    """
+    if _is_keras_loss(loss_fn):
+        return get_adapter("keras")
+    return detect(y_pred)
+
+
+def precision_notes(output: Any, framework: str) -> list[str]:
+    """Framework-specific reasons why a loss output is not float64, with remedies.
+
+    Asked by the core when a loss returns less than float64.  Today: when Keras
+    is loaded but another adapter ran the check (numpy weights and a Keras loss
+    in a closure, say), the Keras settings that make such a loss float32.
+    """
+    if framework == "keras" or "keras" not in sys.modules:
+        return []
+    if getattr(output, "dtype", None) is None:
+        return []
+    try:
+        return importlib.import_module(_MODULES["keras"]).notes_for_output(output)
+    except Exception:  # a broken Keras install must not break a check that does not use it
+        return []

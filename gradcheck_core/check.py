@@ -412,7 +412,11 @@ def run_check(
         except InputError:  # the probe left the loss's domain; the sweep will say where
             noise = fd.EPS * abs(f0)
         noise = max(noise, spread, _rounding_floor(fun.out_dtype, f0))
-        noise_rel = noise / abs(f0) if f0 != 0 else fd.EPS
+        # Noise relative to the loss's scale: its value, or (for a loss that is
+        # near 0 here, like a residual at its optimum) how much it changes over
+        # a unit move, which the gradient tells.
+        magnitude = max(abs(f0), float(np.max(np.abs(analytic))) if analytic.size else 0.0)
+        noise_rel = noise / magnitude if magnitude > 0 else fd.EPS
         low_precision = fun.out_dtype not in ("float64", "float128", "longdouble", "complex128", None)
         reasons = list(target.precision)
         if low_precision:
@@ -715,7 +719,8 @@ def check_function(fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any]
         raise InputError("check_function needs at least one input: check_function(fn, x, ...).")
     from .adapters import framework_of
 
-    arrays = [x for x in inputs if framework_of(x) is not None]
+    # Python numbers are constants of the function, not inputs to differentiate.
+    arrays = [x for x in inputs if framework_of(x) is not None and not isinstance(x, (int, float))]
     if not arrays:
         raise InputError("check_function needs at least one array or tensor input to differentiate.")
     adapter = detect(arrays)
@@ -733,7 +738,7 @@ def check_function(fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any]
     rng = np.random.default_rng(seed)
     cotangents = [rng.standard_normal(o.shape) if o.dtype.kind == "f" else None for o in outputs]
     # Floating inputs are the parameters; the others are held fixed.
-    floating = [i for i, x in enumerate(inputs) if _is_floating(adapter, x)]
+    floating = [i for i, x in enumerate(inputs) if not isinstance(x, (int, float)) and _is_floating(adapter, x)]
     if not floating:
         raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
 
@@ -789,7 +794,7 @@ def _check_jvps(
     from .compare import rel_error
 
     rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
-    floating = [i for i, x in enumerate(inputs) if _is_floating(adapter, x)]
+    floating = [i for i, x in enumerate(inputs) if not isinstance(x, (int, float)) and _is_floating(adapter, x)]
 
     def args_of(p: dict[str, Any]) -> list[Any]:
         args = list(inputs)
