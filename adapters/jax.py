@@ -615,17 +615,17 @@ class _Runner:
             v = jax.device_put(np.asarray(z, dtype=np.complex128), self.device)
             return self.loss(self.flat.unravel(v))
 
-    def call_grad(self, fn: Callable[..., Any]) -> Any:
+    def call_grad(self, fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
         with x64(self.float64):
-            return fn(self.flat.unravel(self.vector(self.flat.x0), self.make))
+            return fn(self.flat.unravel(self.vector(self.flat.x0 if x is None else x), self.make))
 
-    def gradient(self) -> np.ndarray:
+    def gradient(self, x: np.ndarray | None = None) -> np.ndarray:
         with x64(self.float64):
             grad = jax.grad(self.scalar_of_vector)
             if self.compiled:
                 grad = jax.jit(grad)
             try:
-                g = grad(self.vector(self.flat.x0))
+                g = grad(self.vector(self.flat.x0 if x is None else x))
             except Exception as exc:
                 raise InputError(
                     f"jax.grad could not differentiate the loss ({type(exc).__name__}: {exc}). With "

@@ -528,7 +528,7 @@ class TorchAdapter(Adapter):
             with lock, float64_scope(promote, promotion):
                 return loss(p)
 
-        def gradient() -> np.ndarray:
+        def gradient(x: np.ndarray | None = None) -> np.ndarray:
             leaves: list[torch.Tensor] = []
 
             def make_leaf(piece: np.ndarray, original: torch.Tensor) -> torch.Tensor:
@@ -536,14 +536,14 @@ class TorchAdapter(Adapter):
                 leaves.append(t)
                 return t
 
-            p = flat.unravel(flat.x0, make_leaf)
+            p = flat.unravel(flat.x0 if x is None else x, make_leaf)
             snapshot.replay()
             with lock, float64_scope(promote), torch.enable_grad():
                 out = _scalar_tensor(loss(p))
                 return _gradient_of(out, leaves, self)
 
-        def call_grad(fn: Callable[..., Any]) -> Any:
-            p = flat.unravel(flat.x0, make)
+        def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
+            p = flat.unravel(flat.x0 if x is None else x, make)
             snapshot.replay()
             with lock, float64_scope(promote):
                 return fn(p)
@@ -595,11 +595,11 @@ class TorchAdapter(Adapter):
             with lock, swapped(x), float64_scope(promote, promotion):
                 return loss()
 
-        def gradient() -> np.ndarray:
+        def gradient(x: np.ndarray | None = None) -> np.ndarray:
             flags = [t.requires_grad for t in tensors]
             snapshot.replay()
             try:
-                with lock, swapped(flat.x0), float64_scope(promote), torch.enable_grad():
+                with lock, swapped(flat.x0 if x is None else x), float64_scope(promote), torch.enable_grad():
                     for t in tensors:
                         if not t.requires_grad:
                             t.requires_grad_(True)
@@ -610,9 +610,9 @@ class TorchAdapter(Adapter):
                     if t.requires_grad != flag:
                         t.requires_grad_(flag)
 
-        def call_grad(fn: Callable[..., Any]) -> Any:
+        def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
             snapshot.replay()
-            with lock, swapped(flat.x0), float64_scope(promote):
+            with lock, swapped(flat.x0 if x is None else x), float64_scope(promote):
                 value = fn()
             return value
 
