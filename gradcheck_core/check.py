@@ -120,6 +120,11 @@ class LossFunction:
 
     # -- values -------------------------------------------------------------
     def scalar(self, out: Any, x: np.ndarray | None) -> float:
+        if self.out_dtype is not None and type(out) in (float, np.float64):  # the common case, fast
+            value = float(out)
+            if not math.isfinite(value):
+                raise InputError(self._not_finite(value, x))
+            return value
         array = np.asarray(self.adapter.to_numpy(out) if not isinstance(out, (float, int)) else out)
         if array.size != 1:
             raise InputError(
@@ -423,7 +428,8 @@ def run_check(
             from .adapters import precision_notes
 
             reasons.insert(0, f"the loss returns {fun.out_dtype}, not float64")
-            reasons.extend(n for n in precision_notes(fun.first_output, target.framework) if n not in reasons)
+            if not target.precision:  # the adapter's own explanation comes first
+                reasons.extend(precision_notes(fun.first_output, target.framework))
         elif noise_rel > NOISY and not nondeterministic:
             reasons.insert(
                 0,
