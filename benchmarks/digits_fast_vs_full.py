@@ -16,6 +16,12 @@ from gradcheck_core.examples import digits_l2
 
 
 def main() -> None:
+    try:  # one BLAS thread: steadier timings on a shared machine, the same for both modes
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
     params, X, Y = digits_l2.problem()
     loss = digits_l2.cost(X, Y)
     grad = digits_l2.backward(X, Y, forget_l2_layer2=True)

@@ -102,6 +102,9 @@ class LossFunction:
         self._saved = [r.get() for r in target.rngs]
         # Generators the loss actually draws from; decided after the first call.
         self._active: list[int] | None = None
+        # While True, a non-finite loss away from x0 comes back as NaN (the
+        # sweep then looks closer) instead of raising.
+        self.tolerate = False
 
     # -- RNG replay ---------------------------------------------------------
     def replay(self) -> None:
@@ -123,7 +126,7 @@ class LossFunction:
         if self.out_dtype is not None and type(out) in (float, np.float64):  # the common case, fast
             value = float(out)
             if not math.isfinite(value):
-                raise InputError(self._not_finite(value, x))
+                return self._non_finite(value, x)
             return value
         array = np.asarray(self.adapter.to_numpy(out) if not isinstance(out, (float, int)) else out)
         if array.size != 1:
@@ -143,8 +146,13 @@ class LossFunction:
             self.first_output = out
         value = float(array.reshape(()).astype(np.float64))
         if not math.isfinite(value):
-            raise InputError(self._not_finite(value, x))
+            return self._non_finite(value, x)
         return value
+
+    def _non_finite(self, value: float, x: np.ndarray | None) -> float:
+        if self.tolerate and x is not None and not np.array_equal(x, self.flat.x0):
+            return float("nan")
+        raise InputError(self._not_finite(value, x))
 
     def _not_finite(self, value: float, x: np.ndarray | None) -> str:
         if x is None or np.array_equal(x, self.flat.x0):
@@ -198,7 +206,7 @@ class LossFunction:
         out = np.asarray(self.target.evaluate_batch(rows), dtype=np.float64).reshape(-1)
         self.nfev += len(rows)
         bad = ~np.isfinite(out)
-        if bad.any():
+        if bad.any() and not self.tolerate:
             raise InputError(self._not_finite(float(out[bad][0]), rows[int(np.flatnonzero(bad)[0])]))
         return out
 
@@ -218,7 +226,7 @@ class LossFunction:
         self.nfev += len(rows)
         out = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1) for r in results])
         bad = ~np.isfinite(out)
-        if bad.any():
+        if bad.any() and not self.tolerate:
             raise InputError(self._not_finite(float(out[bad][0]), rows[int(np.flatnonzero(bad)[0])]))
         return out
 
@@ -553,6 +561,7 @@ def _full(ctx: _Context) -> tuple[list[BlockResult], str, float]:
         len(idx), enabled=opts.progress,
         expected_seconds=len(idx) * fd.EVALS_PER_COORDINATE[method] * ctx.t_eval,
     )
+    fun.tolerate = True
     try:
         numeric, roundoff, trunc = fd.sweep(
             fun, flat.x0, idx, ctx.f0, method=method, rel_step=rel, noise=ctx.noise,
@@ -560,12 +569,24 @@ def _full(ctx: _Context) -> tuple[list[BlockResult], str, float]:
         )
     finally:
         bar.close()
+    try:
+        return _judge(ctx, per_block, idx, numeric, roundoff, trunc, method, rel)
+    finally:
+        fun.tolerate = False
+
+
+def _judge(
+    ctx: _Context, per_block: list[np.ndarray], idx: np.ndarray, numeric: np.ndarray,
+    roundoff: np.ndarray, trunc: np.ndarray, method: str, rel: float,
+) -> tuple[list[BlockResult], str, float]:
+    """Escalate undecidable parameters, re-examine suspects, summarise per parameter."""
+    flat, opts, fun = ctx.flat, ctx.opts, ctx.fun
     if method == "complex":
         _complex_sanity(ctx, idx, numeric)
     err = ctx.bounds(roundoff, trunc)
     a = ctx.analytic[idx]
     scale = float(np.max(np.abs(a))) if len(a) else 0.0
-    scale = max(scale, float(np.max(np.abs(numeric))) if len(numeric) else 0.0)
+    scale = max(scale, float(np.nanmax(np.abs(numeric))) if np.isfinite(numeric).any() else 0.0)
 
     # Blocks whose error bounds swamp the gradient: try Richardson at larger steps.
     r_default = fd.relative_step("richardson", ctx.noise_rel)
@@ -579,42 +600,47 @@ def _full(ctx: _Context) -> tuple[list[BlockResult], str, float]:
                 r_steps[b] = _escalate(ctx, block_idx, pos, numeric, err) or r_default
     kink = np.zeros(len(idx), dtype=bool)
     bad = np.zeros(len(idx), dtype=bool)
+    unconfirmed = np.zeros(len(idx), dtype=bool)
     tol = tolerance(a, numeric, err, opts.rtol, opts.atol)
-    suspect = np.abs(a - numeric) > tol
+    lost = ~np.isfinite(numeric)  # the loss was not finite at a step: look closer
+    suspect = (np.abs(a - numeric) > tol) | lost
     budget = REFINE_TOTAL
-    if suspect.any():
-        for block_idx, r_rel in zip(per_block, r_steps):
-            pos = np.searchsorted(idx, block_idx)
-            sus = pos[suspect[pos]]
-            if not len(sus):
-                continue
-            excess = np.abs(a[sus] - numeric[sus]) / np.maximum(tol[sus], 1e-300)
-            order = sus[np.argsort(-excess)]
-            limit = min(len(order), opts.max_refine, budget)
-            confirmed_bad = 0
-            for k, p in enumerate(order):
-                if k >= limit and (confirmed_bad or budget <= 0):
-                    break
-                budget -= 1
-                ref = fd.refine(fun, flat.x0, int(idx[p]), ctx.f0, rel_step=r_rel, noise=ctx.noise)
-                e = ROUNDOFF_SAFETY * (ref.error) + 0.0
-                t = opts.atol + opts.rtol * max(abs(a[p]), abs(ref.value)) + e
-                if ref.smooth:
-                    numeric[p], err[p] = ref.value, e
-                    tol[p] = t
-                    if abs(a[p] - ref.value) > t:
-                        bad[p] = True
-                        confirmed_bad += 1
-                else:
-                    # Not differentiable here: no value is right or wrong.
-                    kink[p] = True
-                    numeric[p] = ref.left if abs(a[p] - ref.left) < abs(a[p] - ref.right) else ref.right
+    for block_idx, r_rel in zip(per_block, r_steps):
+        pos = np.searchsorted(idx, block_idx)
+        sus = pos[suspect[pos]]
+        if not len(sus):
+            continue
+        excess = np.where(lost[sus], np.inf, np.abs(a[sus] - numeric[sus]) / np.maximum(tol[sus], 1e-300))
+        order = sus[np.argsort(-excess, kind="stable")]
+        confirmed_bad = 0
+        for k, p in enumerate(order):
+            if not lost[p] and k >= min(opts.max_refine, budget) and (confirmed_bad or budget <= 0):
+                # Enough seen: with confirmed errors the rest count as wrong too;
+                # otherwise they stay undecided.
+                (bad if confirmed_bad else unconfirmed)[order[k:]] = True
+                break
+            budget -= 1
+            ref = fd.refine(fun, flat.x0, int(idx[p]), ctx.f0, rel_step=r_rel, noise=ctx.noise)
+            if not np.isfinite(ref.value):
+                b, local = flat.block_of(int(idx[p]))
+                raise InputError(
+                    f"the loss is not finite next to {flat.leaves[b].name}{list(local)} = "
+                    f"{flat.x0[idx[p]]:.6g} at any step tried (down to a relative 1e-15): the "
+                    "parameter sits on the edge "
+                    "of the loss's domain (a log of 0, a division by 0). Move it away from the edge."
+                )
+            e = ROUNDOFF_SAFETY * ref.error
+            t = opts.atol + opts.rtol * max(abs(a[p]), abs(ref.value)) + e
+            if ref.smooth:
+                numeric[p], err[p], tol[p] = ref.value, e, t
+                if abs(a[p] - ref.value) > t:
+                    bad[p] = True
+                    confirmed_bad += 1
             else:
-                continue
-            # Past the budget with confirmed bad entries: the unexamined suspects count as bad.
-            rest = order[k:]
-            bad[rest] = True
-    unsure = undecidable(a, numeric, err, scale)
+                # Not differentiable here: no value is right or wrong.
+                kink[p] = True
+                numeric[p] = ref.left if abs(a[p] - ref.left) < abs(a[p] - ref.right) else ref.right
+    unsure = undecidable(a, numeric, err, scale) | unconfirmed
     blocks = []
     for leaf, block_idx in zip(flat.leaves, per_block):
         pos = np.searchsorted(idx, block_idx)
@@ -692,10 +718,15 @@ def check_loss(loss_fn: Callable[..., Any], y_true: Any, y_pred: Any, grad: Any 
         lambda yp: loss_fn(y_true, yp)
     )
     opts = Options(**options)
-    report = run_check(closure, y_pred, grad, opts, what="loss", adapter=adapter)
-    if len(report.blocks) == 1:
-        report.blocks[0].name = "y_pred"
-    return report
+    # Named y_pred in the report, its findings and its messages.
+    if callable(grad):
+        user_grad = grad
+        grad = lambda p: {"y_pred": user_grad(p["y_pred"])}  # noqa: E731
+    elif grad is not None:
+        grad = {"y_pred": grad}
+    return run_check(
+        lambda p: closure(p["y_pred"]), {"y_pred": y_pred}, grad, opts, what="loss", adapter=adapter
+    )
 
 
 def check_function(fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any] | None = None, **options: Any) -> Report:

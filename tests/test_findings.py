@@ -189,3 +189,25 @@ def test_float32_inside_a_float64_result_is_measured_as_low_precision() -> None:
     assert report.verdict in ("pass", "inconclusive")
     low = report.findings_of("low_precision")
     assert low and "times that of float64" in low[0].message
+
+
+def test_probabilities_near_zero_are_differentiated_with_smaller_steps() -> None:
+    # A log-loss on softmax outputs as small as 1e-9: a step of 1e-5 would leave
+    # the domain. The check shrinks the step where it must and still judges.
+    rng = np.random.default_rng(2)
+    X = np.c_[np.ones(40), rng.standard_normal((40, 4)) * 4]
+    Y = np.eye(3)[rng.integers(0, 3, 40)]
+    Zs = X @ rng.standard_normal((5, 3))
+    P = np.exp(Zs - Zs.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    assert P.min() < 1e-6
+
+    def loss(p):
+        return -np.mean(np.sum(Y * np.log(p), axis=1))
+
+    report = gc.check_loss(lambda y, p: loss(p), Y, P, grad=lambda p: -Y / p / len(Y))
+    assert report.verdict == "pass", str(report)
+    assert report.blocks[0].name == "y_pred"
+    wrong = gc.check_loss(lambda y, p: loss(p), Y, P, grad=lambda p: -Y / p)
+    assert wrong.verdict == "fail"
+    assert wrong.findings_of("scale")[0].block == "y_pred"
