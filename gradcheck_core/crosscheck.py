@@ -259,11 +259,25 @@ def _match(
     return pairs
 
 
-def _scalar(adapter: Any, out: Any) -> float:
+def _scalar(adapter: Any, out: Any) -> tuple[float, str]:
     value = np.asarray(adapter.to_numpy(out))
     if value.size != 1:
         raise InputError(f"a loss returned shape {value.shape}, not a scalar; reduce it (mean or sum).")
-    return float(value.reshape(()).astype(np.float64))
+    return float(value.reshape(()).astype(np.float64)), str(value.dtype)
+
+
+# Tolerances for a candidate whose loss does not come out in float64.
+LOW_PRECISION_RTOL = 1e-3
+LOW_PRECISION_LOSS_RTOL = 1e-5
+
+
+def _low_precision_note(name: str, dtype: str, target: Any) -> str:
+    why = "; ".join(target.precision) if target.precision else "the loss itself computes in that precision"
+    return (
+        f"{name}'s loss comes out as {dtype}, not float64 ({why}); it was compared at that precision "
+        f"(gradients to a relative {LOW_PRECISION_RTOL:g}, the loss to {LOW_PRECISION_LOSS_RTOL:g}). "
+        "Build its loss in float64 (a Keras loss with dtype='float64', say) for a full-precision comparison."
+    )
 
 
 def _gradient(target: Any, adapter: Any, grad: Any, x: np.ndarray, name: str) -> np.ndarray:
@@ -339,11 +353,16 @@ def compare(
             targets[name] = (adapter, stack.enter_context(adapter.target(loss, params, float64=float64)), grad)
         ref_adapter, ref_target, ref_grad = targets[ref_name]
         x_ref = ref_target.flat.x0
-        losses = {ref_name: _scalar(ref_adapter, ref_target.evaluate(x_ref))}
+        ref_value, ref_dtype = _scalar(ref_adapter, ref_target.evaluate(x_ref))
+        losses = {ref_name: ref_value}
+        messages: list[str] = []
+        ref_low = ref_dtype not in ("float64", "float128")
+        if ref_low:
+            messages.append(_low_precision_note(ref_name, ref_dtype, ref_target))
         g_ref = _gradient(ref_target, ref_adapter, ref_grad, x_ref, ref_name)
         rows: list[ParameterRow] = []
         rel_diff: dict[str, float] = {}
-        messages: list[str] = []
+        limits: dict[str, float] = {}
         for name in names[1:]:
             adapter, target, grad = targets[name]
             own_map = mapping
@@ -353,7 +372,12 @@ def compare(
             x = target.flat.x0.copy()
             for r, o, layout in pairs:
                 x[o.slice] = _to_other(x_ref[r.slice].reshape(r.shape), layout).reshape(-1)
-            losses[name] = _scalar(adapter, target.evaluate(x))
+            losses[name], dtype = _scalar(adapter, target.evaluate(x))
+            low = ref_low or dtype not in ("float64", "float128")
+            if dtype not in ("float64", "float128"):
+                messages.append(_low_precision_note(name, dtype, target))
+            own_rtol = max(rtol, LOW_PRECISION_RTOL) if low else rtol
+            limits[name] = max(loss_rtol, LOW_PRECISION_LOSS_RTOL) if low else loss_rtol
             scale = max(abs(losses[ref_name]), 1e-300)
             rel_diff[name] = abs(losses[name] - losses[ref_name]) / scale
             g = _gradient(target, adapter, grad, x, name)
@@ -361,7 +385,7 @@ def compare(
                 a = g_ref[r.slice].reshape(r.shape)
                 b = _to_reference(g[o.slice].reshape(o.shape), layout)
                 diff = np.abs(a - b)
-                ok_entries = diff <= atol + rtol * np.maximum(np.abs(a), np.abs(b))
+                ok_entries = diff <= atol + own_rtol * np.maximum(np.abs(a), np.abs(b))
                 denom = np.linalg.norm(a) + np.linalg.norm(b)
                 worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), r.shape)) if diff.size else None
                 rows.append(
@@ -378,7 +402,7 @@ def compare(
                         worst_index=worst,
                     )
                 )
-            if rel_diff[name] > loss_rtol:
+            if rel_diff[name] > limits[name]:
                 messages.append(
                     f"{name}'s loss differs from {ref_name}'s by a relative {rel_diff[name]:.2e} at the same "
                     "parameter values: the two compute different functions (an activation, a missing "
@@ -388,10 +412,10 @@ def compare(
             if bad:
                 messages.append(
                     f"{name}'s gradients differ for {', '.join(f'{r.reference_name} ({r.name})' for r in bad)}"
-                    + ("; the losses agree, so the backward pass differs" if rel_diff[name] <= loss_rtol else "")
+                    + ("; the losses agree, so the backward pass differs" if rel_diff[name] <= limits[name] else "")
                     + "."
                 )
-    passed = all(r.passed for r in rows) and all(d <= loss_rtol for d in rel_diff.values())
+    passed = all(r.passed for r in rows) and all(d <= limits[n] for n, d in rel_diff.items())
     return Comparison(
         passed=passed,
         reference=ref_name,
