@@ -181,6 +181,7 @@ class Refined:
     left: float  # backward one-sided derivative (small step)
     right: float  # forward one-sided derivative (small step)
     nfev: int
+    resolution: float = 0.0  # smallest slope gap the kink test can see at this step
 
 
 def _refine_once(
@@ -206,9 +207,9 @@ def _refine_once(
     right2, left2 = (f2p - f0) / h2, (f0 - f2m) / h2
     gap1, gap2 = right1 - left1, right2 - left2
     # Smooth: gap(h) = h f'' + O(h^3), so gap1 - 2 gap2 is round-off only.
-    slack = 20 * noise / abs(h2) + 1e-3 * abs(gap1)
-    smooth = bool(abs(gap1 - 2 * gap2) <= slack)
-    return Refined(float(value), float(trunc + roundoff), smooth, float(left2), float(right2), 4)
+    resolution = 20 * noise / abs(h2)
+    smooth = bool(abs(gap1 - 2 * gap2) <= resolution + 1e-3 * abs(gap1))
+    return Refined(float(value), float(trunc + roundoff), smooth, float(left2), float(right2), 4, resolution)
 
 
 # Step ladder of :func:`refine`: each level divides the step by this.
@@ -247,11 +248,15 @@ def refine(
         nfev += 4
         rel /= REFINE_SHRINK
         if not np.isfinite(r.value) or not np.isfinite(r.error):
-            continue  # outside the loss's domain: shrink further, free of charge
-        usable += 1
+            continue  # outside the loss's domain: shrink further
         if not r.smooth:
+            # A kink within reach (a clip, a ReLU): a smaller step may get past
+            # it; one exactly at x_i stays rough at every step.
             rough = rough or r
             continue
+        if rough is not None and best is None and r.resolution > 0.5 * abs(rough.right - rough.left):
+            break  # the noise now hides the kink: smaller steps cannot tell any more
+        usable += 1
         if best is not None and r.error > 4 * best.error:
             break  # round-off has taken over
         if best is None or r.error < best.error:
@@ -288,7 +293,11 @@ def estimate_noise(
         Evaluations used.
     """
     n = x0.size
-    v = rng.standard_normal(n) * np.maximum(1.0, np.abs(x0))
+    # Steps relative to each coordinate's own size: a probability of 1e-9 is
+    # moved by 1e-15, not by 1e-6 (which would cross a clip or leave the domain).
+    size = np.abs(x0)
+    typical = float(np.median(size[size > 0])) if np.any(size > 0) else 1.0
+    v = rng.standard_normal(n) * np.where(size > 0, size, typical)
     floor = EPS * abs(f0)
     nfev = 0
     for scale in (rel_step, 100 * rel_step, 1e4 * rel_step):
