@@ -22,7 +22,7 @@ FRAMEWORK_PACKAGES = {
     "jax": ["jax[cpu]"],
     "keras": ["keras>=3", "tensorflow-cpu", "jax[cpu]", TORCH],
 }
-KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+KERAS_BACKENDS = ("tensorflow", "jax", "torch", "numpy")
 
 
 def install(session: nox.Session, *frameworks: str) -> None:

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -528,20 +529,20 @@ def run_check(
     )
 
 
+@dataclass
 class _Context:
     """What the sweeps need, gathered in one place."""
 
-    def __init__(self, fun, flat, analytic, f0, noise, noise_rel, opts, rng, findings, t_eval):
-        self.fun = fun
-        self.flat = flat
-        self.analytic = analytic
-        self.f0 = f0
-        self.noise = noise
-        self.noise_rel = noise_rel
-        self.opts = opts
-        self.rng = rng
-        self.findings = findings
-        self.t_eval = t_eval
+    fun: LossFunction
+    flat: Any
+    analytic: np.ndarray
+    f0: float
+    noise: float
+    noise_rel: float
+    opts: Options
+    rng: np.random.Generator
+    findings: list[Finding]
+    t_eval: float
 
     def rel_step(self, method: str) -> float:
         if self.opts.step is not None and method == self.opts.method:
