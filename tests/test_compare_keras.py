@@ -17,6 +17,8 @@ Y = np.eye(3, dtype="float32")[LABELS]
 def models(activation: str = "tanh"):
     keras = pytest.importorskip("keras")
     torch = pytest.importorskip("torch")
+    if keras.backend.backend() == "numpy":
+        pytest.skip("Keras's numpy backend has no autodiff to compare")
     keras_model = keras.Sequential(
         [keras.Input((4,)), keras.layers.Dense(8, activation=activation), keras.layers.Dense(3)]
     )
