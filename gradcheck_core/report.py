@@ -199,7 +199,7 @@ class Report:
     def raise_if_failed(self) -> Report:
         """Raise :class:`GradcheckError` with the report text unless it passed."""
         if self.verdict != "pass":
-            raise CheckFailed("gradient check " + self.verdict.upper() + "\n" + str(self), self)
+            raise CheckFailed(str(self), self)
         return self
 
     def __str__(self) -> str:
