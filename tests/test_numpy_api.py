@@ -229,3 +229,15 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFix
     gc.check(module_level_loss, params, module_level_grad, mode="full", progress=True)
     err = capsys.readouterr().err
     assert "gradcheck [" in err and "8/8" in err
+
+
+def test_dask_client_executor() -> None:
+    distributed = pytest.importorskip("distributed")
+    params = {"w": RNG.standard_normal(8)}
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        executor = client.get_executor()
+        report = gc.check(module_level_loss, params, module_level_grad, mode="full", executor=executor)
+        wrong = gc.check(module_level_loss, params, lambda p: {"w": -module_level_grad(p)["w"]},
+                         mode="full", executor=executor)
+    assert report.passed and report.rel_error < 1e-8
+    assert wrong.verdict == "fail" and wrong.findings_of("sign")
