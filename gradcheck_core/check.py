@@ -779,28 +779,14 @@ def check_function(fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any]
     seed = options.get("seed", 0)
     rng = np.random.default_rng(seed)
     cotangents = [rng.standard_normal(o.shape) if o.dtype.kind == "f" else None for o in outputs]
-    # Floating inputs are the parameters; the others are held fixed.
-    floating = [i for i, x in enumerate(inputs) if not isinstance(x, (int, float)) and _is_floating(adapter, x)]
-    if not floating:
+    fi = _FunctionInputs(adapter, fn, inputs)
+    if not fi.floating:
         raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
-
-    def args_of(p: dict[str, Any]) -> list[Any]:
-        args = list(inputs)
-        for i in floating:
-            args[i] = p[f"input{i}"]
-        return args
-
-    params = {f"input{i}": inputs[i] for i in floating}
     reports = []
     for j, u in enumerate(cotangents):
         if u is None:
             continue
         us = [c if k == j else (None if c is None else np.zeros_like(c)) for k, c in enumerate(cotangents)]
-
-        def phi(p: Any, j: int = j, u: np.ndarray = u) -> float:
-            outs = adapter.call(fn, args_of(p))
-            return float(np.sum(u * np.asarray(outs[j], dtype=np.float64)))
-
         if vjp is not None:
             g = vjp(us if len(us) > 1 else us[0], *inputs)
             g = list(g) if isinstance(g, (list, tuple)) else [g]
@@ -808,7 +794,10 @@ def check_function(fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any]
             g = adapter.vjp(fn, list(inputs), us)
         if len(g) != len(inputs):
             raise InputError(f"the vjp returned {len(g)} gradients for {len(inputs)} inputs; return one per input.")
-        report = run_check(phi, params, {f"input{i}": g[i] for i in floating}, Options(**options), what="function")
+        report = run_check(
+            fi.projection(j, u), fi.params, {f"input{i}": g[i] for i in fi.floating}, Options(**options),
+            what="function",
+        )
         for b in report.blocks:
             b.name = f"{b.name}->output{j}"
         for f in report.findings:
@@ -819,38 +808,56 @@ def check_function(fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any]
         raise InputError("fn has no floating output to check.")
     merged = merge_reports(reports)
     if vjp is None and hasattr(adapter, "jvp"):
-        _check_jvps(adapter, fn, list(inputs), outputs, cotangents, merged, Options(**options))
+        _check_jvps(fi, cotangents, merged, Options(**options))
     return merged
 
 
+class _FunctionInputs:
+    """The inputs of a function under check: the floating ones are the parameters.
+
+    They are named ``input{i}``; other inputs (integers, Python numbers) are
+    held fixed.  :meth:`projection` turns output ``j`` into the scalar
+    ``<u, fn(inputs)_j>`` whose gradient is the vector-Jacobian product.
+    """
+
+    def __init__(self, adapter: Any, fn: Callable[..., Any], inputs: tuple[Any, ...] | list[Any]) -> None:
+        self.adapter = adapter
+        self.fn = fn
+        self.inputs = list(inputs)
+        self.floating = [
+            i for i, x in enumerate(self.inputs) if not isinstance(x, (int, float)) and _is_floating(adapter, x)
+        ]
+        self.params = {f"input{i}": self.inputs[i] for i in self.floating}
+
+    def projection(self, j: int, u: np.ndarray) -> Callable[[dict[str, Any]], float]:
+        def phi(p: dict[str, Any]) -> float:
+            args = list(self.inputs)
+            for i in self.floating:
+                args[i] = p[f"input{i}"]
+            return float(np.sum(u * np.asarray(self.adapter.call(self.fn, args)[j], dtype=np.float64)))
+
+        return phi
+
+
 def _check_jvps(
-    adapter: Any, fn: Callable[..., Any], inputs: list[Any], outputs: list[np.ndarray],
-    cotangents: list[np.ndarray | None], report: Report, opts: Options,
+    fi: _FunctionInputs, cotangents: list[np.ndarray | None], report: Report, opts: Options,
 ) -> None:
     """Forward mode: ``<u_j, J_ij v_i>`` from the framework's JVP against finite differences.
 
     Adds one block ``input{i}->output{j} (jvp)`` per pair.  A function without
     forward mode (a ``custom_vjp`` rule, a torch Function without ``jvp``)
-    gets an ``info`` note instead.
+    gets a ``no_forward_mode`` finding instead.
     """
     from .compare import rel_error
 
     rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
-    floating = [i for i, x in enumerate(inputs) if not isinstance(x, (int, float)) and _is_floating(adapter, x)]
-
-    def args_of(p: dict[str, Any]) -> list[Any]:
-        args = list(inputs)
-        for i in floating:
-            args[i] = p[f"input{i}"]
-        return args
-
-    params = {f"input{i}": inputs[i] for i in floating}
-    for i in floating:
+    adapter, inputs = fi.adapter, fi.inputs
+    for i in fi.floating:
         shape = np.shape(adapter.to_numpy(inputs[i]))
         v = rng.standard_normal(shape)
         tangents = [v if k == i else None for k in range(len(inputs))]
         try:
-            out_tangents = adapter.jvp(fn, inputs, tangents)
+            out_tangents = adapter.jvp(fi.fn, inputs, tangents)
         except InputError as exc:
             report.findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))
             return
@@ -859,14 +866,11 @@ def _check_jvps(
                 continue
             analytic = float(np.sum(u * np.asarray(out_tangents[j], dtype=np.float64)))
 
-            def phi(p: Any, j: int = j, u: np.ndarray = u) -> float:
-                return float(np.sum(u * np.asarray(adapter.call(fn, args_of(p))[j], dtype=np.float64)))
-
-            with _prepared(phi, params, opts) as (_, target, fun):
+            with _prepared(fi.projection(j, u), fi.params, opts) as (_, target, fun):
                 f0 = fun(target.flat.x0)
                 noise, _ = fd.estimate_noise(fun, target.flat.x0, f0, rng)
                 direction = np.zeros(target.flat.n)
-                direction[target.flat.leaves[floating.index(i)].slice] = v.reshape(-1)
+                direction[target.flat.leaves[fi.floating.index(i)].slice] = v.reshape(-1)
                 rel = fd.relative_step("richardson", noise / abs(f0) if f0 else fd.EPS)
                 numeric, err, _ = fd.directional(fun, target.flat.x0, direction, rel_step=rel, noise=noise, f0=f0)
                 nfev = fun.nfev

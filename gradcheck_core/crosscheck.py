@@ -143,8 +143,9 @@ class Comparison:
                     f"{r.max_abs_error:.2e}",
                 ]
             )
-        widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        from .render import fixed_width
+
+        lines += fixed_width(rows)
         lines += [f"- {m}" for m in self.messages]
         return "\n".join(lines)
 

@@ -79,6 +79,12 @@ def _headline(report: Report) -> str:
     )
 
 
+def fixed_width(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as lines, each column padded to its widest cell."""
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
 def render_text(report: Report) -> str:
     """The report as a fixed-width table with the findings under it.
 
@@ -93,11 +99,7 @@ def render_text(report: Report) -> str:
         A header line, the table (``FAIL`` rows first, ``????`` marks an
         inconclusive parameter) and one line per finding.
     """
-    rows = [HEADER] + block_rows(report)
-    widths = [max(len(r[c]) for r in rows) for c in range(len(HEADER))]
-    lines = [_headline(report)]
-    for r in rows:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    lines = [_headline(report), *fixed_width([HEADER, *block_rows(report)])]
     if report.findings:
         lines.append("findings:")
         for f in report.findings:
