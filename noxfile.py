@@ -2,11 +2,14 @@
 
 ``nox -s tests`` runs everything (every framework, every Keras backend, each
 Keras backend in its own pytest process); ``nox -s core`` proves the core
-works with numpy alone; one session per framework for quick work on one
-adapter.
+works with numpy alone; ``nox -s lint`` runs ruff and mypy; one session per
+framework for quick work on one adapter.
 """
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -64,6 +67,19 @@ def keras(session: nox.Session, backend: str) -> None:
     """Keras adapter tests on one backend (each backend in its own process)."""
     install(session, "keras")
     run_pytest(session, "-m", "keras", env={"KERAS_BACKEND": backend})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) and mypy over the installed package."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    # adapters/ installs as gradcheck_core.adapters: type-check the package as installed.
+    site = Path(session.create_tmp()) / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    session.run("python", "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), ".")
+    session.run("mypy", "-p", "gradcheck_core", env={"MYPYPATH": str(site)})
 
 
 @nox.session(python=PYTHON)

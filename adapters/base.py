@@ -26,7 +26,9 @@ import numpy as np
 from gradcheck_core.errors import InputError
 from gradcheck_core.flatten import Flat, flatten, gradient_vector
 
-__all__ = ["Adapter", "Target", "RngState", "takes_argument", "python_rng_states"]
+from .detection import framework_of, to_numpy
+
+__all__ = ["Adapter", "RngState", "Target", "python_rng_states", "takes_argument"]
 
 
 def takes_argument(loss: Callable[..., Any]) -> bool:
@@ -130,8 +132,6 @@ class Adapter:
 
     def gradient_vector(self, grad: Any, flat: Flat) -> np.ndarray:
         """A handwritten gradient (any accepted form) as a flat float64 vector."""
-        from gradcheck_core.adapters import to_numpy
-
         return gradient_vector(grad, flat, to_numpy=to_numpy, is_leaf=_any_array)
 
     def rng_states(self) -> list[RngState]:
@@ -145,7 +145,9 @@ class Adapter:
         raise NotImplementedError
         yield  # pragma: no cover
 
-    def vjp(self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray]) -> list[np.ndarray]:
+    def vjp(
+        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+    ) -> list[np.ndarray]:
         """Reverse-mode products ``u^T J`` of ``fn`` at ``inputs`` (float64).
 
         Returns one numpy array per input.  Frameworks without autodiff raise.
@@ -164,6 +166,4 @@ class Adapter:
 
 def _any_array(value: Any) -> bool:
     """Leaf test for gradient values, which may come from any framework."""
-    from gradcheck_core.adapters import framework_of
-
     return isinstance(value, np.ndarray) or framework_of(value) is not None

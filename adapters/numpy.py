@@ -33,6 +33,7 @@ class NumpyAdapter(Adapter):
     def target(self, loss: Callable[..., Any], params: Any, *, float64: bool = True) -> Iterator[Target]:
         flat = self.flatten(params)
         if takes_argument(loss):
+
             def evaluate(x: np.ndarray) -> Any:
                 return loss(flat.unravel(x, _float64_copy))
 
@@ -81,11 +82,11 @@ class NumpyAdapter(Adapter):
             for a, piece in zip(arrays, flat.split(x)):
                 a[...] = piece
 
-        def evaluate(x: np.ndarray) -> Any:
+        def evaluate_in_place(x: np.ndarray) -> Any:
             write(x)
             return loss()
 
-        def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
+        def call_grad_in_place(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
             if x is None:
                 for a, s in zip(arrays, saved):
                     np.copyto(a, s)
@@ -96,9 +97,9 @@ class NumpyAdapter(Adapter):
         try:
             yield Target(
                 flat=flat,
-                evaluate=evaluate,
+                evaluate=evaluate_in_place,
                 gradient=None,
-                call_grad=call_grad,
+                call_grad=call_grad_in_place,
                 precision=precision,
                 rngs=python_rng_states(),
                 framework=self.name,

@@ -31,7 +31,7 @@ from gradcheck_core.errors import InputError
 
 from .base import Adapter, RngState, Target, python_rng_states, takes_argument
 
-__all__ = ["TensorFlowAdapter", "ADAPTER"]
+__all__ = ["ADAPTER", "TensorFlowAdapter"]
 
 _FULL = ("float64", "complex128")
 # Errors TensorFlow raises when a float64 tensor meets a float32 one.
@@ -179,7 +179,7 @@ class TensorFlowAdapter(Adapter):
             if not use64:
                 precision.append(
                     "the loss mixes the float64 parameter values with tensors of its own in "
-                    f"{', '.join(sorted(set(d for d in dtypes if d != 'float64')))} and TensorFlow does "
+                    f"{', '.join(sorted({d for d in dtypes if d != 'float64'}))} and TensorFlow does "
                     "not promote dtypes, so it was evaluated in the parameters' own dtypes; cast the "
                     "data and constants the loss uses to tf.float64 for a float64 check"
                 )
@@ -243,7 +243,9 @@ class TensorFlowAdapter(Adapter):
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
         return [np.asarray(self.to_numpy(o)) for o in outs]
 
-    def vjp(self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]) -> list[np.ndarray]:
+    def vjp(
+        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+    ) -> list[np.ndarray]:
         """``u^T J`` of ``fn`` at ``inputs`` (as float64 tensors), one array per input."""
         xs = [_float64_tensor(x) for x in inputs]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -253,9 +255,7 @@ class TensorFlowAdapter(Adapter):
             out = fn(*xs)
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
         if len(cotangents) != len(outs):
-            raise InputError(
-                f"fn returned {len(outs)} outputs but {len(cotangents)} cotangents were given."
-            )
+            raise InputError(f"fn returned {len(outs)} outputs but {len(cotangents)} cotangents were given.")
         targets, weights = [], []
         for o, u in zip(outs, cotangents):
             if u is None:
@@ -271,7 +271,9 @@ class TensorFlowAdapter(Adapter):
             for g, x in zip(grads, xs)
         ]
 
-    def jvp(self, fn: Callable[..., Any], inputs: list[Any], tangents: list[np.ndarray | None]) -> list[np.ndarray]:
+    def jvp(
+        self, fn: Callable[..., Any], inputs: list[Any], tangents: list[np.ndarray | None]
+    ) -> list[np.ndarray]:
         """``J v`` of ``fn`` at ``inputs`` by forward mode (``tf.autodiff.ForwardAccumulator``).
 
         ``tangents`` holds one array per input (None: that input does not move).
@@ -283,7 +285,9 @@ class TensorFlowAdapter(Adapter):
                 continue
             primals.append(x)
             shape = tuple(x.shape)
-            ts.append(tf.constant(np.zeros(shape) if t is None else np.asarray(t, dtype=np.float64).reshape(shape)))
+            ts.append(
+                tf.constant(np.zeros(shape) if t is None else np.asarray(t, dtype=np.float64).reshape(shape))
+            )
         try:
             with tf.autodiff.ForwardAccumulator(primals, ts) as acc:
                 out = fn(*xs)

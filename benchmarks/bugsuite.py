@@ -20,8 +20,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import gradcheck_core as gc  # noqa: E402
-from bugsuite.cases import Case, all_cases  # noqa: E402
+from bugsuite.cases import Case, all_cases
+
+import gradcheck_core as gc
 
 
 def ours(mode: str) -> Callable[[Case], str]:
@@ -51,12 +52,12 @@ def torch_gradcheck(fast: bool) -> Callable[[Case], str] | None:
     def run(case: Case) -> str:
         class Wrapped(torch.autograd.Function):
             @staticmethod
-            def forward(ctx, x):  # noqa: ANN001
+            def forward(ctx, x):
                 ctx.save_for_backward(x)
                 return torch.tensor(case.loss(x.detach().numpy()), dtype=torch.float64)
 
             @staticmethod
-            def backward(ctx, g):  # noqa: ANN001
+            def backward(ctx, g):
                 (x,) = ctx.saved_tensors
                 return g * torch.from_numpy(np.asarray(case.grad(x.detach().numpy()), dtype=np.float64))
 
@@ -90,7 +91,9 @@ def jax_check_grads() -> Callable[[Case], str] | None:
                 return f(x), x
 
             def bwd(x, g):
-                grad = jax.pure_callback(lambda v: np.asarray(case.grad(np.asarray(v)), np.float64), gshape, x)
+                grad = jax.pure_callback(
+                    lambda v: np.asarray(case.grad(np.asarray(v)), np.float64), gshape, x
+                )
                 return (g * grad,)
 
             f.defvjp(fwd, bwd)
@@ -117,8 +120,10 @@ def main() -> None:
     }
     bugs = [c for c in cases if c.buggy]
     correct = [c for c in cases if not c.buggy]
-    print(f"bug suite: {len(bugs)} broken gradients, {len(correct)} correct ones "
-          f"(traps: {', '.join(sorted({c.kind for c in correct}))})\n")
+    print(
+        f"bug suite: {len(bugs)} broken gradients, {len(correct)} correct ones "
+        f"(traps: {', '.join(sorted({c.kind for c in correct}))})\n"
+    )
     header = f"{'tool':32s} {'recall':>8s} {'false alarms':>13s} {'inconclusive':>13s} {'seconds':>8s}  missed / false alarms"
     print(header)
     print("-" * len(header))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import gradcheck_core as gc
-from gradcheck_core.examples import digits_l2
+from gradcheck_core.demos import digits_l2
 
 
 def main() -> None:
@@ -35,9 +35,13 @@ def main() -> None:
     print(f"{'mode':6s} {'verdict':8s} {'failed':12s} {'nfev':>7s} {'seconds':>8s}  findings")
     for mode, report, seconds in rows:
         kinds = ", ".join(f"{f.kind}({f.block})" for f in report.findings)
-        print(f"{mode:6s} {report.verdict:8s} {','.join(report.failed_blocks):12s} {report.nfev:7d} {seconds:8.2f}  {kinds}")
+        print(
+            f"{mode:6s} {report.verdict:8s} {','.join(report.failed_blocks):12s} {report.nfev:7d} {seconds:8.2f}  {kinds}"
+        )
     fast, full = rows[0], rows[1]
-    print(f"\nfast / full: {fast[2] / full[2]:.2%} of the time, {fast[1].nfev / full[1].nfev:.2%} of the evaluations")
+    print(
+        f"\nfast / full: {fast[2] / full[2]:.2%} of the time, {fast[1].nfev / full[1].nfev:.2%} of the evaluations"
+    )
 
 
 if __name__ == "__main__":

@@ -129,23 +129,33 @@ def sweep_table(samples: int, with_eager: bool, repeats: int = 2) -> None:
             best = min(best, seconds)
         rows.append((label, best, report))
     base = rows[0][1]
-    print(f"\nFull sweep of a 64-{HIDDEN}-10 network on {samples} digits images: {n:,} parameters (float32), "
-          f"central differences")
-    print(f"  {'evaluation':<38} {'seconds':>8} {'x batched':>10} {'evals':>7} {'verdict':>8} {'rel_error':>10}")
+    print(
+        f"\nFull sweep of a 64-{HIDDEN}-10 network on {samples} digits images: {n:,} parameters (float32), "
+        f"central differences"
+    )
+    print(
+        f"  {'evaluation':<38} {'seconds':>8} {'x batched':>10} {'evals':>7} {'verdict':>8} {'rel_error':>10}"
+    )
     for label, seconds, report in rows:
-        print(f"  {label:<38} {seconds:8.2f} {seconds / base:10.1f} {report.nfev:7d} {report.verdict:>8} "
-              f"{report.rel_error:10.1e}")
+        print(
+            f"  {label:<38} {seconds:8.2f} {seconds / base:10.1f} {report.nfev:7d} {report.verdict:>8} "
+            f"{report.rel_error:10.1e}"
+        )
     print(f"  (whole check including compilation; best of {repeats} runs, 1 run without jit)")
     costs = evaluation_costs(loss, params, with_eager)
     line = ", ".join(f"{label} {seconds * 1e6:.0f} us" for label, seconds in costs)
     print(f"  per evaluation, compiled and warm (best of 3): {line}")
 
 
-def evaluation_costs(loss: Callable[[Any], jax.Array], params: Any, with_eager: bool) -> list[tuple[str, float]]:
+def evaluation_costs(
+    loss: Callable[[Any], jax.Array], params: Any, with_eager: bool
+) -> list[tuple[str, float]]:
     """Seconds per evaluation of each strategy, without compilation or the check's own work."""
     adapter = get_adapter("jax")
     out = []
-    strategies = [("batched", True, True), ("jit loop", True, False)] + ([("no jit", False, False)] if with_eager else [])
+    strategies = [("batched", True, True), ("jit loop", True, False)] + (
+        [("no jit", False, False)] if with_eager else []
+    )
     for label, jit, vectorize in strategies:
         with adapter_settings(jit=jit, vectorize=vectorize), adapter.target(loss, params) as target:
             x0 = target.flat.x0
@@ -154,13 +164,14 @@ def evaluation_costs(loss: Callable[[Any], jax.Array], params: Any, with_eager: 
                 target.evaluate_batch(rows)  # compile the block sizes
 
                 def run() -> None:
-                    target.evaluate_batch(rows)
+                    target.evaluate_batch(rows)  # noqa: B023 - called within this iteration
             else:
                 target.evaluate(x0)
 
                 def run() -> None:
-                    for row in rows:
+                    for row in rows:  # noqa: B023 - called within this iteration
                         np.asarray(target.evaluate(row))
+
             best = min(timed(run)[1] for _ in range(3))
         out.append((label, best / len(rows)))
     return out
@@ -183,7 +194,9 @@ def run_gradcheck(fn: Callable[[Any], jax.Array], params: Any, **options: Any) -
 
 
 def detection_table() -> None:
-    print(f"\nOne wrong entry: a jax.custom_vjp loss whose backward pass scales one entry of W1 by 1 + {WRONG_BY:g}")
+    print(
+        f"\nOne wrong entry: a jax.custom_vjp loss whose backward pass scales one entry of W1 by 1 + {WRONG_BY:g}"
+    )
     print(f"  {'case':<32} {'params':<8} {'tool':<36} {'seconds':>8}  {'result':<6} {'caught?':<8}")
     for dtype_name in ("float32", "float64"):
         dtype = jnp.float32 if dtype_name == "float32" else jnp.float64
@@ -205,14 +218,18 @@ def detection_table() -> None:
                 if entry is not None and report.verdict == "fail":
                     bad = [b for b in report.blocks if b.verdict == "fail"]
                     where_found = ", ".join(f"{b.name}{list(b.worst_index)}" for b in bad)
-                _row(case, dtype_name, "gc.check (float64 evaluation)", seconds, result, expected, where_found)
+                _row(
+                    case, dtype_name, "gc.check (float64 evaluation)", seconds, result, expected, where_found
+                )
                 if dtype_name == "float32":
                     report, seconds = run_gradcheck(fn, params, float64=False)
                     result = {"pass": "pass", "fail": "FAIL"}.get(report.verdict, "incon.")
                     _row(case, dtype_name, "gc.check(float64=False)", seconds, result, expected)
 
 
-def _row(case: str, dtype: str, tool: str, seconds: float, result: str, expected: str, note: str = "") -> None:
+def _row(
+    case: str, dtype: str, tool: str, seconds: float, result: str, expected: str, note: str = ""
+) -> None:
     if expected == "pass":
         verdict = "ok" if result == "pass" else "false alarm" if result == "FAIL" else "undecided"
     else:

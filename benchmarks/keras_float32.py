@@ -74,7 +74,9 @@ def _child() -> dict[str, Any]:
     def loss_gradient(P: np.ndarray) -> np.ndarray:
         return (-Y / P + 1.0 / P.sum(axis=1, keepdims=True)) / m
 
-    weights = [np.random.default_rng(seed).standard_normal((5, 3)) * np.sqrt(1.0 / 5) for seed in range(DRAWS)]
+    weights = [
+        np.random.default_rng(seed).standard_normal((5, 3)) * np.sqrt(1.0 / 5) for seed in range(DRAWS)
+    ]
     cce = keras.losses.CategoricalCrossentropy()
     plain32 = [plain_loop(cce, W) for W in weights]
     verdicts, ours, seconds, loss_verdicts, loss_errors = [], [], [], [], []
@@ -151,7 +153,9 @@ def main(argv: list[str]) -> None:
     if "--json" in argv:
         print(json.dumps(rows, indent=2))
         return
-    print(f"Seed case (iris softmax regression, default CategoricalCrossentropy), median of {DRAWS} weight draws")
+    print(
+        f"Seed case (iris softmax regression, default CategoricalCrossentropy), median of {DRAWS} weight draws"
+    )
     print(table(rows))
 
 

@@ -50,7 +50,9 @@ def main() -> None:
         threadpool_limits(1)
     except ImportError:
         pass
-    print(f"{'n':>6s} {'nfev':>7s} {'2n':>7s} {'extra':>6s} {'sweep s':>8s} {'nfev x t_eval':>14s} {'ratio':>6s}")
+    print(
+        f"{'n':>6s} {'nfev':>7s} {'2n':>7s} {'extra':>6s} {'sweep s':>8s} {'nfev x t_eval':>14s} {'ratio':>6s}"
+    )
     for hidden, samples in ((10, 400), (40, 400), (100, 400), (40, 4000)):
         loss, params, grad = make(hidden, samples)
         n = sum(v.size for v in params.values())

@@ -62,7 +62,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return value, time.process_time() - start
 
 
-def torch_gradcheck(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...], fast: bool) -> tuple[str, float]:
+def torch_gradcheck(
+    fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...], fast: bool
+) -> tuple[str, float]:
     """Verdict ('pass'/'fail') and seconds of ``torch.autograd.gradcheck``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns about float32 inputs
@@ -89,7 +91,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady timings)")
     parser.add_argument(
-        "--samples", type=int, nargs="+", default=[64, 256], help="digits samples in the MLP loss (mini-batch sizes)"
+        "--samples",
+        type=int,
+        nargs="+",
+        default=[64, 256],
+        help="digits samples in the MLP loss (mini-batch sizes)",
     )
     parser.add_argument("--hidden", type=int, default=80, help="hidden units of the MLP")
     args = parser.parse_args()
@@ -124,9 +130,15 @@ def main() -> None:
         for fast in (False, True):
             verdict, s = torch_gradcheck(SparseBug.apply, (xn,), fast)
             add(case, f"torch gradcheck ({'fast' if fast else 'slow'})", verdict, s, "bug present")
-        report, s = timed(lambda: gc.check_function(SparseBug.apply, xn))
+        report, s = timed(lambda: gc.check_function(SparseBug.apply, xn))  # noqa: B023 - called within this iteration
         block = report.blocks[0]
-        add(case, "gc.check_function", report.verdict, s, f"bad entries {block.n_bad}, worst {block.worst_index}")
+        add(
+            case,
+            "gc.check_function",
+            report.verdict,
+            s,
+            f"bad entries {block.n_bad}, worst {block.worst_index}",
+        )
 
     # 3. The full sweep of an MLP, on mini-batches of the digits.
     for samples in args.samples:

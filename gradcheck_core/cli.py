@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["main", "load_factory", "EXIT_PASS", "EXIT_FAIL", "EXIT_USAGE", "EXIT_INCONCLUSIVE"]
+__all__ = ["EXIT_FAIL", "EXIT_INCONCLUSIVE", "EXIT_PASS", "EXIT_USAGE", "load_factory", "main"]
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -80,7 +80,7 @@ def _color(value: str) -> bool | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``gradcheck``."""
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(
         prog=PROG,
@@ -97,8 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("names", nargs="*", metavar="NAME", help="demos to run (see --list)")
     demo.add_argument("--list", action="store_true", help="list the demos and exit")
     demo.add_argument("--plot", metavar="DIR", help="save each demo's figures in DIR (needs matplotlib)")
-    demo.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                      help="coloured tables (default: on a terminal)")
+    demo.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="coloured tables (default: on a terminal)",
+    )
 
     run = sub.add_parser(
         "run",
@@ -111,18 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("target", metavar="FILE.py:FACTORY", help="a Python file and a function in it")
-    run.add_argument("--mode", choices=("auto", "full", "fast"), help="every coordinate (full), random directions (fast), or choose (auto)")
-    run.add_argument("--method", choices=("central", "forward", "richardson", "complex"), help="finite difference scheme")
-    run.add_argument("--sample", type=_positive_int, metavar="N", help="check N random coordinates per parameter")
+    run.add_argument(
+        "--mode",
+        choices=("auto", "full", "fast"),
+        help="every coordinate (full), random directions (fast), or choose (auto)",
+    )
+    run.add_argument(
+        "--method", choices=("central", "forward", "richardson", "complex"), help="finite difference scheme"
+    )
+    run.add_argument(
+        "--sample", type=_positive_int, metavar="N", help="check N random coordinates per parameter"
+    )
     run.add_argument("--seed", type=_int, metavar="N", help="seed for sampled coordinates and directions")
-    run.add_argument("--step", type=_float, metavar="H", help="relative step (default: from the loss's noise)")
+    run.add_argument(
+        "--step", type=_float, metavar="H", help="relative step (default: from the loss's noise)"
+    )
     run.add_argument("--rtol", type=_float, metavar="R", help="relative tolerance per entry (default 1e-6)")
     run.add_argument("--atol", type=_float, metavar="A", help="absolute tolerance per entry (default 0)")
     run.add_argument("--json", action="store_true", help="write the report as JSON on stdout, nothing else")
     run.add_argument("--arrays", action="store_true", help="with --json: include the checked entries")
-    run.add_argument("--plot", metavar="PATH", help="save a figure of the report (PNG, SVG or PDF; needs matplotlib)")
-    run.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                     help="coloured table (default: on a terminal)")
+    run.add_argument(
+        "--plot", metavar="PATH", help="save a figure of the report (PNG, SVG or PDF; needs matplotlib)"
+    )
+    run.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="coloured table (default: on a terminal)",
+    )
     run.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     return parser
 
@@ -202,10 +222,13 @@ def load_factory(target: str) -> tuple[Callable[[], Any], str]:
     factory = getattr(module, name, None)
     if factory is None:
         functions = [
-            n for n, v in vars(module).items()
+            n
+            for n, v in vars(module).items()
             if inspect.isfunction(v) and v.__module__ == module_name and not n.startswith("_")
         ]
-        there = f"; functions defined there: {', '.join(functions)}" if functions else "; it defines no functions"
+        there = (
+            f"; functions defined there: {', '.join(functions)}" if functions else "; it defines no functions"
+        )
         raise UsageError(f"{path_text} has no {name!r}{there}")
     if not callable(factory):
         raise UsageError(f"{path_text}:{name} is a {type(factory).__name__}, not a function")
@@ -213,9 +236,9 @@ def load_factory(target: str) -> tuple[Callable[[], Any], str]:
 
 
 def _check_options() -> list[str]:
-    from .check import check
+    from .options import CHECK_OPTIONS
 
-    return [p.name for p in inspect.signature(check).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return list(CHECK_OPTIONS)
 
 
 def check_arguments(result: Any, label: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,14 +260,18 @@ def check_arguments(result: Any, label: str, overrides: Mapping[str, Any]) -> di
     if missing:
         raise UsageError(f"{label} returned no {missing[0]!r}; the dict needs 'loss' and 'params'")
     if not callable(result["loss"]):
-        raise UsageError(f"{label} returned a 'loss' that is a {type(result['loss']).__name__}, not a function")
+        raise UsageError(
+            f"{label} returned a 'loss' that is a {type(result['loss']).__name__}, not a function"
+        )
     kwargs: dict[str, Any] = {"loss": result["loss"], "params": result["params"], "grad": result.get("grad")}
     extra = result.get("options") or {}
     if not isinstance(extra, Mapping):
         raise UsageError(f"{label} returned 'options' as a {type(extra).__name__}; it must be a dict")
     bad = [k for k in extra if k not in options]
     if bad:
-        raise UsageError(f"{label} returned the unknown option {bad[0]!r}; the options of check are {', '.join(options)}")
+        raise UsageError(
+            f"{label} returned the unknown option {bad[0]!r}; the options of check are {', '.join(options)}"
+        )
     kwargs.update(extra)
     kwargs.update({k: v for k, v in result.items() if k in options})
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
@@ -270,13 +297,20 @@ def _run(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise UsageError("--plot needs matplotlib, which is not installed: pip install 'gradcheck-core[plot]'") from None
+            raise UsageError(
+                "--plot needs matplotlib, which is not installed: pip install 'gradcheck-core[plot]'"
+            ) from None
         folder = Path(args.plot).parent
         if not folder.is_dir():
             raise UsageError(f"--plot {args.plot}: the folder {folder} does not exist")
     overrides = {
-        "mode": args.mode, "method": args.method, "sample": args.sample, "seed": args.seed,
-        "step": args.step, "rtol": args.rtol, "atol": args.atol,
+        "mode": args.mode,
+        "method": args.method,
+        "sample": args.sample,
+        "seed": args.seed,
+        "step": args.step,
+        "rtol": args.rtol,
+        "atol": args.atol,
     }
     with _stdout_to_stderr(args.json):
         factory, label = load_factory(args.target)
@@ -307,7 +341,9 @@ def _run(args: argparse.Namespace) -> int:
         print_report(report, color=_color(args.color))
     if args.plot is not None:
         try:
-            report.plot(args.plot)
+            from .plot import plot_report
+
+            plot_report(report, args.plot)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--plot {args.plot}: {_one_line(str(exc))}") from exc
         print(f"figure written to {args.plot}", file=sys.stderr if args.json else sys.stdout)
@@ -327,7 +363,9 @@ def _demo(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise UsageError("--plot needs matplotlib, which is not installed: pip install 'gradcheck-core[plot]'") from None
+            raise UsageError(
+                "--plot needs matplotlib, which is not installed: pip install 'gradcheck-core[plot]'"
+            ) from None
         if os.path.exists(args.plot) and not os.path.isdir(args.plot):
             raise UsageError(f"--plot {args.plot}: not a folder (demos write one PNG per demo there)")
     return demos.run(args.names or None, color=_color(args.color), plot_dir=args.plot)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .report import BlockResult, Finding
 
-__all__ = ["diagnose_block", "nice_number", "EXPLAINED"]
+__all__ = ["EXPLAINED", "diagnose_block", "nice_number"]
 
 # A model "explains" the discrepancy when what it leaves over is this small a
 # fraction of the discrepancy itself.
@@ -47,7 +47,9 @@ def _fits(residual: np.ndarray, discrepancy: np.ndarray) -> bool:
     return d > 0 and float(np.linalg.norm(residual)) <= EXPLAINED * d
 
 
-def diagnose_block(block: BlockResult, x: np.ndarray, full: np.ndarray | None = None) -> list[Finding]:
+def diagnose_block(
+    block: BlockResult, x: np.ndarray, full: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[Finding]:
     """Findings for one failing block.
 
     Parameters

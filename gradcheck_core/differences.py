@@ -29,13 +29,13 @@ import numpy as np
 __all__ = [
     "EPS",
     "METHODS",
-    "relative_step",
-    "taken_steps",
-    "sweep",
-    "refine",
     "Refined",
-    "estimate_noise",
     "directional",
+    "estimate_noise",
+    "refine",
+    "relative_step",
+    "sweep",
+    "taken_steps",
 ]
 
 EPS = float(np.finfo(np.float64).eps)
@@ -108,7 +108,7 @@ def _evaluate_shifted(
 def sweep(
     fun: Callable[[np.ndarray], float],
     x0: np.ndarray,
-    idx: Sequence[int],
+    idx: Sequence[int] | np.ndarray,
     f0: float,
     *,
     method: str,
@@ -130,17 +130,17 @@ def sweep(
         A truncation error estimate where the scheme gives one (Richardson),
         else zeros.
     """
-    idx = np.asarray(idx, dtype=np.int64)
-    xi = x0[idx]
+    where = np.asarray(idx, dtype=np.int64)
+    xi = x0[where]
     noise = max(noise, EPS * abs(f0))
-    zeros = np.zeros(len(idx))
+    zeros = np.zeros(len(where))
     if method == "complex":
         if complex_fun is None:
             raise ValueError("complex step needs a complex evaluation")
         h = rel_step * np.maximum(1.0, np.abs(xi))
-        out = np.empty(len(idx))
+        out = np.empty(len(where))
         z = x0.astype(np.complex128)
-        for k, i in enumerate(idx):
+        for k, i in enumerate(where):
             z[i] = x0[i] + 1j * h[k]
             out[k] = complex_fun(z).imag / h[k]
             z[i] = x0[i]
@@ -149,20 +149,20 @@ def sweep(
         return out, 4 * EPS * np.abs(out) + 1e-300, zeros
     h = taken_steps(xi, rel_step)
     if method == "forward":
-        fp = _evaluate_shifted(fun, batch, x0, idx, h, tick)
+        fp = _evaluate_shifted(fun, batch, x0, where, h, tick)
         return (fp - f0) / h, 2 * noise / np.abs(h), zeros
     hm = xi - (xi - h)  # the backward step actually taken
     if method == "central":
-        fp = _evaluate_shifted(fun, batch, x0, idx, h, None)
-        fm = _evaluate_shifted(fun, batch, x0, idx, -hm, tick)
+        fp = _evaluate_shifted(fun, batch, x0, where, h, None)
+        fm = _evaluate_shifted(fun, batch, x0, where, -hm, tick)
         return (fp - fm) / (h + hm), 2 * noise / np.abs(h + hm), zeros
     if method == "richardson":
         h2 = taken_steps(xi, rel_step / 2)
         h2m = xi - (xi - h2)
-        f1p = _evaluate_shifted(fun, batch, x0, idx, h, None)
-        f1m = _evaluate_shifted(fun, batch, x0, idx, -hm, None)
-        f2p = _evaluate_shifted(fun, batch, x0, idx, h2, None)
-        f2m = _evaluate_shifted(fun, batch, x0, idx, -h2m, tick)
+        f1p = _evaluate_shifted(fun, batch, x0, where, h, None)
+        f1m = _evaluate_shifted(fun, batch, x0, where, -hm, None)
+        f2p = _evaluate_shifted(fun, batch, x0, where, h2, None)
+        f2m = _evaluate_shifted(fun, batch, x0, where, -h2m, tick)
         d1 = (f1p - f1m) / (h + hm)
         d2 = (f2p - f2m) / (h2 + h2m)
         value = (4 * d2 - d1) / 3

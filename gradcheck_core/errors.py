@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GradcheckError", "InputError", "CheckFailed"]
+__all__ = ["CheckFailed", "GradcheckError", "InputError"]
 
 
 class GradcheckError(AssertionError):

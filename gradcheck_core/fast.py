@@ -18,18 +18,15 @@ is what the diagnosis needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from . import differences as fd
-from .compare import block_result, rel_error, tolerance, undecidable
+from .flatten import Leaf
+from .problem import Problem
 from .report import BlockResult
+from .tolerance import block_result, rel_error, tolerance, undecidable
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .check import _Context
-
-__all__ = ["run_fast", "MAX_LOCATED", "DENSE_LEVEL", "ENTRY_SAMPLE"]
+__all__ = ["DENSE_LEVEL", "ENTRY_SAMPLE", "MAX_LOCATED", "run_fast"]
 
 SAFETY = 8.0
 # Stop splitting when this many groups fail at one level...
@@ -45,10 +42,12 @@ RETRIES = 3
 class _Tester:
     """Directional tests on groups of coordinates."""
 
-    def __init__(self, ctx: _Context) -> None:
+    def __init__(self, ctx: Problem) -> None:
         self.ctx = ctx
-        self.rel = ctx.rel_step("richardson") if ctx.opts.method == "richardson" else fd.relative_step(
-            "richardson", ctx.noise_rel
+        self.rel = (
+            ctx.rel_step("richardson")
+            if ctx.opts.method == "richardson"
+            else fd.relative_step("richardson", ctx.noise_rel)
         )
         self.evals = 0
 
@@ -73,7 +72,9 @@ class _Tester:
             self.evals += used
             tol = base + SAFETY * err
             passed = abs(a_dot - d) <= tol
-            decidable = not passed or SAFETY * err <= 0.25 * max(abs(a_dot), abs(d)) or max(abs(a_dot), abs(d)) == 0
+            decidable = (
+                not passed or SAFETY * err <= 0.25 * max(abs(a_dot), abs(d)) or max(abs(a_dot), abs(d)) == 0
+            )
             result = (passed, decidable, a_dot, d)
             if decidable or rel >= 1e-2:
                 break
@@ -105,9 +106,11 @@ def _locate(tester: _Tester, idx: np.ndarray) -> tuple[list[np.ndarray], int, bo
                 tries += 1
             children.extend(c for c, ok in zip(pair, results) if not ok)
         tested = sum(2 if len(g) > 1 else 0 for g in failing)
-        dense_levels = dense_levels + 1 if tested and len(children) == sum(
-            2 if len(g) > 1 else 1 for g in failing
-        ) else 0
+        dense_levels = (
+            dense_levels + 1
+            if tested and len(children) == sum(2 if len(g) > 1 else 1 for g in failing)
+            else 0
+        )
         if not children:
             return failing, sum(len(g) for g in failing), False
         failing = children
@@ -115,7 +118,9 @@ def _locate(tester: _Tester, idx: np.ndarray) -> tuple[list[np.ndarray], int, bo
             return failing, sum(len(g) for g in failing), True
 
 
-def _compare_entries(ctx: _Context, entries: np.ndarray, rel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _compare_entries(
+    ctx: Problem, entries: np.ndarray, rel: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Entry-by-entry comparison (Richardson + kink test) of a few coordinates."""
     opts = ctx.opts
     a = ctx.analytic[entries]
@@ -125,7 +130,11 @@ def _compare_entries(ctx: _Context, entries: np.ndarray, rel: float) -> tuple[np
     kink = np.zeros(len(entries), dtype=bool)
     for k, i in enumerate(entries):
         ref = fd.refine(ctx.fun, ctx.flat.x0, int(i), ctx.f0, rel_step=rel, noise=ctx.noise)
-        t = float(tolerance(np.array([a[k]]), np.array([ref.value]), np.array([SAFETY * ref.error]), opts.rtol, opts.atol)[0])
+        t = float(
+            tolerance(
+                np.array([a[k]]), np.array([ref.value]), np.array([SAFETY * ref.error]), opts.rtol, opts.atol
+            )[0]
+        )
         tol[k] = t
         if ref.smooth:
             n[k] = ref.value
@@ -136,8 +145,20 @@ def _compare_entries(ctx: _Context, entries: np.ndarray, rel: float) -> tuple[np
     return a, n, tol, bad, kink
 
 
-def run_fast(ctx: _Context) -> tuple[list[BlockResult], str, float]:
-    """Fast mode over every parameter."""
+def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
+    """Fast mode over every parameter.
+
+    Parameters
+    ----------
+    ctx : Problem
+        The check.
+
+    Returns
+    -------
+    blocks, method, step
+        One :class:`BlockResult` per parameter, ``"richardson (directional)"``
+        and the relative step of the directional derivatives.
+    """
     tester = _Tester(ctx)
     blocks: list[BlockResult] = []
     scale = float(np.max(np.abs(ctx.analytic))) if ctx.analytic.size else 0.0
@@ -166,7 +187,9 @@ def run_fast(ctx: _Context) -> tuple[list[BlockResult], str, float]:
                 entries = np.sort(ctx.rng.choice(idx, size=min(leaf.size, 32), replace=False))
                 a, n, tol, bad, kink = _compare_entries(ctx, entries, tester.rel)
                 err = np.maximum(tol - ctx.opts.rtol * np.maximum(np.abs(a), np.abs(n)), 0)
-                blk = block_result(leaf, entries - leaf.offset, a, n, tol, bad, kink, undecidable(a, n, err, scale))
+                blk = block_result(
+                    leaf, entries - leaf.offset, a, n, tol, bad, kink, undecidable(a, n, err, scale)
+                )
                 blocks.append(blk)
                 continue
             blocks.append(_directional_block(leaf, da_arr, dn_arr, "pass"))
@@ -174,19 +197,25 @@ def run_fast(ctx: _Context) -> tuple[list[BlockResult], str, float]:
         groups, covered, dense = _locate(tester, idx)
         candidates = np.concatenate(groups)
         if dense or len(candidates) > ENTRY_SAMPLE:
-            entries = np.sort(ctx.rng.choice(candidates, size=min(len(candidates), ENTRY_SAMPLE), replace=False))
+            entries = np.sort(
+                ctx.rng.choice(candidates, size=min(len(candidates), ENTRY_SAMPLE), replace=False)
+            )
         else:
             entries = np.sort(candidates)
         a, n, tol, bad, kink = _compare_entries(ctx, entries, tester.rel)
-        blk = block_result(leaf, entries - leaf.offset, a, n, tol, bad, kink, np.zeros(len(entries), dtype=bool))
+        blk = block_result(
+            leaf, entries - leaf.offset, a, n, tol, bad, kink, np.zeros(len(entries), dtype=bool)
+        )
         blk.checked_by = "directions"
         blk.directional_analytic, blk.directional_numeric = da_arr, dn_arr
         blk.rel_error = rel_error(da_arr, dn_arr)
         if dense:
             frac = bad.mean() if len(bad) else 1.0
-            blk.n_bad = max(int(bad.sum()), int(round(frac * covered)))
+            blk.n_bad = max(int(bad.sum()), round(frac * covered))
         else:
-            blk.n_bad = int(bad.sum()) if len(entries) == len(candidates) else max(int(bad.sum()), len(groups))
+            blk.n_bad = (
+                int(bad.sum()) if len(entries) == len(candidates) else max(int(bad.sum()), len(groups))
+            )
         if blk.n_bad == 0:
             # The directions failed but no entry could be pinned down (the error is
             # spread thinly): still a failure, reported at the largest gap seen.
@@ -196,7 +225,7 @@ def run_fast(ctx: _Context) -> tuple[list[BlockResult], str, float]:
     return blocks, "richardson (directional)", tester.rel
 
 
-def _directional_block(leaf, da: np.ndarray, dn: np.ndarray, verdict: str) -> BlockResult:
+def _directional_block(leaf: Leaf, da: np.ndarray, dn: np.ndarray, verdict: str) -> BlockResult:
     empty = np.zeros(0)
     return BlockResult(
         name=leaf.name,

@@ -13,16 +13,16 @@ needs to know about any framework.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-import math
 from typing import Any
 
 import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Leaf", "Flat", "flatten", "leaf_items", "gradient_vector"]
+__all__ = ["Flat", "Leaf", "flatten", "gradient_vector", "leaf_items"]
 
 # A node of the structure skeleton: ("leaf", i) | ("dict", type, keys, children)
 # | ("seq", type, children) | ("namedtuple", type, children).
@@ -125,9 +125,7 @@ def _walk(value: Any, prefix: str, is_leaf: Callable[[Any], bool], out: list) ->
         children = [_walk(value[k], _join(prefix, k), is_leaf, out) for k in keys]
         return ("dict", type(value), keys, children)
     if _is_namedtuple(value) and not is_leaf(value):
-        children = [
-            _walk(v, _join(prefix, f), is_leaf, out) for f, v in zip(value._fields, value)
-        ]
+        children = [_walk(v, _join(prefix, f), is_leaf, out) for f, v in zip(value._fields, value)]
         return ("namedtuple", type(value), children)
     if isinstance(value, (list, tuple)) and not is_leaf(value):
         children = [_walk(v, f"{prefix}[{i}]", is_leaf, out) for i, v in enumerate(value)]
@@ -212,9 +210,7 @@ def flatten(
     pairs: list[tuple[str, Any]] = []
     skeleton = _walk(params, "", is_leaf, pairs)
     if not pairs:
-        raise InputError(
-            "params is empty: pass the arrays to check, e.g. params={'W1': W1, 'b1': b1}."
-        )
+        raise InputError("params is empty: pass the arrays to check, e.g. params={'W1': W1, 'b1': b1}.")
     leaves: list[Leaf] = []
     chunks: list[np.ndarray] = []
     offset = 0
@@ -226,8 +222,7 @@ def flatten(
         offset += array.size
     if offset == 0:
         raise InputError(
-            f"params has {len(pairs)} leaves but all of them are empty (size 0); "
-            "there is nothing to check."
+            f"params has {len(pairs)} leaves but all of them are empty (size 0); there is nothing to check."
         )
     x0 = np.concatenate(chunks).astype(np.float64, copy=True)
     return Flat(leaves, [v for _, v in pairs], x0, skeleton)
@@ -281,9 +276,7 @@ def gradient_vector(
             continue
         array = np.asarray(to_numpy(pairs[key]))
         if array.dtype.kind not in "fiuV":
-            raise InputError(
-                f"gradient {key!r} has dtype {array.dtype}; return real floating arrays."
-            )
+            raise InputError(f"gradient {key!r} has dtype {array.dtype}; return real floating arrays.")
         if array.shape != leaf.shape:
             hint = " (it looks transposed)" if array.shape == leaf.shape[::-1] and array.ndim == 2 else ""
             raise InputError(

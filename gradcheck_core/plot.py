@@ -1,6 +1,6 @@
 """Figures of a gradient check (needs matplotlib: ``pip install 'gradcheck-core[plot]'``).
 
-* :func:`plot_report` (what ``report.plot(path)`` calls): the relative error
+* :func:`plot_report` (``gc.plot_report(report, path)``): the relative error
   of every parameter against its tolerance on a log scale, and for failing
   parameters a heat map that shows *which* entries are off and by how much.
 * :func:`step_curve` / :func:`step_errors`: the error of a central difference
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .report import BlockResult, Report
 
-__all__ = ["plot_report", "plot_errors", "plot_heatmap", "step_errors", "step_curve", "StepCurve"]
+__all__ = ["StepCurve", "plot_errors", "plot_heatmap", "plot_report", "step_curve", "step_errors"]
 
 _COLOUR = {"fail": "#d62728", "inconclusive": "#ff9f1c", "pass": "#2ca02c"}
 _FLOOR = 1e-17  # exact agreement drawn at this height on the log axis
@@ -93,21 +93,33 @@ def plot_errors(report: Report, ax: Axes) -> None:
     """
     names = [b.name for b in report.blocks]
     x = np.arange(len(names))
-    heights = np.array([max(b.rel_error, _FLOOR) if b.rel_error == b.rel_error else _FLOOR for b in report.blocks])
+    heights = np.array(
+        [max(b.rel_error, _FLOOR) if b.rel_error == b.rel_error else _FLOOR for b in report.blocks]
+    )
     colours = [_COLOUR.get(b.verdict, "grey") for b in report.blocks]
     ax.bar(x, heights, color=colours, width=0.6, zorder=2)
     tols = np.array([_block_tolerance(b) for b in report.blocks])
     shown = np.isfinite(tols)
     if shown.any():
         ax.hlines(
-            np.maximum(tols[shown], _FLOOR), x[shown] - 0.4, x[shown] + 0.4, colors="black",
-            linewidth=2.2, zorder=3, label="tolerance of the parameter",
+            np.maximum(tols[shown], _FLOOR),
+            x[shown] - 0.4,
+            x[shown] + 0.4,
+            colors="black",
+            linewidth=2.2,
+            zorder=3,
+            label="tolerance of the parameter",
         )
     ax.axhline(1e-7, color="grey", linestyle=":", linewidth=1, zorder=1, label="the usual 1e-7 rule of thumb")
     for xi, h, b in zip(x, heights, report.blocks):
         ax.annotate(
-            f"{b.rel_error:.1e}" if b.rel_error > 0 else "0", (xi, h), textcoords="offset points",
-            xytext=(0, 3), ha="center", va="bottom", fontsize=8,
+            f"{b.rel_error:.1e}" if b.rel_error > 0 else "0",
+            (xi, h),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            va="bottom",
+            fontsize=8,
         )
     ax.set_yscale("log")
     low = min(float(heights.min()), float(np.nanmin(tols)) if shown.any() else 1.0, 1e-7)
@@ -179,8 +191,11 @@ def plot_heatmap(block: BlockResult, ax: Axes, findings: Sequence[str] = ()) -> 
     hi = max(float(finite.max()) if finite.size else 1.0, 1.0)
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
     image = ax.imshow(
-        np.ma.masked_invalid(grid), cmap=cmap, norm=TwoSlopeNorm(vcenter=0.0, vmin=lo, vmax=hi),
-        aspect="auto", interpolation="nearest",
+        np.ma.masked_invalid(grid),
+        cmap=cmap,
+        norm=TwoSlopeNorm(vcenter=0.0, vmin=lo, vmax=hi),
+        aspect="auto",
+        interpolation="nearest",
     )
     from matplotlib.ticker import MaxNLocator
 
@@ -204,7 +219,15 @@ def plot_heatmap(block: BlockResult, ax: Axes, findings: Sequence[str] = ()) -> 
             r, c = w[0], int(np.ravel_multi_index(w[1:], block.shape[1:]))
         else:
             r, c = 0, 0
-        ax.plot([c], [r], marker="s", markersize=9, markerfacecolor="none", markeredgecolor="black", markeredgewidth=1.5)
+        ax.plot(
+            [c],
+            [r],
+            marker="s",
+            markersize=9,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            markeredgewidth=1.5,
+        )
     if block.checked_by == "coordinates":
         what = f"{block.n_bad} of {block.n_checked} checked entries off"
     else:
@@ -406,11 +429,13 @@ def step_errors(
     StepCurve
     """
     from .adapters import detect
-    from .check import LossFunction
+    from .counted_loss import LossFunction
 
     steps_arr = np.asarray(steps if steps is not None else np.logspace(-13, -1, 49), dtype=np.float64)
     if steps_arr.ndim != 1 or not len(steps_arr) or np.any(steps_arr <= 0):
-        raise InputError("steps= must be a non-empty sequence of positive relative steps, e.g. np.logspace(-12, -1, 45).")
+        raise InputError(
+            "steps= must be a non-empty sequence of positive relative steps, e.g. np.logspace(-12, -1, 45)."
+        )
     if isinstance(loss, Mapping):
         if not loss:
             raise InputError("loss= is an empty mapping; give at least one labelled loss.")
@@ -453,7 +478,14 @@ def step_errors(
                 noise_rel = noise / abs(f0) if f0 else fd.EPS
                 chosen = fd.relative_step("central", noise_rel)
                 if reference is None and f64:
-                    ref = fd.refine(fun, x0, coordinate, f0, rel_step=fd.relative_step("richardson", noise_rel), noise=noise)
+                    ref = fd.refine(
+                        fun,
+                        x0,
+                        coordinate,
+                        f0,
+                        rel_step=fd.relative_step("richardson", noise_rel),
+                        noise=noise,
+                    )
                     reference, source = ref.value, f"Richardson, {fun.out_dtype or 'float64'} loss"
                 results.append((label, values, fun.out_dtype or "float64", chosen, noise))
                 coord_label = _label_of(flat, coordinate)
@@ -491,12 +523,20 @@ def plot_step_curve(curve: StepCurve, ax: Axes) -> None:
         c = colours[k % len(colours)]
         h, e = curve.best(label)
         ax.loglog(
-            curve.steps, np.maximum(err, _FLOOR), marker="o", markersize=3, linewidth=1.4, color=c,
+            curve.steps,
+            np.maximum(err, _FLOOR),
+            marker="o",
+            markersize=3,
+            linewidth=1.4,
+            color=c,
             label=f"{label}: best {e:.1e} at h = {h:.0e}",
         )
         ax.plot([h], [max(e, _FLOOR)], marker="*", markersize=13, color=c, markeredgecolor="black", zorder=5)
         ax.axvline(
-            curve.chosen[label], color=c, linestyle="--", linewidth=1.2,
+            curve.chosen[label],
+            color=c,
+            linestyle="--",
+            linewidth=1.2,
             label=f"step the check takes for it: {curve.chosen[label]:.1e}",
         )
     ax.axvline(1e-7, color="grey", linestyle=":", linewidth=1.2, label="h = 1e-7, the customary step")
@@ -542,4 +582,3 @@ def step_curve(
     if path is not None:
         _save(fig, path, dpi)
     return fig
-

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradcheck", "gradient checks (gradcheck-core)")
     group.addoption(
@@ -76,27 +77,27 @@ class GradcheckFixture:
         Report
         """
         __tracebackhide__ = True
-        from gradcheck_core import check
+        from .check import check
 
         return check(loss, params, grad, **self._merged(options)).raise_if_failed()
 
     def check(self, loss: Any, params: Any, grad: Any = None, **options: Any) -> Any:
         """:func:`gradcheck_core.check` with the fixture's options; never raises for a failed check."""
-        from gradcheck_core import check
+        from .check import check
 
         return check(loss, params, grad, **self._merged(options))
 
     def check_loss(self, loss_fn: Any, y_true: Any, y_pred: Any, grad: Any = None, **options: Any) -> Any:
         """:func:`gradcheck_core.check_loss` with the fixture's options, raising unless it passes."""
         __tracebackhide__ = True
-        from gradcheck_core import check_loss
+        from .functions import check_loss
 
         return check_loss(loss_fn, y_true, y_pred, grad, **self._merged(options)).raise_if_failed()
 
     def check_function(self, fn: Any, *inputs: Any, **options: Any) -> Any:
         """:func:`gradcheck_core.check_function` with the fixture's options, raising unless it passes."""
         __tracebackhide__ = True
-        from gradcheck_core import check_function
+        from .functions import check_function
 
         return check_function(fn, *inputs, **self._merged(options)).raise_if_failed()
 
@@ -136,7 +137,7 @@ def gradcheck(request: pytest.FixtureRequest) -> GradcheckFixture:
 def _hide_for_failed_checks(excinfo: Any) -> bool:
     """``__tracebackhide__`` of the library's modules: hide their frames for a failed check only."""
     try:
-        from gradcheck_core.errors import CheckFailed
+        from .errors import CheckFailed
 
         return excinfo is not None and bool(excinfo.errisinstance(CheckFailed))
     except Exception:  # never let the display break a test run

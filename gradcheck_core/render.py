@@ -1,14 +1,11 @@
-"""Rendering a Report: a plain fixed-width table, or a coloured one with rich.
-
-:func:`render_text` is what ``str(report)`` returns: a header line, one row
-per parameter (failing parameters first), and the findings under the table.
-It uses nothing but plain characters, so it reads the same in a log file, a
-CI job or a pytest failure.
+"""Rendering a Report for a person: a coloured table with rich, or the plain text.
 
 :func:`print_report` is for people watching a terminal: with the optional
-``rich`` package and an interactive stream it draws the same table in colour
-(failing rows red, inconclusive ones yellow) with the findings and their
-remedies under it; anywhere else it writes :func:`render_text`.
+``rich`` package and an interactive stream it draws the table of
+``str(report)`` in colour (failing rows red, inconclusive ones yellow) with
+the findings and their remedies under it; anywhere else it writes
+``str(report)``, the plain fixed-width table that reads the same in a log
+file, a CI job or a pytest failure.
 """
 
 from __future__ import annotations
@@ -17,95 +14,17 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .report import block_cells, sorted_blocks
+from .table import number
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .report import BlockResult, Report
+    from .report import Report
 
-__all__ = ["render_text", "render_rich", "print_report", "block_rows", "HEADER", "rich_available"]
+__all__ = ["print_report", "render_rich", "rich_available"]
 
-_MARK = {"fail": "FAIL", "inconclusive": "????", "pass": "ok"}
-_ORDER = {"fail": 0, "inconclusive": 1, "pass": 2}
 _STYLE = {"fail": "bold red", "inconclusive": "yellow", "pass": "green"}
 _ROW_STYLE = {"fail": "red", "inconclusive": "yellow", "pass": ""}
 _WORD = {"fail": "FAIL", "inconclusive": "inconclusive", "pass": "ok"}
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.2e}" if x == x else "-"
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _sorted_blocks(report: Report) -> list[BlockResult]:
-    return sorted(report.blocks, key=lambda b: _ORDER.get(b.verdict, 1))
-
-
-def _checked(b: BlockResult) -> str:
-    return f"{b.n_checked}/{b.size}" if b.checked_by == "coordinates" else f"{b.n_checked} dirs"
-
-
-def _worst(b: BlockResult) -> str:
-    return str(b.worst_index) if b.worst_index is not None and b.verdict != "pass" else "-"
-
-
-def block_rows(report: Report) -> list[list[str]]:
-    """Table rows (strings), failing parameters first, in flatten order within a group."""
-    rows = []
-    for b in _sorted_blocks(report):
-        rows.append(
-            [
-                _MARK.get(b.verdict, b.verdict),
-                b.name,
-                _shape(b.shape),
-                _fmt(b.rel_error),
-                _fmt(b.max_abs_error),
-                _worst(b),
-                _checked(b),
-                str(b.n_bad),
-            ]
-        )
-    return rows
-
-
-HEADER = ["", "parameter", "shape", "rel error", "max abs err", "worst index", "checked", "bad"]
-
-
-def _headline(report: Report) -> str:
-    return (
-        f"gradient check: {report.verdict.upper()}  rel_error={_fmt(report.rel_error)}  "
-        f"({report.framework}, {report.mode} mode, {report.method} differences, "
-        f"{report.nfev} evaluations, {report.seconds:.2f} s)"
-    )
-
-
-def fixed_width(rows: list[list[str]]) -> list[str]:
-    """Rows of cells as lines, each column padded to its widest cell."""
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-
-
-def render_text(report: Report) -> str:
-    """The report as a fixed-width table with the findings under it.
-
-    Parameters
-    ----------
-    report : Report
-        The result of a check.
-
-    Returns
-    -------
-    str
-        A header line, the table (``FAIL`` rows first, ``????`` marks an
-        inconclusive parameter) and one line per finding.
-    """
-    lines = [_headline(report), *fixed_width([HEADER, *block_rows(report)])]
-    if report.findings:
-        lines.append("findings:")
-        for f in report.findings:
-            where = f"[{f.block}] " if f.block else ""
-            lines.append(f"  - {f.kind}: {where}{f.message}")
-    return "\n".join(lines)
 
 
 def rich_available() -> bool:
@@ -143,7 +62,7 @@ def render_rich(report: Report) -> Any:
     head = Text()
     head.append("gradient check: ", style="bold")
     head.append(report.verdict.upper(), style=_STYLE.get(report.verdict, "bold"))
-    head.append(f"   rel_error {_fmt(report.rel_error)}", style="bold")
+    head.append(f"   rel_error {number(report.rel_error)}", style="bold")
     head.append(
         f"   {report.framework}, {report.mode} mode, {report.method} differences, "
         f"{report.nfev} evaluations, {report.seconds:.2f} s",
@@ -159,16 +78,10 @@ def render_rich(report: Report) -> Any:
     table.add_column("worst index")
     table.add_column("checked", justify="right")
     table.add_column("bad", justify="right")
-    for b in _sorted_blocks(report):
+    for b in sorted_blocks(report):
         table.add_row(
             Text(_WORD.get(b.verdict, b.verdict), style=_STYLE.get(b.verdict, "")),
-            b.name,
-            _shape(b.shape),
-            _fmt(b.rel_error),
-            _fmt(b.max_abs_error),
-            _worst(b),
-            _checked(b),
-            str(b.n_bad),
+            *block_cells(b),
             style=_ROW_STYLE.get(b.verdict, ""),
         )
 
@@ -220,7 +133,7 @@ def print_report(report: Report, file: TextIO | None = None, *, color: bool | No
         Where to write (default ``sys.stdout``).
     color : bool, optional
         ``True``: the rich table with colours even when ``file`` is not a
-        terminal; ``False``: always the plain text of :func:`render_text`;
+        terminal; ``False``: always the plain text of ``str(report)``;
         ``None`` (default): rich on an interactive terminal (unless the
         ``NO_COLOR`` environment variable is set), plain text otherwise.
         Without the ``rich`` package the plain text is written in every case.
@@ -233,5 +146,5 @@ def print_report(report: Report, file: TextIO | None = None, *, color: bool | No
         console = Console(file=stream, force_terminal=True if color else None, highlight=False)
         console.print(render_rich(report))
         return
-    stream.write(render_text(report) + "\n")
+    stream.write(str(report) + "\n")
     stream.flush()

@@ -1,4 +1,10 @@
-"""Report, BlockResult and Finding: what a check found, and how it reads."""
+"""Report, BlockResult and Finding: what a check found, and how it reads as plain text.
+
+``str(report)`` is a header line, one row per parameter (failing parameters
+first), and the findings under the table, in plain characters (see
+:mod:`gradcheck_core.table`).  Coloured output is in
+:mod:`gradcheck_core.render`, figures in :mod:`gradcheck_core.plot`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from . import table
 from .errors import CheckFailed
 
-__all__ = ["Finding", "BlockResult", "Report"]
+__all__ = ["HEADER", "BlockResult", "Finding", "Report", "block_cells", "sorted_blocks"]
 
 FINDING_KINDS = (
     "scale",
@@ -50,7 +57,12 @@ class Finding:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "block": self.block, "message": self.message, "detail": _plain(self.detail)}
+        return {
+            "kind": self.kind,
+            "block": self.block,
+            "message": self.message,
+            "detail": _plain(self.detail),
+        }
 
 
 @dataclass
@@ -203,21 +215,24 @@ class Report:
         return self
 
     def __str__(self) -> str:
-        from .render import render_text
+        """A fixed-width table with the findings under it.
 
-        return render_text(self)
+        A header line, the table (``FAIL`` rows first, ``????`` marks an
+        inconclusive parameter) and one line per finding.
+        """
+        lines = [_headline(self), *table.fixed_width([HEADER, *_block_rows(self)])]
+        if self.findings:
+            lines.append("findings:")
+            for f in self.findings:
+                where = f"[{f.block}] " if f.block else ""
+                lines.append(f"  - {f.kind}: {where}{f.message}")
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return (
             f"<Report {self.verdict} rel_error={self.rel_error:.2e} blocks={len(self.blocks)} "
             f"failed={self.failed_blocks} nfev={self.nfev}>"
         )
-
-    def plot(self, path: str | None = None, **kwargs: Any) -> Any:
-        """Draw the report with matplotlib (needs the ``plot`` extra)."""
-        from .plot import plot_report
-
-        return plot_report(self, path, **kwargs)
 
 
 def _plain(value: Any) -> Any:
@@ -233,3 +248,51 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None if np.isnan(value) else (1e308 if value > 0 else -1e308)
     return value
+
+
+# ----------------------------------------------------------------------------- text
+
+_MARK = {"fail": "FAIL", "inconclusive": "????", "pass": "ok"}
+_ORDER = {"fail": 0, "inconclusive": 1, "pass": 2}
+
+#: Column titles of the parameter table (the first column holds the verdict).
+HEADER = ["", "parameter", "shape", "rel error", "max abs err", "worst index", "checked", "bad"]
+
+
+def sorted_blocks(report: Report) -> list[BlockResult]:
+    """The report's blocks, failing ones first, in flatten order within a verdict."""
+    return sorted(report.blocks, key=lambda b: _ORDER.get(b.verdict, 1))
+
+
+def _checked(b: BlockResult) -> str:
+    return f"{b.n_checked}/{b.size}" if b.checked_by == "coordinates" else f"{b.n_checked} dirs"
+
+
+def _worst(b: BlockResult) -> str:
+    return str(b.worst_index) if b.worst_index is not None and b.verdict != "pass" else "-"
+
+
+def block_cells(b: BlockResult) -> list[str]:
+    """One parameter's cells, every column of :data:`HEADER` but the verdict."""
+    return [
+        b.name,
+        table.shape(b.shape),
+        table.number(b.rel_error),
+        table.number(b.max_abs_error),
+        _worst(b),
+        _checked(b),
+        str(b.n_bad),
+    ]
+
+
+def _block_rows(report: Report) -> list[list[str]]:
+    """Table rows (strings), failing parameters first, in flatten order within a group."""
+    return [[_MARK.get(b.verdict, b.verdict), *block_cells(b)] for b in sorted_blocks(report)]
+
+
+def _headline(report: Report) -> str:
+    return (
+        f"gradient check: {report.verdict.upper()}  rel_error={table.number(report.rel_error)}  "
+        f"({report.framework}, {report.mode} mode, {report.method} differences, "
+        f"{report.nfev} evaluations, {report.seconds:.2f} s)"
+    )

@@ -31,9 +31,8 @@ def test_non_finite_loss(bad: float) -> None:
 
 def test_loss_non_finite_next_to_the_parameters_names_the_entry() -> None:
     x = np.array([1.0, 0.0])
-    with np.errstate(invalid="ignore"):
-        with pytest.raises(gc.GradcheckError, match=r"x\[1\]"):
-            gc.check(lambda p: float(np.sum(np.sqrt(p["x"]))), {"x": x}, {"x": np.ones(2)})
+    with np.errstate(invalid="ignore"), pytest.raises(gc.GradcheckError, match=r"x\[1\]"):
+        gc.check(lambda p: float(np.sum(np.sqrt(p["x"]))), {"x": x}, {"x": np.ones(2)})
 
 
 def test_gradient_of_wrong_shape_says_transposed() -> None:
@@ -43,7 +42,11 @@ def test_gradient_of_wrong_shape_says_transposed() -> None:
 
 def test_gradient_with_missing_keys_lists_what_it_has() -> None:
     with pytest.raises(gc.GradcheckError, match=r"'b'.*'db'.*it has 'dW'"):
-        gc.check(lambda p: ok_loss(p) + float(np.sum(p["b"])), {"W": W, "b": np.ones(2)}, lambda p: {"dW": 2 * p["W"]})
+        gc.check(
+            lambda p: ok_loss(p) + float(np.sum(p["b"])),
+            {"W": W, "b": np.ones(2)},
+            lambda p: {"dW": 2 * p["W"]},
+        )
 
 
 def test_nan_in_gradient() -> None:

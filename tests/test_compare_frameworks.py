@@ -48,7 +48,7 @@ def test_same_mlp_in_torch_and_jax_agrees(torch_model) -> None:
     result = gc.compare({"torch": (tloss, net), "jax": (jloss, jp)})
     assert result.passed, str(result)
     assert [r.layout for r in result.rows] == ["transposed", "same", "transposed", "same"]
-    assert [(r.reference_name, r.name) for r in result.rows][0] == ("0.weight", "W1")
+    assert next((r.reference_name, r.name) for r in result.rows) == ("0.weight", "W1")
     assert max(r.rel_error for r in result.rows) < 1e-12
 
 

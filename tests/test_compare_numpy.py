@@ -37,7 +37,9 @@ OTHER = {"weight": np.zeros((4, 3)), "bias": np.zeros(4), "v": np.zeros(4)}
 
 
 def test_same_model_in_two_layouts_agrees() -> None:
-    result = gc.compare({"keras-style": (loss_in_out, REF, grad_in_out), "torch-style": (loss_out_in, OTHER, grad_out_in)})
+    result = gc.compare(
+        {"keras-style": (loss_in_out, REF, grad_in_out), "torch-style": (loss_out_in, OTHER, grad_out_in)}
+    )
     assert result.passed, str(result)
     assert [r.layout for r in result.rows] == ["transposed", "same", "same"]
     assert result.loss_rel_diff["torch-style"] < 1e-12
@@ -73,7 +75,12 @@ def test_forgotten_bias_names_the_parameter() -> None:
         return float(np.mean((np.tanh(X @ p["weight"].T) @ p["v"] - Y) ** 2))
 
     with pytest.raises(gc.GradcheckError, match=r"bias.*\(4,\)"):
-        gc.compare({"a": (loss_in_out, REF, grad_in_out), "b": (no_bias, {"weight": OTHER["weight"], "v": OTHER["v"]}, None)})
+        gc.compare(
+            {
+                "a": (loss_in_out, REF, grad_in_out),
+                "b": (no_bias, {"weight": OTHER["weight"], "v": OTHER["v"]}, None),
+            }
+        )
 
 
 def test_explicit_mapping_and_square_layout() -> None:
@@ -112,9 +119,15 @@ def test_conv_kernel_layouts() -> None:
         return la({"conv.weight": np.transpose(p["conv/kernel"], (3, 2, 0, 1))})
 
     def gb(p):
-        return {"conv/kernel": np.transpose(ga({"conv.weight": np.transpose(p["conv/kernel"], (3, 2, 0, 1))})["conv.weight"], (2, 3, 1, 0))}
+        return {
+            "conv/kernel": np.transpose(
+                ga({"conv.weight": np.transpose(p["conv/kernel"], (3, 2, 0, 1))})["conv.weight"], (2, 3, 1, 0)
+            )
+        }
 
-    result = gc.compare({"torch": (la, {"conv.weight": k}, ga), "keras": (lb, {"conv/kernel": np.zeros((3, 3, 2, 5))}, gb)})
+    result = gc.compare(
+        {"torch": (la, {"conv.weight": k}, ga), "keras": (lb, {"conv/kernel": np.zeros((3, 3, 2, 5))}, gb)}
+    )
     assert result.passed and result.rows[0].layout == "OIHW->HWIO"
 
 

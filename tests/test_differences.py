@@ -32,7 +32,7 @@ def test_taken_steps_are_exactly_representable(x: float, rel: float) -> None:
 def test_sweep_accuracy_on_rosenbrock(method: str, bound: float) -> None:
     x = np.random.default_rng(0).uniform(-1.5, 1.5, 20)
     f0 = rosen(x)
-    value, roundoff, trunc = fd.sweep(
+    value, roundoff, _trunc = fd.sweep(
         rosen, x, np.arange(20), f0, method=method, rel_step=fd.relative_step(method), noise=fd.EPS * abs(f0)
     )
     g = rosen_grad(x)

@@ -171,7 +171,9 @@ def test_fast_mode_locates_several_wrong_entries() -> None:
     report = gc.check(f, x0, wrong, mode="fast")
     b = report.blocks[0]
     assert b.verdict == "fail" and b.n_bad == 3
-    found = sorted(int(i) for i, a, n, t in zip(b.indices, b.analytic, b.numeric, b.tolerance) if abs(a - n) > t)
+    found = sorted(
+        int(i) for i, a, n, t in zip(b.indices, b.analytic, b.numeric, b.tolerance) if abs(a - n) > t
+    )
     assert found == spots
 
 

@@ -120,7 +120,10 @@ def test_seed_case_plain_loop_is_fooled_where_the_check_is_not():
         numeric[i] = (f(Wp) - f(Wm)) / 2e-7
     naive = np.linalg.norm(analytic - numeric) / (np.linalg.norm(analytic) + np.linalg.norm(numeric))
     assert naive > 1e-2  # 0.2-0.33 in the seed; a correct float64 loss gives ~1e-9
-    assert gc.check(lambda w: cce(Y, softmax(X @ w)), W, lambda w: X.T @ (softmax(X @ w) - Y) / 150).verdict != "fail"
+    assert (
+        gc.check(lambda w: cce(Y, softmax(X @ w)), W, lambda w: X.T @ (softmax(X @ w) - Y) / 150).verdict
+        != "fail"
+    )
 
 
 # -- check_loss: built-in and custom Keras losses --------------------------------------------------
@@ -162,7 +165,9 @@ def test_built_in_losses_are_checked_in_float64(make):
 def test_sparse_labels_and_backend_tensors_and_keras_functions():
     labels, Y, P = predictions()
     assert gc.check_loss(keras.losses.SparseCategoricalCrossentropy(), labels, P).verdict == "pass"
-    report = gc.check_loss(keras.losses.CategoricalCrossentropy(), ops.convert_to_tensor(Y), ops.convert_to_tensor(P))
+    report = gc.check_loss(
+        keras.losses.CategoricalCrossentropy(), ops.convert_to_tensor(Y), ops.convert_to_tensor(P)
+    )
     assert report.verdict == "pass" and report.rel_error < 1e-7
     report = gc.check_loss(keras.losses.categorical_crossentropy, Y, P)  # per-sample function: averaged
     assert report.verdict == "pass" and report.rel_error < 1e-7
@@ -339,10 +344,14 @@ def test_dropout_masks_are_replayed():
     X, Y = small_data()
     model = dense_net(dropout=0.4)
     before = state_bytes(model)  # seed generator state included
-    report = gc.check(lambda m: ops.mean(keras.losses.categorical_crossentropy(Y, m(X, training=True))), model)
+    report = gc.check(
+        lambda m: ops.mean(keras.losses.categorical_crossentropy(Y, m(X, training=True))), model
+    )
     assert report.verdict == "pass"
     assert not any(f.kind == "nondeterministic" for f in report.findings)
-    zero_arg = gc.check(lambda: ops.mean(keras.losses.categorical_crossentropy(Y, model(X, training=True))), model)
+    zero_arg = gc.check(
+        lambda: ops.mean(keras.losses.categorical_crossentropy(Y, model(X, training=True))), model
+    )
     assert zero_arg.verdict in ("pass", "inconclusive")
     assert not any(f.kind == "nondeterministic" for f in zero_arg.findings)
     assert state_bytes(model) == before
@@ -419,18 +428,24 @@ def test_compare_model_with_its_port_to_variables():
     model = dense_net()
     before = state_bytes(model)
     ported = {
-        "W1": keras.Variable(np.zeros((4, 6))), "b1": keras.Variable(np.zeros(6)),
-        "W2": keras.Variable(np.zeros((6, 3))), "b2": keras.Variable(np.zeros(3)),
+        "W1": keras.Variable(np.zeros((4, 6))),
+        "b1": keras.Variable(np.zeros(6)),
+        "W2": keras.Variable(np.zeros((6, 3))),
+        "b2": keras.Variable(np.zeros(3)),
     }
 
     def port(p):
         h = ops.tanh(ops.matmul(X, p["W1"]) + p["b1"])
-        return ops.mean(keras.losses.categorical_crossentropy(Y, ops.softmax(ops.matmul(h, p["W2"]) + p["b2"])))
+        return ops.mean(
+            keras.losses.categorical_crossentropy(Y, ops.softmax(ops.matmul(h, p["W2"]) + p["b2"]))
+        )
 
-    result = gc.compare({
-        "model": (lambda m: ops.mean(keras.losses.categorical_crossentropy(Y, m(X))), model),
-        "port": (port, ported),
-    })
+    result = gc.compare(
+        {
+            "model": (lambda m: ops.mean(keras.losses.categorical_crossentropy(Y, m(X))), model),
+            "port": (port, ported),
+        }
+    )
     assert result.passed, str(result)
     assert max(r.rel_error for r in result.rows) < 1e-10
     assert state_bytes(model) == before

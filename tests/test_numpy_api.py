@@ -48,8 +48,11 @@ def test_single_array_list_tuple_and_dict_params() -> None:
     r1 = gc.check(lambda w_: mse(w_, 0.2), w, lambda w_: mse_grad(w_, 0.2)[0])
     r2 = gc.check(lambda p: mse(p[0], p[1]), [w, b], lambda p: list(mse_grad(p[0], p[1])))
     r3 = gc.check(lambda p: mse(*p), (w, b), lambda p: mse_grad(*p))
-    r4 = gc.check(lambda p: mse(p["w"], p["b"]), {"w": w, "b": b},
-                  lambda p: dict(zip(("w", "b"), mse_grad(p["w"], p["b"]))))
+    r4 = gc.check(
+        lambda p: mse(p["w"], p["b"]),
+        {"w": w, "b": b},
+        lambda p: dict(zip(("w", "b"), mse_grad(p["w"], p["b"]))),
+    )
     for r in (r1, r2, r3, r4):
         assert r.passed and r.rel_error < 1e-9
     assert [b.name for b in r1.blocks] == ["param"]
@@ -61,8 +64,12 @@ def test_gradient_forms_dict_with_d_prefix_and_cache_entries_flat_vector_values(
     loss = lambda p: mse(p["W1"], p["b1"])  # noqa: E731
     gw, gb = mse_grad(params["W1"], params["b1"])
     forms = [
-        lambda p: {"dW1": mse_grad(p["W1"], p["b1"])[0], "db1": mse_grad(p["W1"], p["b1"])[1],
-                   "dZ1": np.ones(7), "dA2": 3.0},
+        lambda p: {
+            "dW1": mse_grad(p["W1"], p["b1"])[0],
+            "db1": mse_grad(p["W1"], p["b1"])[1],
+            "dZ1": np.ones(7),
+            "dA2": 3.0,
+        },
         {"W1": gw, "b1": gb},
         np.concatenate([gw, [gb]]),
         np.concatenate([gw, [gb]])[:, None],  # a column vector, as tutorials build it
@@ -105,7 +112,9 @@ def test_float32_params_are_checked_in_float64() -> None:
     assert report.blocks[0].dtype == "float32"
 
 
-@pytest.mark.parametrize("method,bound", [("central", 1e-8), ("forward", 1e-6), ("richardson", 1e-10), ("complex", 1e-14)])
+@pytest.mark.parametrize(
+    "method,bound", [("central", 1e-8), ("forward", 1e-6), ("richardson", 1e-10), ("complex", 1e-14)]
+)
 def test_methods(method: str, bound: float) -> None:
     w = RNG.standard_normal(4)
 
@@ -207,8 +216,13 @@ def test_executor_evaluates_the_sweep_in_parallel(kind: str) -> None:
     pool = ThreadPoolExecutor(2) if kind == "thread" else ProcessPoolExecutor(2)
     with pool:
         report = gc.check(module_level_loss, params, module_level_grad, mode="full", executor=pool)
-        wrong = gc.check(module_level_loss, params, lambda p: {"w": 2 * module_level_grad(p)["w"]},
-                         mode="full", executor=pool)
+        wrong = gc.check(
+            module_level_loss,
+            params,
+            lambda p: {"w": 2 * module_level_grad(p)["w"]},
+            mode="full",
+            executor=pool,
+        )
     assert report.passed and report.rel_error < 1e-8
     assert wrong.verdict == "fail"
 
@@ -216,10 +230,14 @@ def test_executor_evaluates_the_sweep_in_parallel(kind: str) -> None:
 def test_process_pool_with_an_unpicklable_loss_says_why() -> None:
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1) as pool:
-        with pytest.raises(gc.GradcheckError, match="pickle"):
-            gc.check(lambda p: module_level_loss(p), {"w": RNG.standard_normal(8)}, module_level_grad,
-                     mode="full", executor=pool)
+    with ProcessPoolExecutor(1) as pool, pytest.raises(gc.GradcheckError, match="pickle"):
+        gc.check(
+            lambda p: module_level_loss(p),
+            {"w": RNG.standard_normal(8)},
+            module_level_grad,
+            mode="full",
+            executor=pool,
+        )
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
@@ -234,10 +252,17 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFix
 def test_dask_client_executor() -> None:
     distributed = pytest.importorskip("distributed")
     params = {"w": RNG.standard_normal(8)}
-    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    ) as client:
         executor = client.get_executor()
         report = gc.check(module_level_loss, params, module_level_grad, mode="full", executor=executor)
-        wrong = gc.check(module_level_loss, params, lambda p: {"w": -module_level_grad(p)["w"]},
-                         mode="full", executor=executor)
+        wrong = gc.check(
+            module_level_loss,
+            params,
+            lambda p: {"w": -module_level_grad(p)["w"]},
+            mode="full",
+            executor=executor,
+        )
     assert report.passed and report.rel_error < 1e-8
     assert wrong.verdict == "fail" and wrong.findings_of("sign")

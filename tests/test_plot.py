@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 
 import gradcheck_core as gc
 from gradcheck_core import plot
-from gradcheck_core.examples import digits_l2, three_layer
+from gradcheck_core.demos import digits_l2, three_layer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -30,9 +30,9 @@ def passing() -> gc.Report:
     return gc.check(three_layer.cost(X, Y), params, three_layer.backward(X, Y))
 
 
-def test_report_plot_writes_png_with_bars_and_heat_maps(failing: gc.Report, tmp_path: Path) -> None:
+def test_plot_report_writes_png_with_bars_and_heat_maps(failing: gc.Report, tmp_path: Path) -> None:
     path = tmp_path / "report.png"
-    fig = failing.plot(path)
+    fig = gc.plot_report(failing, path)
     assert path.read_bytes()[:8] == PNG
     assert path.stat().st_size > 20_000
     bars_ax = fig.axes[0]
@@ -49,7 +49,7 @@ def test_report_plot_writes_png_with_bars_and_heat_maps(failing: gc.Report, tmp_
 
 
 def test_passing_report_has_only_the_bars(passing: gc.Report, tmp_path: Path) -> None:
-    fig = passing.plot(tmp_path / "ok.png")
+    fig = gc.plot_report(passing, tmp_path / "ok.png")
     assert len(fig.axes) == 1
     colours = {tuple(np.round(p.get_facecolor()[:3], 2)) for p in fig.axes[0].patches}
     assert len(colours) == 1  # every bar in the pass colour
@@ -63,7 +63,9 @@ def test_plot_without_path_returns_figure_and_writes_nothing(failing: gc.Report,
 
 def test_heat_map_grid_marks_unchecked_and_bad_entries() -> None:
     params, X, Y = digits_l2.problem(samples=60)
-    report = gc.check(digits_l2.cost(X, Y), params, digits_l2.backward(X, Y, forget_l2_layer2=True), sample=30, seed=1)
+    report = gc.check(
+        digits_l2.cost(X, Y), params, digits_l2.backward(X, Y, forget_l2_layer2=True), sample=30, seed=1
+    )
     block = report.block("theta2")
     assert block.verdict == "fail"
     grid = plot._grid(block)
@@ -93,7 +95,9 @@ def test_step_errors_show_the_float32_and_float64_noise_floors() -> None:
     curve = plot.step_errors({"float32": loss32, "float64": loss64}, w, grad)
     assert curve.dtypes == {"float32": "float32", "float64": "float64"}
     assert curve.reference_source == "your gradient"
-    assert curve.reference == pytest.approx(float(np.max(np.abs(grad(w))) * np.sign(grad(w)[np.argmax(np.abs(grad(w)))])))
+    assert curve.reference == pytest.approx(
+        float(np.max(np.abs(grad(w))) * np.sign(grad(w)[np.argmax(np.abs(grad(w)))]))
+    )
     h32, e32 = curve.best("float32")
     h64, e64 = curve.best("float64")
     assert e64 < 1e-8 < e32 < 1e-2
@@ -125,8 +129,14 @@ def test_step_errors_without_a_gradient_uses_richardson() -> None:
 def test_step_curve_figure(tmp_path: Path) -> None:
     path = tmp_path / "steps.png"
     x = {"W": np.array([[0.4, -1.2], [0.9, 0.1]])}
-    fig = plot.step_curve(lambda p: float(np.sum(np.sin(p["W"]))), x, lambda p: {"dW": np.cos(p["W"])},
-                          path=path, param="W", index=(1, 0))
+    fig = plot.step_curve(
+        lambda p: float(np.sum(np.sin(p["W"]))),
+        x,
+        lambda p: {"dW": np.cos(p["W"])},
+        path=path,
+        param="W",
+        index=(1, 0),
+    )
     assert path.read_bytes()[:8] == PNG
     assert fig.step_curve.coordinate == "W[1, 0]"
     assert "W[1, 0]" in fig.axes[0].get_title()
@@ -135,8 +145,12 @@ def test_step_curve_figure(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"param": "V"}, "not a parameter name"), ({"param": "W", "index": 7}, "outside W"),
-     ({"param": "W", "index": (3, 3)}, "not an index"), ({"steps": []}, "steps=")],
+    [
+        ({"param": "V"}, "not a parameter name"),
+        ({"param": "W", "index": 7}, "outside W"),
+        ({"param": "W", "index": (3, 3)}, "not an index"),
+        ({"steps": []}, "steps="),
+    ],
 )
 def test_step_errors_bad_input(kwargs: dict, needle: str) -> None:
     with pytest.raises(gc.InputError, match=needle):
@@ -146,16 +160,16 @@ def test_step_errors_bad_input(kwargs: dict, needle: str) -> None:
 def test_missing_matplotlib_says_how_to_install(failing: gc.Report, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"gradcheck-core\[plot\]"):
-        failing.plot("never.png")
+        gc.plot_report(failing, "never.png")
 
 
 def test_plotting_leaves_pyplot_alone(tmp_path: Path) -> None:
     code = (
         "import sys, numpy as np, gradcheck_core as gc\n"
-        "from gradcheck_core.examples import three_layer\n"
+        "from gradcheck_core.demos import three_layer\n"
         "p, X, Y = three_layer.problem()\n"
         "r = gc.check(three_layer.cost(X, Y), p, three_layer.backward(X, Y, buggy=True))\n"
-        f"r.plot({str(tmp_path / 'a.png')!r})\n"
+        f"gc.plot_report(r, {str(tmp_path / 'a.png')!r})\n"
         "print('matplotlib.pyplot' in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -22,13 +22,17 @@ def run_pytest(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedP
     env["COLUMNS"] = "200"
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_user.py", *args],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
     )
 
 
 FAILING = """
     import gradcheck_core as gc
-    from gradcheck_core.examples import three_layer
+    from gradcheck_core.demos import three_layer
 
 
     def test_backward_pass():
@@ -52,7 +56,19 @@ def test_failed_check_shows_the_parameter_table(tmp_path: Path) -> None:
         lines = [line[1:].strip() for line in section.splitlines() if line.startswith("E ")]
         assert lines[0].startswith("gradcheck_core.errors.CheckFailed: gradient check: FAIL  rel_error=")
         header = next(line for line in lines if "rel error" in line)
-        assert header.split() == ["parameter", "shape", "rel", "error", "max", "abs", "err", "worst", "index", "checked", "bad"]
+        assert header.split() == [
+            "parameter",
+            "shape",
+            "rel",
+            "error",
+            "max",
+            "abs",
+            "err",
+            "worst",
+            "index",
+            "checked",
+            "bad",
+        ]
         rows = lines[lines.index(header) + 1 :]
         assert rows[0].startswith("FAIL  b1") and rows[1].startswith("FAIL  W2")
         assert any("scale: [W2] the gradient of W2 is 2 times" in line for line in lines)

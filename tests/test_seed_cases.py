@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradcheck_core as gc
-from gradcheck_core.examples import digits_l2, three_layer
+from gradcheck_core.demos import digits_l2, three_layer
 
 
 def test_three_layer_net_names_exactly_the_two_buggy_parameters() -> None:

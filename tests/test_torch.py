@@ -347,7 +347,9 @@ def test_fast_mode_finds_the_hooked_parameter():
         handle.remove()
     assert report.mode == "fast"
     assert {b.name for b in report.blocks if b.verdict == "fail"} == {"0.bias"}
-    assert [f.detail["factor"] for f in report.findings if f.kind == "scale"] == [pytest.approx(3.0, rel=1e-6)]
+    assert [f.detail["factor"] for f in report.findings if f.kind == "scale"] == [
+        pytest.approx(3.0, rel=1e-6)
+    ]
 
 
 def test_frozen_parameters_are_left_out():
@@ -490,7 +492,15 @@ def _assert_same_state(net, before):
     for a, b in zip(before["values"], after["values"]):
         assert a.dtype == b.dtype
         assert torch.equal(a.view(torch.int32), b.view(torch.int32))  # bit for bit
-    for key in ("dtypes", "requires_grad", "data_ptrs", "training", "default_dtype", "grad_enabled", "random"):
+    for key in (
+        "dtypes",
+        "requires_grad",
+        "data_ptrs",
+        "training",
+        "default_dtype",
+        "grad_enabled",
+        "random",
+    ):
         assert before[key] == after[key], key
     for a, b in zip(before["grads"], after["grads"]):
         assert a is b
@@ -522,9 +532,11 @@ def test_closure_raising_on_seventh_call_restores_everything(error, functional):
         return F.mse_loss(model_out, y)
 
     if functional:
+
         def loss(p):
             return forward(torch.func.functional_call(net, p, (x,)))
     else:
+
         def loss():
             return forward(net(x))
 
@@ -614,11 +626,14 @@ def test_thread_pool_executor(functional):
     x, y = _data()
     before = _state(net)
     if functional:
+
         def loss(p):
             return F.mse_loss(torch.func.functional_call(net, p, (x,)), y)
     else:
+
         def loss():
             return F.mse_loss(net(x), y)
+
     with ThreadPoolExecutor(2) as pool:
         report = gc.check(loss, net, executor=pool)
     assert report.verdict == "pass"

@@ -246,7 +246,10 @@ def _large_sparse(seed: int = 6, n: int = 3000):
 
 
 FAMILIES = {
-    "linreg": (_linear_regression, ["scale", "sign", "transpose", "missing_term", "zero_block", "wrong_reduction", "one_entry"]),
+    "linreg": (
+        _linear_regression,
+        ["scale", "sign", "transpose", "missing_term", "zero_block", "wrong_reduction", "one_entry"],
+    ),
     "mlp": (_mlp, ["scale", "sign", "zero_block", "wrong_reduction", "one_entry"]),
     "softmax_float32": (_softmax_float32, ["scale", "wrong_reduction"]),
     "relu_kinks": (_relu_kinks, ["scale"]),
@@ -261,8 +264,12 @@ def all_cases() -> list[Case]:
     cases = []
     for family, (build, bugs) in FAMILIES.items():
         loss, grad_of, x0 = build()
-        trap = {"softmax_float32": "float32", "relu_kinks": "kink", "dropout": "dropout",
-                "tiny_gradients": "tiny"}.get(family, "smooth")
+        trap = {
+            "softmax_float32": "float32",
+            "relu_kinks": "kink",
+            "dropout": "dropout",
+            "tiny_gradients": "tiny",
+        }.get(family, "smooth")
         cases.append(Case(f"{family}/correct", loss, grad_of(None), x0, False, trap))
         for bug in bugs:
             cases.append(Case(f"{family}/{bug}", loss, grad_of(bug), x0, True, bug))

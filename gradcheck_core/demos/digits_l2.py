@@ -19,7 +19,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def problem(samples: int | None = None, hidden: int = 100, seed: int = 0) -> tuple[Params, np.ndarray, np.ndarray]:
+def problem(
+    samples: int | None = None, hidden: int = 100, seed: int = 0
+) -> tuple[Params, np.ndarray, np.ndarray]:
     """Parameters ``theta1``, ``theta2``, inputs (m, 64) scaled to [0, 1], one-hot targets (m, 10)."""
     from sklearn.datasets import load_digits
 

@@ -73,8 +73,17 @@ def backward(X: np.ndarray, Y: np.ndarray, buggy: bool = False) -> Callable[[Par
             dW2 = dW2 * 2
             db1 = db1 * 4
         return {
-            "dZ3": dZ3, "dW3": dW3, "db3": db3, "dA2": dA2, "dZ2": dZ2, "dW2": dW2, "db2": db2,
-            "dA1": dA1, "dZ1": dZ1, "dW1": dW1, "db1": db1,
+            "dZ3": dZ3,
+            "dW3": dW3,
+            "db3": db3,
+            "dA2": dA2,
+            "dZ2": dZ2,
+            "dW2": dW2,
+            "db2": db2,
+            "dA1": dA1,
+            "dZ1": dZ1,
+            "dW1": dW1,
+            "db1": db1,
         }
 
     return grads

@@ -1,0 +1,216 @@
+"""The JAX adapter: pure functions of pytrees, checked in float64.
+
+JAX arrays are immutable, so a loss is always a function of its parameters,
+``loss(p)``, where ``p`` has the structure of ``params`` (dicts, lists,
+tuples, namedtuples and other registered pytree nodes, nested).  Every
+evaluation receives float64 arrays (:mod:`.x64_mode`); the loss is compiled
+and evaluated in batches where JAX can trace it (:mod:`.runner`,
+:mod:`.batching`).  :meth:`JaxAdapter.vjp`, :meth:`JaxAdapter.jvp` and
+:meth:`JaxAdapter.call` serve :func:`gradcheck_core.check_function`
+(:mod:`.autodiff`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from gradcheck_core.errors import InputError
+from gradcheck_core.flatten import Flat
+
+from ..base import Adapter, Target, python_rng_states, takes_argument
+from .autodiff import differentiable, forget_jit, is_float0, jit_once, seed_like
+from .pytrees import expand
+from .runner import Runner
+from .x64_mode import x64
+
+__all__ = ["ADAPTER", "JaxAdapter"]
+
+
+class JaxAdapter(Adapter):
+    """Gradient checks for JAX: ``jax.grad`` against finite differences in float64."""
+
+    name = "jax"
+    #: Compile the single evaluation with ``jax.jit`` when the loss allows it.
+    jit: bool = True
+    #: Evaluate blocks of points with ``jax.jit(jax.vmap(...))`` when the loss allows it.
+    vectorize: bool = True
+
+    def is_leaf(self, value: Any) -> bool:
+        """True for JAX arrays."""
+        return isinstance(value, jax.Array)
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        """A JAX array as numpy, dtype preserved."""
+        return np.asarray(value)
+
+    def collect(self, params: Any) -> Any:
+        """``params`` with registered pytree nodes (dataclasses, modules) as named dicts."""
+        return expand(params)
+
+    def gradient_vector(self, grad: Any, flat: Flat) -> np.ndarray:
+        """A handwritten gradient (pytree nodes included) as a flat float64 vector."""
+        return super().gradient_vector(expand(grad), flat)
+
+    @contextlib.contextmanager
+    def target(self, loss: Callable[..., Any], params: Any, *, float64: bool = True) -> Iterator[Target]:
+        """Prepare ``loss(p)`` for evaluation at float64 vectors.
+
+        Parameters
+        ----------
+        loss : callable
+            ``loss(p)`` with ``p`` shaped like ``params``; a loss without
+            arguments is refused (JAX arrays cannot be perturbed in place).
+        params : pytree of JAX arrays
+            The parameters; they are read, never modified.
+        float64 : bool
+            Evaluate with JAX's 64-bit mode on (scoped to each call) and
+            float64 parameters; False keeps the parameters' own dtypes.
+
+        Yields
+        ------
+        Target
+            With ``gradient`` from ``jax.grad`` and, for a loss JAX can
+            trace, compiled single and batched evaluation.
+        """
+        flat = self.flatten(params)
+        if not takes_argument(loss):
+            raise InputError(
+                "the loss takes no argument, but JAX arrays are immutable: the checker cannot "
+                f"perturb {flat.leaves[0].name!r} in place for a loss() that reads it. Write the "
+                "loss as a function of the parameters, loss(p), that reads them from p, e.g. "
+                "gc.check(lambda p: loss_fn(p, X, y), params)."
+            )
+        run = Runner(loss, flat, float64=float64, jit=self.jit, vectorize=self.vectorize)
+        target = Target(
+            flat=flat,
+            evaluate=run.evaluate,
+            gradient=run.gradient,
+            call_grad=run.call_grad,
+            evaluate_batch=None,
+            evaluate_complex=run.evaluate_complex if float64 else None,
+            precision=run.precision,
+            rngs=python_rng_states(),
+            framework=self.name,
+        )
+        run.setup(target)
+        yield target
+
+    # -- check_function ------------------------------------------------------
+    def call(self, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
+        """``fn(*inputs)``; every array leaf of the result, as numpy, in pytree order.
+
+        ``fn`` is compiled with :func:`jax.jit` (once per function) when it can
+        be traced; otherwise it is called as it is.
+        """
+        with x64():
+            compiled = jit_once(fn)
+            out = None
+            if compiled is not None:
+                try:
+                    out = compiled(*inputs)
+                except Exception:
+                    forget_jit(fn)
+                    compiled = None
+            if compiled is None:
+                out = fn(*inputs)
+            return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(out)]
+
+    def vjp(
+        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+    ) -> list[np.ndarray]:
+        """Reverse-mode products ``u^T J`` of ``fn`` at ``inputs`` converted to float64.
+
+        Parameters
+        ----------
+        fn : callable
+            ``fn(*inputs)``; may be a ``jax.custom_vjp`` or ``jax.custom_jvp``
+            function.  Its result may be any pytree of arrays.
+        inputs : list
+            Its arguments; floating arrays are differentiated, others held fixed.
+        cotangents : list of numpy arrays or None
+            One per output leaf (pytree order); None means zero.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One float64 array per input (zeros for inputs that are not floating).
+        """
+        with x64():
+            args, pos, f = differentiable(fn, inputs)
+            out, pullback = jax.vjp(f, *[args[i] for i in pos])
+            leaves, treedef = jax.tree_util.tree_flatten(out)
+            if len(cotangents) != len(leaves):
+                raise InputError(f"fn has {len(leaves)} outputs but {len(cotangents)} cotangents were given.")
+            cts = [seed_like(leaf, u) for leaf, u in zip(leaves, cotangents, strict=True)]
+            try:
+                grads = pullback(jax.tree_util.tree_unflatten(treedef, cts))
+            except (TypeError, ValueError) as exc:
+                raise InputError(
+                    f"the backward pass of fn failed ({type(exc).__name__}: {exc}). A custom_vjp "
+                    "backward rule must return a tuple with one cotangent per input of fn, each "
+                    "with that input's shape and dtype."
+                ) from exc
+            result = [np.zeros(np.shape(a)) for a in inputs]
+            for i, g in zip(pos, grads, strict=False):
+                result[i] = np.asarray(g, dtype=np.float64)
+            return result
+
+    def jvp(
+        self, fn: Callable[..., Any], inputs: list[Any], tangents: list[np.ndarray | None]
+    ) -> list[np.ndarray]:
+        """Forward-mode products ``J v`` of ``fn`` at ``inputs`` converted to float64.
+
+        Parameters
+        ----------
+        fn : callable
+            ``fn(*inputs)``; a ``jax.custom_jvp`` function uses its rule.
+        inputs : list
+            Its arguments; floating arrays get tangents, others held fixed.
+        tangents : list of numpy arrays or None
+            One per input; None (or a non-floating input) means zero.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One float64 output tangent per output leaf (pytree order).
+
+        Raises
+        ------
+        InputError
+            When ``fn`` has no forward mode (a ``jax.custom_vjp`` function);
+            check its vector-Jacobian products instead.
+        """
+        if len(tangents) != len(inputs):
+            raise InputError(f"fn has {len(inputs)} inputs but {len(tangents)} tangents were given.")
+        with x64():
+            args, pos, f = differentiable(fn, inputs)
+            primals = [args[i] for i in pos]
+            tans = [seed_like(args[i], tangents[i]) for i in pos]
+            try:
+                _, out_tangents = jax.jvp(f, tuple(primals), tuple(tans))
+            except TypeError as exc:
+                if "custom_vjp" in str(exc):
+                    raise InputError(
+                        "fn is a jax.custom_vjp function, which has no forward mode (JAX cannot "
+                        "compute its Jacobian-vector products): only its vector-Jacobian products, "
+                        "the custom backward rule, can be checked."
+                    ) from exc
+                raise InputError(
+                    f"jax.jvp could not differentiate fn ({type(exc).__name__}: {exc})."
+                ) from exc
+            except Exception as exc:
+                raise InputError(
+                    f"jax.jvp could not differentiate fn ({type(exc).__name__}: {exc})."
+                ) from exc
+            return [
+                np.zeros(np.shape(t)) if is_float0(t) else np.asarray(t, dtype=np.float64)
+                for t in jax.tree_util.tree_leaves(out_tangents)
+            ]
+
+
+ADAPTER = JaxAdapter()

@@ -1,0 +1,149 @@
+"""VJP/JVP plumbing for :func:`gradcheck_core.check_function`.
+
+:meth:`JaxAdapter.vjp`, :meth:`JaxAdapter.jvp` and :meth:`JaxAdapter.call`
+serve :func:`gradcheck_core.check_function`, which checks the derivative rules
+of ``jax.custom_jvp`` and ``jax.custom_vjp`` functions input by input.  This
+module holds what they share: ``fn`` as a function of its floating inputs in
+float64, tangents and cotangents shaped like the values they seed, and one
+compiled ``jax.jit(fn)`` per function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradcheck_core.errors import InputError
+
+__all__ = ["differentiable", "forget_jit", "is_float0", "jit_once", "seed_like"]
+
+_COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def jit_once(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+    """``jax.jit(fn)``, made once per function; None once it proved untraceable.
+
+    Parameters
+    ----------
+    fn : callable
+        The function to compile.
+
+    Returns
+    -------
+    callable or None
+        The cached compiled function; None after :func:`forget_jit` or when
+        ``fn`` cannot be cached (not weakly referenceable, or not hashable).
+    """
+    try:
+        if fn not in _COMPILED:
+            _COMPILED[fn] = jax.jit(fn)
+        return _COMPILED[fn]
+    except TypeError:  # not weakly referenceable, or not hashable
+        return None
+
+
+def forget_jit(fn: Callable[..., Any]) -> None:
+    """Remember that ``fn`` cannot be compiled: :func:`jit_once` gives None from now on.
+
+    Parameters
+    ----------
+    fn : callable
+        A function whose compiled version failed.
+    """
+    with contextlib.suppress(TypeError):
+        _COMPILED[fn] = None
+
+
+def is_float0(value: Any) -> bool:
+    """True for JAX's ``float0`` tangents (those of integer and boolean values).
+
+    Parameters
+    ----------
+    value : Any
+        A tangent or cotangent.
+    """
+    return getattr(value, "dtype", None) == jax.dtypes.float0
+
+
+def _is_floating(value: Any) -> bool:
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and bool(jnp.issubdtype(dtype, jnp.floating))
+
+
+def seed_like(value: Any, seed: np.ndarray | None) -> Any:
+    """A tangent or cotangent for ``value``: ``seed`` in its dtype, zeros for None.
+
+    Parameters
+    ----------
+    value : array
+        The input or output the seed belongs to.
+    seed : numpy.ndarray or None
+        Its entries (any shape with ``value``'s size); None means zero.
+
+    Returns
+    -------
+    array
+        ``float0`` zeros for a value that is not floating, else a JAX array
+        of ``value``'s shape and dtype.
+
+    Raises
+    ------
+    InputError
+        When ``seed`` has the wrong size.
+    """
+    if not _is_floating(value):
+        return np.zeros(np.shape(value), dtype=jax.dtypes.float0)
+    if seed is None:
+        return jnp.zeros_like(value)
+    seed = np.asarray(seed)
+    if seed.size != np.size(value):
+        raise InputError(f"a seed of shape {seed.shape} was given for an output of shape {np.shape(value)}.")
+    return jnp.asarray(seed.reshape(np.shape(value)), dtype=value.dtype)
+
+
+def differentiable(
+    fn: Callable[..., Any], inputs: list[Any]
+) -> tuple[list[Any], list[int], Callable[..., Any]]:
+    """Inputs with floating arrays in float64, their positions, and ``fn`` of those alone.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*inputs)``.
+    inputs : list
+        Its arguments.
+
+    Returns
+    -------
+    args : list
+        ``inputs`` with every floating array converted to float64.
+    pos : list of int
+        The positions of the floating ones.
+    f : callable
+        ``f(*floats)``: ``fn`` with the floating inputs replaced, the others fixed.
+
+    Raises
+    ------
+    InputError
+        When no input is floating.
+    """
+    args = [jnp.asarray(a, dtype=jnp.float64) if _is_floating(a) else a for a in inputs]
+    pos = [i for i, a in enumerate(args) if _is_floating(a)]
+    if not pos:
+        raise InputError(
+            "fn has no floating input to differentiate; pass float arrays (e.g. jnp.float32 or float64)."
+        )
+
+    def f(*floats: Any) -> Any:
+        full = list(args)
+        for i, v in zip(pos, floats, strict=False):
+            full[i] = v
+        return fn(*full)
+
+    return args, pos, f

@@ -1,0 +1,195 @@
+"""Batched evaluation: blocks of perturbed points through ``jax.jit(jax.vmap(...))``.
+
+The full sweep evaluates blocks of perturbed points with
+``jax.jit(jax.vmap(...))``, checked on its first rows against single calls.
+A block is as large as the scratch memory allowed for one call
+(:data:`BATCH_MEMORY`); a shorter block is padded to a size already compiled
+when that is cheaper than compiling a new one.  A loss that cannot be
+vectorised, or whose vectorised values disagree with single calls, is
+evaluated point by point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from gradcheck_core.flatten import Flat
+
+from ..base import python_rng_states
+from .x64_mode import x64
+
+__all__ = ["BATCH_MEMORY", "COMPILED_RTOL", "MIN_BATCH", "PROBE_ROWS", "BatchedEvaluation"]
+
+#: Scratch memory (bytes) one batched call may use; larger chunks are split.
+#: On a CPU, blocks that stay in cache run two to three times faster per row
+#: than large ones; accelerators want large blocks.
+BATCH_MEMORY = {"cpu": 4 << 20, "gpu": 512 << 20}
+#: Rows of a first batched call that measures the scratch memory per row,
+#: where the compiled single evaluation could not tell it.
+PROBE_ROWS = 8
+#: Fewer rows than this are evaluated one by one with the compiled loss: a
+#: batch size of its own would cost a compilation that a short loop does not.
+MIN_BATCH = 32
+#: Relative difference allowed between a compiled and a plain evaluation at
+#: the same point (XLA fuses and reorders; anything larger means the compiled
+#: function is not the same function, e.g. a Python side effect was frozen).
+COMPILED_RTOL = 1e-9
+
+
+class BatchedEvaluation:
+    """The batched half of the runner (:class:`.runner.Runner`), which sets these attributes."""
+
+    flat: Flat
+    float64: bool
+    device: Any
+    out_dtype: Any
+    vmapped: Any
+    executables: dict[int, Any]
+    max_rows: int
+    row_scratch: float | None
+    compile_seconds: float
+    row_seconds: float
+    timed_sizes: set[int]
+    batch_failed: bool
+    evaluate: Callable[[np.ndarray], Any]
+    scalar_of_vector: Callable[[Any], Any]
+    compiled_input: Callable[[np.ndarray], Any]
+
+    def evaluate_batch(self, rows: np.ndarray) -> np.ndarray:
+        """The losses at ``rows`` (one flat float64 point each), as float64.
+
+        Parameters
+        ----------
+        rows : numpy.ndarray
+            Shape ``(k, n)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(k,)``.
+        """
+        rows = np.asarray(rows, dtype=np.float64)
+        if self.vmapped is None and (self.batch_failed or len(rows) < MIN_BATCH):
+            return self._loop(rows)
+        if self.vmapped is None:
+            first = self._try_batch(rows)
+            if first is None:
+                self.batch_failed = True  # from now on: point by point
+                return self._loop(rows)
+        else:
+            first = np.empty(0)
+        out = np.empty(len(rows))
+        out[: len(first)] = first
+        step = max(1, min(len(rows), self.max_rows))
+        with x64(self.float64):
+            for start in range(len(first), len(rows), step):
+                part = rows[start : start + step]
+                out[start : start + len(part)] = self._padded(part)
+        return out
+
+    def _loop(self, rows: np.ndarray) -> np.ndarray:
+        states = [(r, r.get()) for r in python_rng_states()]
+        out = np.empty(len(rows))
+        for k, row in enumerate(rows):
+            for r, s in states:
+                r.set(s)
+            out[k] = float(np.asarray(self.evaluate(row), dtype=np.float64).reshape(()))
+        return out
+
+    def _executable(self, batch: Any) -> Any:
+        """The vectorised loss compiled for ``batch``'s shape (cached per size)."""
+        size = int(batch.shape[0])
+        if size not in self.executables:
+            start = time.perf_counter()
+            self.executables[size] = self.vmapped.lower(batch).compile()
+            self.compile_seconds = time.perf_counter() - start
+        return self.executables[size]
+
+    def _try_batch(self, rows: np.ndarray) -> np.ndarray | None:
+        """Compile the vectorised loss and check its first two rows against single calls.
+
+        Returns the losses at the rows it evaluated (the first ones), or None
+        when the loss cannot be vectorised.  Scratch memory per row (from the
+        compiled single evaluation, else from a first small block) sets how
+        many rows a call evaluates at once.
+        """
+        budget = BATCH_MEMORY.get(_platform(self.device), BATCH_MEMORY["gpu"])
+        if self.row_scratch is not None:
+            self.max_rows = max(1, int(budget // max(self.row_scratch, 8.0 * self.flat.n)))
+            rows = rows[: self.max_rows]
+        else:
+            rows = rows[:PROBE_ROWS]
+        states = [(r, r.get()) for r in python_rng_states()]
+        try:
+            with x64(self.float64):
+                self.vmapped = jax.jit(jax.vmap(self.scalar_of_vector))
+                batch = self.compiled_input(rows)
+                compiled = self._executable(batch)
+                got = np.asarray(compiled(batch), dtype=np.float64).reshape(-1)
+                self.timed_sizes.add(len(rows))
+                if self.row_scratch is None:
+                    try:
+                        scratch = float(compiled.memory_analysis().temp_size_in_bytes) / len(rows)
+                    except Exception:  # not every backend reports it
+                        scratch = 0.0
+                    self.max_rows = max(1, int(budget // max(scratch, 8.0 * self.flat.n)))
+            for r, s in states:
+                r.set(s)
+            want = self._loop(rows[:2])
+        except Exception:
+            self.vmapped = None
+            return None
+        finally:
+            for r, s in states:
+                r.set(s)
+        if not _same(got[:2], want, self.out_dtype):
+            self.vmapped = None
+            return None
+        return got
+
+    def _padded(self, part: np.ndarray) -> np.ndarray:
+        """Evaluate rows, padded to a compiled block size where that is cheaper than compiling."""
+        k = len(part)
+        size = min((s for s in self.executables if s >= k), default=k)
+        if (size - k) * self.row_seconds > self.compile_seconds:
+            size = k
+        if size > k:
+            part = np.concatenate([part, np.repeat(part[-1:], size - k, axis=0)])
+        batch = self.compiled_input(part)
+        start = time.perf_counter()
+        out = np.asarray(self._executable(batch)(batch), dtype=np.float64)[:k]
+        if size in self.timed_sizes:  # the first call of a size includes compiling it
+            self.row_seconds = (time.perf_counter() - start) / size
+        self.timed_sizes.add(size)
+        return out
+
+
+def _same(a: Any, b: Any, dtype: Any = np.float64) -> bool:
+    """Two evaluations of a loss computed in ``dtype`` agree (up to XLA's reordering of sums)."""
+    try:
+        a, b = np.asarray(a), np.asarray(b)
+    except Exception:
+        return False
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind not in "fc" or b.dtype.kind not in "fc":
+        return bool(np.array_equal(a, b))
+    try:
+        eps = float(np.finfo(dtype).eps)
+    except (TypeError, ValueError):
+        eps = float(np.finfo(np.float32).eps)
+    rtol = max(COMPILED_RTOL, 1e4 * eps)
+    a64, b64 = a.astype(np.complex128), b.astype(np.complex128)
+    return bool(np.all(np.abs(a64 - b64) <= rtol * np.maximum(np.abs(a64), np.abs(b64)) + 1e-300))
+
+
+def _platform(device: Any) -> str:
+    try:
+        return str((device or jax.devices()[0]).platform)
+    except Exception:
+        return "cpu"

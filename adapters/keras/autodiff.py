@@ -1,0 +1,149 @@
+"""Gradients from the Keras backend's autodiff.
+
+Gradients come from the backend's autodiff: ``tf.GradientTape``,
+``jax.grad`` or ``torch.autograd``, with the weights injected through
+``keras.StatelessScope`` where the backend needs pure functions.  The numpy
+backend has none: there only a handwritten gradient (``grad=``) can be checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from gradcheck_core.errors import InputError
+
+from .values import backend
+
+
+def _no_autodiff() -> InputError:
+    return InputError(
+        "Keras's numpy backend has no automatic differentiation, so there is no gradient to "
+        "check: pass your backward pass as grad=, or run with KERAS_BACKEND set to tensorflow, "
+        "jax or torch."
+    )
+
+
+def _not_differentiable(out: Any, what: str) -> InputError:
+    return InputError(
+        f"the loss returned a {type(out).__module__}.{type(out).__qualname__}, not a "
+        f"{backend()} tensor, so {what} cannot differentiate it (a conversion to numpy, .numpy() "
+        "or float() left the backend). Keep the loss in keras.ops / backend operations, or pass "
+        "your gradient as grad=."
+    )
+
+
+def _flat(grads: list[Any]) -> np.ndarray:
+    parts = [np.asarray(ops.convert_to_numpy(g), dtype=np.float64).reshape(-1) for g in grads]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def grad_of_tensors(fn: Callable[[list[Any]], Any], tensors: list[Any]) -> np.ndarray:
+    """Gradient of the scalar ``fn(tensors)`` with respect to backend ``tensors``.
+
+    Parameters
+    ----------
+    fn : callable
+        Takes a list of backend tensors, returns a backend scalar.
+    tensors : list
+        The point, as backend tensors.
+
+    Returns
+    -------
+    numpy.ndarray
+        The gradient, all tensors flattened and concatenated, float64.  Inputs
+        the output does not depend on get zeros.
+
+    Raises
+    ------
+    InputError
+        On the numpy backend, or when the output is not a backend tensor.
+    """
+    b = backend()
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            for t in tensors:
+                tape.watch(t)
+            out = fn(tensors)
+        if not tf.is_tensor(out):
+            raise _not_differentiable(out, "tf.GradientTape")
+        return _flat(tape.gradient(out, tensors, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    if b == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def scalar(ts: list[Any]) -> Any:
+            out = fn(ts)
+            if not isinstance(out, jax.Array):
+                raise _not_differentiable(out, "jax.grad")
+            return jnp.reshape(out, ())
+
+        try:
+            return _flat(jax.grad(scalar)(list(tensors)))
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as exc:
+            raise InputError(
+                "jax.grad could not trace the loss: it turns a value into numpy or a Python "
+                f"number ({type(exc).__name__}). Keep the loss in keras.ops / jax.numpy, or pass "
+                "your gradient as grad=."
+            ) from exc
+    if b == "torch":
+        import torch
+
+        leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+        out = fn(leaves)
+        if not isinstance(out, torch.Tensor):
+            raise _not_differentiable(out, "torch.autograd")
+        if not out.requires_grad:
+            return _flat([torch.zeros_like(t) for t in leaves])
+        grads = torch.autograd.grad(out.reshape(()), leaves, allow_unused=True)
+        return _flat([torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)])
+    raise _no_autodiff()
+
+
+def grad_of_variables(call: Callable[[], Any], variables: list[Any]) -> np.ndarray:
+    """Gradient of the scalar ``call()`` with respect to Keras variables, at their values.
+
+    On TensorFlow the tape watches the variables; on JAX and torch their
+    values are injected through ``keras.StatelessScope``, which also keeps any
+    update made by ``call`` (moving statistics, seed states) out of the
+    variables.
+
+    Parameters
+    ----------
+    call : callable
+        Takes no argument, reads the variables, returns a backend scalar.
+    variables : list of keras.Variable
+        The variables to differentiate with respect to.
+
+    Returns
+    -------
+    numpy.ndarray
+        The gradient in the order of ``variables``, flattened, float64.
+    """
+    b = backend()
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        handles = [v.value for v in variables]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            for h in handles:
+                tape.watch(h)
+            out = call()
+        if not tf.is_tensor(out):
+            raise _not_differentiable(out, "tf.GradientTape")
+        return _flat(tape.gradient(out, handles, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    if b in ("jax", "torch"):
+        values = [ops.convert_to_tensor(v.value, dtype=v.dtype) for v in variables]
+
+        def through_scope(ts: list[Any]) -> Any:
+            with keras.StatelessScope(state_mapping=list(zip(variables, ts))):
+                return call()
+
+        return grad_of_tensors(through_scope, values)
+    raise _no_autodiff()

@@ -1,0 +1,285 @@
+"""The adapter: PyTorch tensors, nn.Parameters and nn.Modules checked against autograd.
+
+Every evaluation runs in float64, whatever the dtype of the model:
+
+* a functional loss ``loss(p)`` receives fresh float64 tensors (on the
+  parameters' devices); the user's tensors are never touched;
+* a zero-argument loss ``loss()`` that reads an ``nn.Module`` or tensors is
+  evaluated by swapping each parameter's ``.data`` for a float64 tensor
+  holding the perturbed values, and swapping the original tensor back
+  afterwards (the original storage is never written to);
+* tensors the loss captured, and tensors it creates, are float64 during an
+  evaluation too (:mod:`.float64`).
+
+Everything the check changes is put back when it ends (:mod:`.state`).  The
+autodiff gradient is computed with ``torch.autograd.grad``, so nothing
+accumulates in ``.grad``, and with the random generators replayed to the
+state every evaluation starts from, so dropout draws the same mask for the
+gradient as for the differences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradcheck_core.flatten import Flat
+
+from ..base import Adapter, RngState, Target, python_rng_states, takes_argument
+from .autodiff import _gradient_of, _scalar_tensor
+from .autodiff import call as _call
+from .autodiff import jvp as _jvp
+from .autodiff import vjp as _vjp
+from .batching import _Batched
+from .float64 import Promotion, _has_float64, _precision, _tensor, _work_dtype, float64_scope
+from .state import _check_in_place, _contains_module, _module_params, _modules_in, _Snapshot, torch_rng_states
+
+__all__ = ["ADAPTER", "TorchAdapter"]
+
+
+class TorchAdapter(Adapter):
+    """PyTorch: tensors, nn.Parameters and nn.Modules; autograd as the reference."""
+
+    name = "torch"
+    #: Evaluate the points of a sweep with ``torch.func.vmap`` where the loss allows.
+    vmap = True
+    #: Largest number of points one vectorised (vmap) call evaluates.
+    batch_rows = 512
+
+    # -- values -----------------------------------------------------------------
+    def is_leaf(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor)
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        if not isinstance(value, torch.Tensor):
+            return np.asarray(value)
+        t = value.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        if t.is_conj():
+            t = t.resolve_conj()
+        if t.is_neg():
+            t = t.resolve_neg()
+        if t.dtype == torch.bfloat16:
+            t = t.float()  # numpy has no bfloat16; float32 holds it exactly
+        elif t.dtype == torch.complex32:
+            t = t.to(torch.complex64)
+        return t.cpu().numpy()
+
+    def collect(self, params: Any) -> Any:
+        """Modules become ``{name: parameter}`` dicts of their trainable parameters."""
+        if isinstance(params, torch.nn.Module):
+            return _module_params(params)
+        if not _contains_module(params):
+            return params
+        if isinstance(params, Mapping):
+            return {k: self.collect(v) for k, v in params.items()}
+        items = [self.collect(v) for v in params]
+        return type(params)(items) if type(params) in (list, tuple) else items
+
+    def rng_states(self) -> list[RngState]:
+        return torch_rng_states()
+
+    def gradient_vector(self, grad: Any, flat: Flat) -> np.ndarray:
+        """As for every framework, and also a list of tensors in parameter order.
+
+        ``[p.grad for p in model.parameters()]`` is accepted for a module
+        (whose parameters are a dict keyed by name) when its shapes match
+        the parameters one by one.
+        """
+        if (
+            isinstance(grad, (list, tuple))
+            and not _is_sequence_skeleton(flat)
+            and len(grad) == len(flat.leaves)
+            and all(
+                isinstance(g, (torch.Tensor, np.ndarray)) and tuple(g.shape) == leaf.shape
+                for g, leaf in zip(grad, flat.leaves)
+            )
+        ):
+            grad = {leaf.name: g for leaf, g in zip(flat.leaves, grad)}
+        return super().gradient_vector(grad, flat)
+
+    def loss_closure(self, loss_fn: Callable[..., Any], y_true: Any, y_pred: Any) -> Callable[[Any], Any]:
+        """``loss(y_pred)`` for :func:`gradcheck_core.check_loss`.
+
+        torch's own losses (``nn.MSELoss()``, ``F.cross_entropy``) take the
+        prediction first; any other callable is called ``loss_fn(y_true, y_pred)``.
+        """
+        torch_order = isinstance(loss_fn, torch.nn.modules.loss._Loss) or (
+            getattr(loss_fn, "__module__", None) == "torch.nn.functional"
+        )
+        if torch_order:
+            return lambda yp: loss_fn(yp, y_true)
+        return lambda yp: loss_fn(y_true, yp)
+
+    # -- the check --------------------------------------------------------------
+    @contextlib.contextmanager
+    def target(self, loss: Callable[..., Any], params: Any, *, float64: bool = True) -> Iterator[Target]:
+        """Prepare ``loss`` for evaluation at float64 vectors; restore everything on exit."""
+        flat = self.flatten(params)
+        tensors: list[torch.Tensor] = list(flat.values)
+        modules = _modules_in(params)
+        functional = takes_argument(loss)
+        precision = _precision(flat, float64)
+        promote = float64 and all(_has_float64(t.device) for t in tensors)
+        rngs = self.rng_states() + python_rng_states()
+        if not functional:
+            _check_in_place(flat)
+        snapshot = _Snapshot(tensors, modules, rngs)
+        try:
+            if functional:
+                # torch.func.functional_call swaps tensors into the module: with
+                # a module, evaluations take turns (threads of an executor=).
+                lock: Any = threading.RLock() if modules else contextlib.nullcontext()
+                target = self._functional_target(loss, flat, float64, promote, snapshot, lock)
+            else:
+                target = self._stateful_target(loss, flat, float64, promote, snapshot)
+            target.precision = precision
+            target.rngs = rngs
+            yield target
+        finally:
+            snapshot.restore()
+
+    def _functional_target(
+        self,
+        loss: Callable[..., Any],
+        flat: Flat,
+        float64: bool,
+        promote: bool,
+        snapshot: _Snapshot,
+        lock: Any,
+    ) -> Target:
+        work = {id(t): _work_dtype(t, float64) for t in flat.values}
+        promotion = Promotion()
+
+        def make(piece: np.ndarray, original: torch.Tensor) -> torch.Tensor:
+            return _tensor(piece, work[id(original)], original.device)
+
+        def evaluate(x: np.ndarray) -> Any:
+            p = flat.unravel(x, make)
+            with lock, float64_scope(promote, promotion):
+                return loss(p)
+
+        def gradient(x: np.ndarray | None = None) -> np.ndarray:
+            leaves: list[torch.Tensor] = []
+
+            def make_leaf(piece: np.ndarray, original: torch.Tensor) -> torch.Tensor:
+                t = make(piece, original).requires_grad_(True)
+                leaves.append(t)
+                return t
+
+            p = flat.unravel(flat.x0 if x is None else x, make_leaf)
+            snapshot.replay()
+            with lock, float64_scope(promote), torch.enable_grad():
+                out = _scalar_tensor(loss(p))
+                return _gradient_of(out, leaves, self)
+
+        def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
+            p = flat.unravel(flat.x0 if x is None else x, make)
+            snapshot.replay()
+            with lock, float64_scope(promote):
+                return fn(p)
+
+        evaluate_complex = None
+        if promote:
+
+            def evaluate_complex(z: np.ndarray) -> Any:
+                p = flat.unravel(z, lambda piece, o: _tensor(piece, torch.complex128, o.device))
+                with lock, float64_scope(True):
+                    return loss(p)
+
+        batch = _Batched(self, loss, flat, evaluate, snapshot, promote, promotion)
+        return Target(
+            flat=flat,
+            evaluate=evaluate,
+            gradient=gradient,
+            call_grad=call_grad,
+            evaluate_batch=batch if batch.possible else None,
+            evaluate_complex=evaluate_complex,
+            framework=self.name,
+        )
+
+    def _stateful_target(
+        self, loss: Callable[..., Any], flat: Flat, float64: bool, promote: bool, snapshot: _Snapshot
+    ) -> Target:
+        tensors: list[torch.Tensor] = list(flat.values)
+        originals = snapshot.data
+        work = [_work_dtype(t, float64) for t in tensors]
+        promotion = Promotion()
+        # One evaluation at a time: the parameters hold one point (threads of
+        # an executor= take turns).
+        lock = threading.RLock()
+
+        @contextlib.contextmanager
+        def swapped(x: np.ndarray) -> Iterator[None]:
+            """The tensors hold ``x`` (in the working dtype) while inside."""
+            pieces = flat.split(x)
+            try:
+                for t, piece, dtype in zip(tensors, pieces, work):
+                    t.data = _tensor(piece, dtype, t.device)
+                yield
+            finally:
+                for t, data in zip(tensors, originals):
+                    t.data = data
+
+        def evaluate(x: np.ndarray) -> Any:
+            with lock, swapped(x), float64_scope(promote, promotion):
+                return loss()
+
+        def gradient(x: np.ndarray | None = None) -> np.ndarray:
+            flags = [t.requires_grad for t in tensors]
+            snapshot.replay()
+            try:
+                with lock, swapped(flat.x0 if x is None else x), float64_scope(promote), torch.enable_grad():
+                    for t in tensors:
+                        if not t.requires_grad:
+                            t.requires_grad_(True)
+                    out = _scalar_tensor(loss())
+                    return _gradient_of(out, tensors, self)
+            finally:
+                for t, flag in zip(tensors, flags):
+                    if t.requires_grad != flag:
+                        t.requires_grad_(flag)
+
+        def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
+            snapshot.replay()
+            with lock, swapped(flat.x0 if x is None else x), float64_scope(promote):
+                value = fn()
+            return value
+
+        return Target(
+            flat=flat,
+            evaluate=evaluate,
+            gradient=gradient,
+            call_grad=call_grad,
+            framework=self.name,
+        )
+
+    # -- check_function -----------------------------------------------------------
+    def call(self, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
+        """``fn(*inputs)`` at float64 copies of the inputs, outputs as numpy (see :func:`.autodiff.call`)."""
+        return _call(self, fn, inputs)
+
+    def vjp(
+        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+    ) -> list[np.ndarray]:
+        """Vector-Jacobian products ``u^T J`` of ``fn`` (see :func:`.autodiff.vjp`)."""
+        return _vjp(self, fn, inputs, cotangents)
+
+    def jvp(
+        self, fn: Callable[..., Any], inputs: list[Any], tangents: list[np.ndarray | None]
+    ) -> list[np.ndarray]:
+        """Jacobian-vector products ``J v`` of ``fn`` by forward-mode AD (see :func:`.autodiff.jvp`)."""
+        return _jvp(self, fn, inputs, tangents)
+
+
+def _is_sequence_skeleton(flat: Flat) -> bool:
+    return flat.skeleton[0] == "seq"
+
+
+ADAPTER = TorchAdapter()

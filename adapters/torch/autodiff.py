@@ -1,0 +1,230 @@
+"""VJP/JVP plumbing: autograd on float64 copies of a function's inputs.
+
+The autodiff gradient of a loss is computed with ``torch.autograd.grad``
+(:func:`_gradient_of`), so nothing accumulates in ``.grad``.  For
+``check_function``, :func:`vjp` runs reverse mode and :func:`jvp` forward mode
+(``torch.autograd.forward_ad``) on float64 copies of the inputs, inside a
+:func:`~.float64.float64_scope`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradcheck_core.errors import InputError
+
+from ..base import Adapter
+from .float64 import _promotable, _work_dtype, float64_scope
+
+__all__ = ["call", "jvp", "vjp"]
+
+
+def _scalar_tensor(out: Any) -> torch.Tensor:
+    """The loss output as a 0-d tensor that autograd can differentiate."""
+    if not isinstance(out, torch.Tensor):
+        raise InputError(
+            f"the loss returned a {type(out).__name__}, not a torch tensor, so autograd cannot "
+            "differentiate it (a value taken out with .item(), float() or .numpy() has no graph). "
+            "Return the tensor itself, or pass your own gradient as grad=."
+        )
+    if out.numel() != 1:
+        raise InputError(
+            f"the loss returned a tensor of shape {tuple(out.shape)}, not a scalar; reduce it, "
+            "e.g. return loss.mean() or loss.sum()."
+        )
+    if not out.requires_grad:
+        raise InputError(
+            "the loss does not depend on the parameters through autograd: its value was computed "
+            "under torch.no_grad(), from .detach()ed or .numpy() values, or from tensors other "
+            "than the ones checked (a loss(p) must read the parameters from p, e.g. "
+            "torch.func.functional_call(model, p, (x,)); a loss() without arguments must read "
+            "the tensors passed as params). Fix the loss, or pass your own gradient as grad=."
+        )
+    return out.reshape(())
+
+
+def _gradient_of(out: torch.Tensor, leaves: list[torch.Tensor], adapter: Adapter) -> np.ndarray:
+    grads = torch.autograd.grad(out, leaves, allow_unused=True)
+    chunks = []
+    for g, t in zip(grads, leaves):
+        if g is None:
+            chunks.append(np.zeros(t.numel()))
+        else:
+            chunks.append(np.asarray(adapter.to_numpy(g), dtype=np.float64).reshape(-1))
+    return np.concatenate(chunks)
+
+
+def _as_list(out: Any) -> list[Any]:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _inputs(inputs: Sequence[Any], requires_grad: bool) -> list[Any]:
+    """Float64 copies of the floating inputs (others as they are)."""
+    out = []
+    for v in inputs:
+        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()):
+            t = v.detach().to(dtype=_work_dtype(v, True), copy=True)
+            out.append(t.requires_grad_(requires_grad))
+        else:
+            out.append(v)
+    return out
+
+
+def call(adapter: Adapter, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
+    """``fn(*inputs)`` at float64 copies of the inputs, outputs as numpy.
+
+    The copies require grad, so a function that differentiates its own
+    inputs (a gradient computed with ``create_graph=True``) works.
+
+    Parameters
+    ----------
+    adapter : Adapter
+        Converts the outputs to numpy (the torch adapter).
+    fn : callable
+        ``fn(*inputs)`` returning a tensor or a tuple of tensors.
+    inputs : list
+        The inputs.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One array per output.
+    """
+    xs = _inputs(inputs, True)
+    with float64_scope(_promotable(xs)), torch.enable_grad():
+        outs = _as_list(fn(*xs))
+    return [np.asarray(adapter.to_numpy(o)) for o in outs]
+
+
+def vjp(
+    adapter: Adapter, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+) -> list[np.ndarray]:
+    """Vector-Jacobian products ``u^T J`` of ``fn`` at float64 copies of ``inputs``.
+
+    Parameters
+    ----------
+    adapter : Adapter
+        Converts the products to numpy (the torch adapter).
+    fn : callable
+        ``fn(*inputs)`` returning a tensor or a tuple of tensors.
+    inputs : list
+        The inputs (tensors of any floating dtype).
+    cotangents : list of numpy.ndarray or None
+        One per output; None leaves that output out.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One float64 array per input, zeros where the input does not
+        influence the outputs.
+    """
+    xs = _inputs(inputs, True)
+    if isinstance(cotangents, np.ndarray):
+        cotangents = [cotangents]
+    with float64_scope(_promotable(xs)), torch.enable_grad():
+        outs = _as_list(fn(*xs))
+        if len(cotangents) != len(outs):
+            raise InputError(
+                f"fn returned {len(outs)} output(s) but {len(cotangents)} cotangent(s) were given."
+            )
+        ys, us = [], []
+        for o, u in zip(outs, cotangents):
+            if u is None or not isinstance(o, torch.Tensor) or not o.requires_grad:
+                continue
+            ys.append(o)
+            us.append(torch.as_tensor(np.asarray(u).reshape(tuple(o.shape)), dtype=o.dtype, device=o.device))
+        wrt = [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
+        grads: Sequence[torch.Tensor | None] = [None] * len(wrt)
+        if ys and wrt:
+            grads = torch.autograd.grad(ys, wrt, grad_outputs=us, allow_unused=True)
+    by_input = dict(zip(map(id, wrt), grads))
+    result = []
+    for x in xs:
+        g = by_input.get(id(x)) if isinstance(x, torch.Tensor) else None
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else np.shape(x)
+        result.append(np.zeros(shape) if g is None else np.asarray(adapter.to_numpy(g), dtype=np.float64))
+    return result
+
+
+def jvp(
+    adapter: Adapter, fn: Callable[..., Any], inputs: list[Any], tangents: list[np.ndarray | None]
+) -> list[np.ndarray]:
+    """Jacobian-vector products ``J v`` of ``fn`` by forward-mode AD.
+
+    Parameters
+    ----------
+    adapter : Adapter
+        Converts the output tangents to numpy (the torch adapter).
+    fn : callable
+        ``fn(*inputs)``.
+    inputs : list
+        The inputs.
+    tangents : list of numpy.ndarray or None
+        One per input (None: that input held fixed).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One float64 output tangent per output.
+
+    Raises
+    ------
+    InputError
+        Where ``fn`` has no forward-mode derivative (a custom
+        ``autograd.Function`` without a ``jvp`` staticmethod, say).
+    """
+    import torch.autograd.forward_ad as fwad
+
+    xs = _inputs(inputs, True)
+    try:
+        with _dual_level(), float64_scope(_promotable(xs)):
+            duals = []
+            for x, v in zip(xs, tangents):
+                if v is None or not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                    duals.append(x)
+                else:
+                    tangent = torch.as_tensor(
+                        np.asarray(v).reshape(tuple(x.shape)), dtype=x.dtype, device=x.device
+                    )
+                    duals.append(fwad.make_dual(x, tangent))
+            outs = _as_list(fn(*duals))
+            result = []
+            for o in outs:
+                if not isinstance(o, torch.Tensor):
+                    result.append(np.zeros(np.shape(o)))
+                    continue
+                tangent = fwad.unpack_dual(o).tangent
+                result.append(
+                    np.zeros(tuple(o.shape))
+                    if tangent is None
+                    else np.asarray(adapter.to_numpy(tangent), dtype=np.float64)
+                )
+            return result
+    except (RuntimeError, NotImplementedError) as exc:
+        raise InputError(
+            f"fn has no forward-mode derivative ({exc}). A custom torch.autograd.Function "
+            "needs a jvp staticmethod for forward mode; without one, check its backward "
+            "(vector-Jacobian products) only."
+        ) from exc
+
+
+@contextlib.contextmanager
+def _dual_level() -> Iterator[None]:
+    """``forward_ad.dual_level()``, quiet about torch's own deprecation notices."""
+    import torch.autograd.forward_ad as fwad
+
+    with warnings.catch_warnings():
+        # Forward mode loads its decompositions through torch.jit.script on
+        # first use, which warns; load them here, quietly.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with contextlib.suppress(ImportError):  # other torch versions
+            importlib.import_module("torch._decomp.decompositions_for_jvp")
+    with fwad.dual_level():
+        yield

@@ -1,0 +1,7 @@
+"""The version of gradcheck-core, in one place (the package and the command line read it)."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

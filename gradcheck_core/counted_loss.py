@@ -1,0 +1,222 @@
+"""The user's loss as a counted function of one float64 vector.
+
+:class:`LossFunction` wraps an adapter's target: it counts evaluations,
+replays the random generators the loss draws from before every evaluation
+(so dropout sees the same mask each time), turns whatever the loss returns
+into a float64 scalar (or says why it cannot), and evaluates many points at
+once through the adapter's batch evaluation or an executor.
+:func:`prepared` opens an adapter's target and wraps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .options import Options
+
+__all__ = ["LossFunction", "prepared"]
+
+
+class LossFunction:
+    """The user's loss as a counted, validated function of a float64 vector."""
+
+    def __init__(self, target: Any, adapter: Any, executor: Executor | None = None) -> None:
+        self.target = target
+        self.adapter = adapter
+        self.flat = target.flat
+        self.nfev = 0
+        self.out_dtype: str | None = None
+        self.first_output: Any = None  # the raw first loss output, for precision notes
+        self.executor = executor
+        self._saved = [r.get() for r in target.rngs]
+        # Generators the loss actually draws from; decided after the first call.
+        self._active: list[int] | None = None
+        # While True, a non-finite loss away from x0 comes back as NaN (the
+        # sweep then looks closer) instead of raising.
+        self.tolerate = False
+
+    # -- RNG replay ---------------------------------------------------------
+    def replay(self) -> None:
+        for k in range(len(self._saved)) if self._active is None else self._active:
+            self.target.rngs[k].set(self._saved[k])
+
+    def _learn_active(self) -> None:
+        if self._active is None:
+            self._active = [
+                k
+                for k, (r, s) in enumerate(zip(self.target.rngs, self._saved))
+                if not _same_state(r.get(), s)
+            ]
+
+    def restore_rngs(self) -> None:
+        for r, s in zip(self.target.rngs, self._saved):
+            r.set(s)
+
+    # -- values -------------------------------------------------------------
+    def scalar(self, out: Any, x: np.ndarray | None) -> float:
+        if self.out_dtype is not None and type(out) in (float, np.float64):  # the common case, fast
+            value = float(out)
+            if not math.isfinite(value):
+                return self._non_finite(value, x)
+            return value
+        array = np.asarray(self.adapter.to_numpy(out) if not isinstance(out, (float, int)) else out)
+        if array.size != 1:
+            raise InputError(
+                f"the loss returned an array of shape {array.shape}, not a scalar; gradient "
+                "checks need one number: reduce it, e.g. return loss.mean() or loss.sum()."
+            )
+        if array.dtype.kind == "c":
+            raise InputError(
+                "the loss returned a complex number; return a real scalar (use "
+                "method='complex' only with a real loss that is evaluated on complex inputs)."
+            )
+        if array.dtype.kind not in "fiub" and array.dtype.kind != "V":
+            raise InputError(f"the loss returned a {array.dtype} value; return a floating point scalar.")
+        if self.out_dtype is None:
+            self.out_dtype = str(array.dtype)
+            self.first_output = out
+        value = float(array.reshape(()).astype(np.float64))
+        if not math.isfinite(value):
+            return self._non_finite(value, x)
+        return value
+
+    def _non_finite(self, value: float, x: np.ndarray | None) -> float:
+        if self.tolerate and x is not None and not np.array_equal(x, self.flat.x0):
+            return float("nan")
+        raise InputError(self._not_finite(value, x))
+
+    def _not_finite(self, value: float, x: np.ndarray | None) -> str:
+        if x is None or np.array_equal(x, self.flat.x0):
+            return (
+                f"the loss is {value} at the given parameters; it must be finite to be "
+                "differentiated. Look for log(0), division by zero or overflow in the forward pass."
+            )
+        moved = np.flatnonzero(x != self.flat.x0)
+        where = ""
+        if len(moved) == 1:
+            b, local = self.flat.block_of(int(moved[0]))
+            where = f" when {self.flat.leaves[b].name}{list(local)} moved by {x[moved[0]] - self.flat.x0[moved[0]]:.3g}"
+        return (
+            f"the loss became {value}{where}: it is not finite right next to the given "
+            "parameters (a log or division at the edge of its domain). Move the parameters "
+            "away from the edge, or pass a smaller step=."
+        )
+
+    def __call__(self, x: np.ndarray) -> float:
+        self.replay()
+        out = self.target.evaluate(x)
+        self.nfev += 1
+        self._learn_active()
+        return self.scalar(out, x)
+
+    def complex(self, z: np.ndarray) -> complex:
+        if self.target.evaluate_complex is None:
+            raise InputError(
+                f"method='complex' needs a loss that takes its parameters as an argument and "
+                f"can be evaluated on complex values; this {self.target.framework} loss cannot. "
+                "Use method='richardson' for comparable accuracy."
+            )
+        self.replay()
+        out = self.target.evaluate_complex(z)
+        self.nfev += 1
+        value = complex(np.asarray(self.adapter.to_numpy(out)).reshape(()))
+        if not (math.isfinite(value.real) and math.isfinite(value.imag)):
+            raise InputError(f"the loss is {value} at a complex-step point; use method='richardson'.")
+        return value
+
+    @property
+    def batch(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        if self.executor is not None:
+            return self._executor_batch
+        if self.target.evaluate_batch is None:
+            return None
+        return self._native_batch
+
+    def _native_batch(self, rows: np.ndarray) -> np.ndarray:
+        self.replay()
+        out = np.asarray(self.target.evaluate_batch(rows), dtype=np.float64).reshape(-1)
+        self.nfev += len(rows)
+        bad = ~np.isfinite(out)
+        if bad.any() and not self.tolerate:
+            raise InputError(self._not_finite(float(out[bad][0]), rows[int(np.flatnonzero(bad)[0])]))
+        return out
+
+    def _executor_batch(self, rows: np.ndarray) -> np.ndarray:
+        worker = self.target.worker if getattr(self.target, "worker", None) is not None else self._row_values
+        parts = np.array_split(rows, max(1, min(len(rows), 64)))
+        executor = self.executor
+        if executor is None:
+            raise RuntimeError("no executor to evaluate the rows with")
+        try:
+            results = list(executor.map(worker, parts))
+        except Exception as exc:  # pickling errors and the like
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(
+                f"the executor could not evaluate the loss ({type(exc).__name__}: {exc}). A process "
+                "pool needs a loss it can pickle (a module-level function, not a lambda); a "
+                "ThreadPoolExecutor or a Dask client works with any loss."
+            ) from exc
+        self.nfev += len(rows)
+        out = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1) for r in results])
+        bad = ~np.isfinite(out)
+        if bad.any() and not self.tolerate:
+            raise InputError(self._not_finite(float(out[bad][0]), rows[int(np.flatnonzero(bad)[0])]))
+        return out
+
+    def _row_values(self, rows: np.ndarray) -> np.ndarray:
+        return np.array([self.scalar(self.target.evaluate(r), r) for r in rows])
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    """Whether two saved generator states are equal (False when unsure)."""
+    try:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+            return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+        if isinstance(a, (str, bytes, int, float, type(None))):
+            return a == b
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except Exception:  # an opaque state: replay it every time
+        return False
+
+
+@contextlib.contextmanager
+def prepared(
+    loss: Any, params: Any, opts: Options, adapter: Any = None
+) -> Iterator[tuple[Any, Any, LossFunction]]:
+    """Open the adapter's target for ``loss`` and ``params`` and count its evaluations.
+
+    Parameters
+    ----------
+    loss, params
+        As for :func:`gradcheck_core.check`.
+    opts : Options
+        ``float64`` and ``executor`` are used.
+    adapter : optional
+        Default: the adapter of ``params``.
+
+    Yields
+    ------
+    adapter, target, LossFunction
+        The random generators are restored to their saved states on exit.
+    """
+    from .adapters import detect
+
+    adapter = adapter if adapter is not None else detect(params)
+    with adapter.target(loss, params, float64=opts.float64) as target:
+        fun = LossFunction(target, adapter, opts.executor)
+        try:
+            yield adapter, target, fun
+        finally:
+            fun.restore_rngs()

@@ -1,1 +1,0 @@
-"""Small models used by the demos, the tests and the benchmarks."""

@@ -1,0 +1,302 @@
+"""Checks built on :func:`~gradcheck_core.check.run_check`: losses of predictions, and functions.
+
+:func:`check_loss` checks a loss with respect to its predictions.
+:func:`check_function` checks a vector-valued function: one scalar per
+floating output (the output projected on a random cotangent) checked in
+reverse mode (VJPs), plus its forward-mode derivatives (JVPs) where the
+framework has them; :func:`merge_reports` puts the pieces into one report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import differences as fd
+from .check import run_check
+from .counted_loss import prepared
+from .errors import InputError
+from .options import Options
+from .report import BlockResult, Finding, Report
+from .tolerance import rel_error
+
+__all__ = ["check_function", "check_loss", "merge_reports"]
+
+
+def check_loss(
+    loss_fn: Callable[..., Any], y_true: Any, y_pred: Any, grad: Any = None, **options: Any
+) -> Report:
+    """Check the gradient of a loss with respect to the predictions.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(y_true, y_pred)`` returning a scalar: a Keras loss (built-in
+        or custom), a torch or jax loss function, or plain numpy.
+    y_true, y_pred : arrays or tensors
+        ``y_pred`` is the parameter; ``y_true`` stays fixed.
+    grad : optional
+        The gradient with respect to ``y_pred`` (values, or a callable taking
+        ``y_pred``); default: the framework's autodiff.
+    **options
+        As for :func:`check`.
+    """
+    from .adapters import loss_adapter
+
+    adapter = loss_adapter(loss_fn, y_pred)
+    closure = (
+        adapter.loss_closure(loss_fn, y_true, y_pred)
+        if hasattr(adapter, "loss_closure")
+        else (lambda yp: loss_fn(y_true, yp))
+    )
+    opts = Options(**options)
+    # Named y_pred in the report, its findings and its messages.
+    if callable(grad):
+        user_grad = grad
+        grad = lambda p: {"y_pred": user_grad(p["y_pred"])}  # noqa: E731
+    elif grad is not None:
+        grad = {"y_pred": grad}
+    return run_check(
+        lambda p: closure(p["y_pred"]), {"y_pred": y_pred}, grad, opts, what="loss", adapter=adapter
+    )
+
+
+def check_function(
+    fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any] | None = None, **options: Any
+) -> Report:
+    """Check the derivatives of a vector-valued function through VJPs.
+
+    For every floating output ``j`` a random cotangent ``u_j`` is drawn and the
+    scalar ``phi_j(x) = <u_j, fn(x)_j>`` is checked: its analytic gradient is
+    the vector-Jacobian product ``u_j^T J`` (from the framework's autodiff, or
+    from ``vjp``), its numerical gradient comes from finite differences.  No
+    Jacobian is ever built.  Blocks are named ``input{i}->output{j}``.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*inputs)`` returning an array or a tuple of arrays.
+    *inputs
+        Its arguments; floating ones are checked, others held fixed.
+    vjp : callable, optional
+        ``vjp(cotangents, *inputs)`` returning one gradient per input, for
+        frameworks without autodiff (numpy).
+    **options
+        As for :func:`check`.
+    """
+    from .adapters import detect
+
+    if not inputs:
+        raise InputError("check_function needs at least one input: check_function(fn, x, ...).")
+    from .adapters import framework_of
+
+    # Python numbers are constants of the function, not inputs to differentiate.
+    arrays = [x for x in inputs if framework_of(x) is not None and not isinstance(x, (int, float))]
+    if not arrays:
+        raise InputError("check_function needs at least one array or tensor input to differentiate.")
+    adapter = detect(arrays)
+    if adapter.name == "numpy" and vjp is None:
+        # numpy inputs to a framework function: the output says which framework
+        from .adapters import get_adapter
+
+        first = fn(*inputs)
+        first = first[0] if isinstance(first, (list, tuple)) and first else first
+        fw = framework_of(first)
+        if fw not in (None, "numpy"):
+            adapter = get_adapter(fw)
+    outputs = adapter.call(fn, list(inputs))
+    seed = options.get("seed", 0)
+    rng = np.random.default_rng(seed)
+    cotangents = [rng.standard_normal(o.shape) if o.dtype.kind == "f" else None for o in outputs]
+    fi = _FunctionInputs(adapter, fn, inputs)
+    if not fi.floating:
+        raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
+    reports = []
+    for j, u in enumerate(cotangents):
+        if u is None:
+            continue
+        us = [c if k == j else (None if c is None else np.zeros_like(c)) for k, c in enumerate(cotangents)]
+        if vjp is not None:
+            g = vjp(us if len(us) > 1 else us[0], *inputs)
+            g = list(g) if isinstance(g, (list, tuple)) else [g]
+        else:
+            g = adapter.vjp(fn, list(inputs), us)
+        if len(g) != len(inputs):
+            raise InputError(
+                f"the vjp returned {len(g)} gradients for {len(inputs)} inputs; return one per input."
+            )
+        report = run_check(
+            fi.projection(j, u),
+            fi.params,
+            {f"input{i}": g[i] for i in fi.floating},
+            Options(**options),
+            what="function",
+        )
+        for b in report.blocks:
+            b.name = f"{b.name}->output{j}"
+        for f in report.findings:
+            if f.block:
+                f.block = f"{f.block}->output{j}"
+        reports.append(report)
+    if not reports:
+        raise InputError("fn has no floating output to check.")
+    merged = merge_reports(reports)
+    if vjp is None and hasattr(adapter, "jvp"):
+        _check_jvps(fi, cotangents, merged, Options(**options))
+    return merged
+
+
+class _FunctionInputs:
+    """The inputs of a function under check: the floating ones are the parameters.
+
+    They are named ``input{i}``; other inputs (integers, Python numbers) are
+    held fixed.  :meth:`projection` turns output ``j`` into the scalar
+    ``<u, fn(inputs)_j>`` whose gradient is the vector-Jacobian product.
+    """
+
+    def __init__(self, adapter: Any, fn: Callable[..., Any], inputs: tuple[Any, ...] | list[Any]) -> None:
+        self.adapter = adapter
+        self.fn = fn
+        self.inputs = list(inputs)
+        self.floating = [
+            i
+            for i, x in enumerate(self.inputs)
+            if not isinstance(x, (int, float)) and _is_floating(adapter, x)
+        ]
+        self.params = {f"input{i}": self.inputs[i] for i in self.floating}
+
+    def projection(self, j: int, u: np.ndarray) -> Callable[[dict[str, Any]], float]:
+        def phi(p: dict[str, Any]) -> float:
+            args = list(self.inputs)
+            for i in self.floating:
+                args[i] = p[f"input{i}"]
+            return float(np.sum(u * np.asarray(self.adapter.call(self.fn, args)[j], dtype=np.float64)))
+
+        return phi
+
+
+def _check_jvps(
+    fi: _FunctionInputs,
+    cotangents: list[np.ndarray | None],
+    report: Report,
+    opts: Options,
+) -> None:
+    """Forward mode: ``<u_j, J_ij v_i>`` from the framework's JVP against finite differences.
+
+    Adds one block ``input{i}->output{j} (jvp)`` per pair.  A function without
+    forward mode (a ``custom_vjp`` rule, a torch Function without ``jvp``)
+    gets a ``no_forward_mode`` finding instead.
+    """
+    rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
+    adapter, inputs = fi.adapter, fi.inputs
+    for i in fi.floating:
+        shape = np.shape(adapter.to_numpy(inputs[i]))
+        v = rng.standard_normal(shape)
+        tangents = [v if k == i else None for k in range(len(inputs))]
+        try:
+            out_tangents = adapter.jvp(fi.fn, inputs, tangents)
+        except InputError as exc:
+            report.findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))
+            return
+        for j, u in enumerate(cotangents):
+            if u is None:
+                continue
+            analytic = float(np.sum(u * np.asarray(out_tangents[j], dtype=np.float64)))
+
+            with prepared(fi.projection(j, u), fi.params, opts) as (_, target, fun):
+                f0 = fun(target.flat.x0)
+                noise, _ = fd.estimate_noise(fun, target.flat.x0, f0, rng)
+                direction = np.zeros(target.flat.n)
+                direction[target.flat.leaves[fi.floating.index(i)].slice] = v.reshape(-1)
+                rel = fd.relative_step("richardson", noise / abs(f0) if f0 else fd.EPS)
+                numeric, err, _ = fd.directional(
+                    fun, target.flat.x0, direction, rel_step=rel, noise=noise, f0=f0
+                )
+                nfev = fun.nfev
+            tol = opts.atol + opts.rtol * float(np.linalg.norm(u) * np.linalg.norm(v)) + 8 * err
+            ok = abs(analytic - numeric) <= tol if np.isfinite(err) else True
+            verdict = "pass" if ok else "fail"
+            a_arr, n_arr = np.array([analytic]), np.array([numeric])
+            report.blocks.append(
+                BlockResult(
+                    name=f"input{i}->output{j} (jvp)",
+                    shape=tuple(shape),
+                    passed=ok,
+                    verdict=verdict,
+                    rel_error=rel_error(a_arr, n_arr),
+                    max_abs_error=abs(analytic - numeric),
+                    worst_index=None,
+                    n_checked=0,
+                    n_bad=0 if ok else 1,
+                    analytic=np.zeros(0),
+                    numeric=np.zeros(0),
+                    indices=np.zeros(0, dtype=np.int64),
+                    tolerance=np.zeros(0),
+                    checked_by="directions",
+                    directional_analytic=a_arr,
+                    directional_numeric=n_arr,
+                )
+            )
+            report.nfev += nfev
+            if not ok:
+                report.verdict = "fail"
+                report.findings.append(
+                    Finding(
+                        "forward_mode",
+                        f"input{i}->output{j} (jvp)",
+                        f"the forward-mode derivative (JVP) of output {j} along input {i} is {analytic:.6g}, "
+                        f"finite differences give {numeric:.6g}: the jvp rule for input {i} is wrong "
+                        "(the reverse-mode rule may still be right).",
+                        {"analytic": analytic, "numeric": numeric},
+                    )
+                )
+
+
+def _is_floating(adapter: Any, value: Any) -> bool:
+    try:
+        return np.asarray(adapter.to_numpy(value)).dtype.kind == "f"
+    except Exception:
+        return False
+
+
+def merge_reports(reports: list[Report]) -> Report:
+    """One report from several checks of the same function.
+
+    Parameters
+    ----------
+    reports : list of Report
+        At least one; the first gives the method, step, mode and framework.
+
+    Returns
+    -------
+    Report
+        Every block and finding, the worst verdict, summed evaluations and time.
+    """
+    blocks = [b for r in reports for b in r.blocks]
+    findings = [f for r in reports for f in r.findings]
+    verdicts = {r.verdict for r in reports}
+    verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
+    first = reports[0]
+    return Report(
+        verdict=verdict,
+        rel_error=rel_error(
+            np.concatenate([b.compared()[0] for b in blocks]),
+            np.concatenate([b.compared()[1] for b in blocks]),
+        ),
+        blocks=blocks,
+        findings=findings,
+        nfev=sum(r.nfev for r in reports),
+        seconds=sum(r.seconds for r in reports),
+        method=first.method,
+        step=first.step,
+        mode=first.mode,
+        framework=first.framework,
+        n_params=sum(r.n_params for r in reports),
+        noise=max(r.noise for r in reports),
+        loss_value=first.loss_value,
+        rtol=first.rtol,
+        atol=first.atol,
+        what=first.what,
+    )

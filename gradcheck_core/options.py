@@ -1,0 +1,92 @@
+"""The options of a check: their defaults and their validation, in one place.
+
+:func:`gradcheck_core.check` takes exactly the keyword-only parameters of
+:class:`Options` that :data:`CHECK_OPTIONS` lists, with the same defaults
+(``tests/test_options.py`` holds them to that); :func:`check_function` and
+:func:`check_loss` pass their ``**options`` straight to :class:`Options`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from concurrent.futures import Executor
+
+import numpy as np
+
+from . import differences as fd
+from .errors import InputError
+from .tolerance import DEFAULT_RTOL
+
+__all__ = ["CHECK_OPTIONS", "MODES", "REFINE_PER_BLOCK", "Options"]
+
+MODES = ("auto", "full", "fast")
+# Suspect coordinates looked at again with Richardson, per parameter.
+REFINE_PER_BLOCK = 20
+
+
+class Options:
+    """Validated options of a check (see :func:`gradcheck_core.check` for their meaning).
+
+    ``max_refine`` (suspects refined per parameter) is internal: it is not an
+    option of :func:`gradcheck_core.check`.
+
+    Raises
+    ------
+    InputError
+        For a value out of range, or ``sample`` combined with ``mode="fast"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str = "auto",
+        method: str = "central",
+        step: float | None = None,
+        rtol: float | None = None,
+        atol: float = 0.0,
+        sample: int | None = None,
+        seed: int | None = 0,
+        float64: bool = True,
+        progress: bool | None = None,
+        executor: Executor | None = None,
+        directions: int = 3,
+        max_refine: int = REFINE_PER_BLOCK,
+    ) -> None:
+        if mode not in MODES:
+            raise InputError(f"mode={mode!r} is not one of {', '.join(map(repr, MODES))}.")
+        if method not in fd.METHODS:
+            raise InputError(f"method={method!r} is not one of {', '.join(map(repr, fd.METHODS))}.")
+        if step is not None and not (isinstance(step, (int, float)) and 0 < step < 1):
+            raise InputError(f"step={step!r} must be a number between 0 and 1 (a relative step, e.g. 1e-6).")
+        if rtol is not None and not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
+            raise InputError(f"rtol={rtol!r} must be a number between 0 and 1, e.g. 1e-6.")
+        if not (isinstance(atol, (int, float)) and atol >= 0):
+            raise InputError(f"atol={atol!r} must be a non-negative number.")
+        if sample is not None and not (isinstance(sample, (int, np.integer)) and sample > 0):
+            raise InputError(
+                f"sample={sample!r} must be a positive whole number of coordinates per parameter."
+            )
+        if sample is not None and mode == "fast":
+            raise InputError(
+                "sample= picks coordinates for a full sweep; it cannot be combined with mode='fast'."
+            )
+        if not (isinstance(directions, int) and directions > 0):
+            raise InputError(f"directions={directions!r} must be a positive whole number.")
+        self.mode = mode
+        self.method = method
+        self.step = step
+        self.rtol = DEFAULT_RTOL if rtol is None else float(rtol)
+        self.atol = float(atol)
+        self.sample = None if sample is None else int(sample)
+        self.seed = seed
+        self.float64 = bool(float64)
+        self.progress = progress
+        self.executor = executor
+        self.directions = directions
+        self.max_refine = int(max_refine)
+
+
+#: The options :func:`gradcheck_core.check` takes as keyword-only parameters.
+CHECK_OPTIONS: tuple[str, ...] = tuple(
+    name for name in inspect.signature(Options).parameters if name != "max_refine"
+)

@@ -1,0 +1,216 @@
+"""The full sweep: every coordinate (or a sample of each parameter), then the judgement.
+
+:func:`run_full` differentiates along every coordinate with the chosen scheme;
+:func:`_judge` applies the per-entry rule of :mod:`gradcheck_core.tolerance`.
+Parameters whose error bounds swamp the gradient are re-differentiated with
+Richardson at larger steps (:func:`_escalate`); coordinates that break the
+rule are only suspects until Richardson and one-sided differences confirm
+them (or find a kink).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import differences as fd
+from .errors import InputError
+from .flatten import Flat
+from .problem import ROUNDOFF_SAFETY, Problem
+from .report import BlockResult
+from .tolerance import block_result, tolerance, undecidable
+
+__all__ = ["REFINE_TOTAL", "run_full"]
+
+# Suspect coordinates looked at again with Richardson, over the whole check
+# (per parameter: Options.max_refine).
+REFINE_TOTAL = 400
+
+
+def _indices(flat: Flat, sample: int | None, rng: np.random.Generator) -> list[np.ndarray]:
+    """Flat indices to check, one array per block (sorted)."""
+    out = []
+    for leaf in flat.leaves:
+        local = np.arange(leaf.size)
+        if sample is not None and sample < leaf.size:
+            local = np.sort(rng.choice(leaf.size, size=sample, replace=False))
+        out.append(local + leaf.offset)
+    return out
+
+
+def run_full(ctx: Problem) -> tuple[list[BlockResult], str, float]:
+    """Every coordinate (or ``sample`` per parameter), then suspects refined.
+
+    Parameters
+    ----------
+    ctx : Problem
+        The check.
+
+    Returns
+    -------
+    blocks, method, step
+        One :class:`BlockResult` per parameter, the scheme and the relative
+        step of the sweep.
+    """
+    flat, opts, fun = ctx.flat, ctx.opts, ctx.fun
+    per_block = _indices(flat, opts.sample, ctx.rng)
+    idx = np.concatenate(per_block)
+    method = opts.method
+    rel = ctx.rel_step(method)
+    from .progress import Progress
+
+    bar = Progress(
+        len(idx),
+        enabled=opts.progress,
+        expected_seconds=len(idx) * fd.EVALS_PER_COORDINATE[method] * ctx.t_eval,
+    )
+    fun.tolerate = True
+    try:
+        numeric, roundoff, trunc = fd.sweep(
+            fun,
+            flat.x0,
+            idx,
+            ctx.f0,
+            method=method,
+            rel_step=rel,
+            noise=ctx.noise,
+            batch=fun.batch,
+            complex_fun=fun.complex if method == "complex" else None,
+            tick=bar,
+        )
+    finally:
+        bar.close()
+    try:
+        return _judge(ctx, per_block, idx, numeric, roundoff, trunc, method, rel)
+    finally:
+        fun.tolerate = False
+
+
+def _judge(
+    ctx: Problem,
+    per_block: list[np.ndarray],
+    idx: np.ndarray,
+    numeric: np.ndarray,
+    roundoff: np.ndarray,
+    trunc: np.ndarray,
+    method: str,
+    rel: float,
+) -> tuple[list[BlockResult], str, float]:
+    """Escalate undecidable parameters, re-examine suspects, summarise per parameter."""
+    flat, opts, fun = ctx.flat, ctx.opts, ctx.fun
+    if method == "complex":
+        _complex_sanity(ctx, idx, numeric)
+    err = ctx.bounds(roundoff, trunc)
+    a = ctx.analytic[idx]
+    scale = float(np.max(np.abs(a))) if len(a) else 0.0
+    scale = max(scale, float(np.nanmax(np.abs(numeric))) if np.isfinite(numeric).any() else 0.0)
+
+    # Blocks whose error bounds swamp the gradient: try Richardson at larger steps.
+    r_default = fd.relative_step("richardson", ctx.noise_rel)
+    r_steps = [r_default] * len(per_block)
+    if method in ("central", "forward") and opts.step is None:
+        for b, block_idx in enumerate(per_block):
+            pos = np.searchsorted(idx, block_idx)
+            own = float(np.max(np.maximum(np.abs(a[pos]), np.abs(numeric[pos])))) if len(pos) else 0.0
+            unsure = undecidable(a[pos], numeric[pos], err[pos], own)
+            if len(pos) and own > 0 and unsure.mean() > 0.5:
+                r_steps[b] = _escalate(ctx, block_idx, pos, numeric, err) or r_default
+    kink = np.zeros(len(idx), dtype=bool)
+    bad = np.zeros(len(idx), dtype=bool)
+    unconfirmed = np.zeros(len(idx), dtype=bool)
+    tol = tolerance(a, numeric, err, opts.rtol, opts.atol)
+    lost = ~np.isfinite(numeric)  # the loss was not finite at a step: look closer
+    suspect = (np.abs(a - numeric) > tol) | lost
+    budget = REFINE_TOTAL
+    for block_idx, r_rel in zip(per_block, r_steps):
+        pos = np.searchsorted(idx, block_idx)
+        sus = pos[suspect[pos]]
+        if not len(sus):
+            continue
+        excess = np.where(lost[sus], np.inf, np.abs(a[sus] - numeric[sus]) / np.maximum(tol[sus], 1e-300))
+        order = sus[np.argsort(-excess, kind="stable")]
+        confirmed_bad = 0
+        for k, p in enumerate(order):
+            if not lost[p] and k >= min(opts.max_refine, budget) and (confirmed_bad or budget <= 0):
+                # Enough seen: with confirmed errors the rest count as wrong too;
+                # otherwise they stay undecided.
+                (bad if confirmed_bad else unconfirmed)[order[k:]] = True
+                break
+            budget -= 1
+            ref = fd.refine(fun, flat.x0, int(idx[p]), ctx.f0, rel_step=r_rel, noise=ctx.noise)
+            if not np.isfinite(ref.value):
+                b, local = flat.block_of(int(idx[p]))
+                raise InputError(
+                    f"the loss is not finite next to {flat.leaves[b].name}{list(local)} = "
+                    f"{flat.x0[idx[p]]:.6g} at any step tried (down to a relative 1e-15): the "
+                    "parameter sits on the edge "
+                    "of the loss's domain (a log of 0, a division by 0). Move it away from the edge."
+                )
+            e = ROUNDOFF_SAFETY * ref.error
+            t = opts.atol + opts.rtol * max(abs(a[p]), abs(ref.value)) + e
+            if ref.smooth:
+                numeric[p], err[p], tol[p] = ref.value, e, t
+                if abs(a[p] - ref.value) > t:
+                    bad[p] = True
+                    confirmed_bad += 1
+            else:
+                # Not differentiable here: no value is right or wrong.
+                kink[p] = True
+                numeric[p] = ref.left if abs(a[p] - ref.left) < abs(a[p] - ref.right) else ref.right
+    unsure = undecidable(a, numeric, err, scale) | unconfirmed
+    blocks = []
+    for leaf, block_idx in zip(flat.leaves, per_block):
+        pos = np.searchsorted(idx, block_idx)
+        blocks.append(
+            block_result(
+                leaf,
+                block_idx - leaf.offset,
+                a[pos],
+                numeric[pos],
+                tol[pos],
+                bad[pos],
+                kink[pos],
+                unsure[pos],
+            )
+        )
+    return blocks, method, rel
+
+
+def _escalate(
+    ctx: Problem, block_idx: np.ndarray, pos: np.ndarray, numeric: np.ndarray, err: np.ndarray
+) -> float | None:
+    """Re-differentiate a block with Richardson at steps large enough to beat the noise.
+
+    Keeps whichever estimates have the smallest error bounds and returns the
+    Richardson step that gave them (None if the first sweep stays best).
+    """
+    best = float(np.median(err[pos]))
+    chosen = None
+    base = fd.relative_step("richardson", ctx.noise_rel)
+    for rel in (base, max(base, 1e-2)):
+        value, roundoff, trunc = fd.sweep(
+            ctx.fun,
+            ctx.flat.x0,
+            block_idx,
+            ctx.f0,
+            method="richardson",
+            rel_step=rel,
+            noise=ctx.noise,
+            batch=ctx.fun.batch,
+        )
+        e = ctx.bounds(roundoff, trunc)
+        if float(np.median(e)) < best:
+            best = float(np.median(e))
+            numeric[pos], err[pos] = value, e
+            chosen = rel
+    return chosen
+
+
+def _complex_sanity(ctx: Problem, idx: np.ndarray, numeric: np.ndarray) -> None:
+    """A complex step that sees nothing where the gradient is not zero: the loss drops the imaginary part."""
+    a = ctx.analytic[idx]
+    if np.any(a) and not np.any(numeric):
+        raise InputError(
+            "method='complex' saw a zero derivative everywhere: the loss does not carry complex "
+            "values through (abs, real parts, comparisons or a cast drop the imaginary part). "
+            "Use method='richardson' for comparable accuracy."
+        )
