@@ -575,10 +575,10 @@ def step_curve(
     """
     _matplotlib()
     curve = step_errors(loss, params, grad, param=param, index=index, steps=steps, seed=seed)
-    fig = _new_figure((11.0, 4.8))
+    fig: Any = _new_figure((11.0, 4.8))  # carries the curve as an extra attribute
     ax = fig.add_subplot(1, 1, 1)
     plot_step_curve(curve, ax)
-    fig.step_curve = curve  # type: ignore[attr-defined]
+    fig.step_curve = curve
     if path is not None:
         _save(fig, path, dpi)
     return fig
