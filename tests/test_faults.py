@@ -291,3 +291,35 @@ def test_jax_callback_errors_are_not_called_untraceable() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         gc.check(loss, jnp.ones(3), lambda p: 2 * p)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("at", [1, 2, 5, 12, 30])
+def test_a_real_sigint_in_a_torch_loss_is_a_keyboard_interrupt_and_leaves_nothing(at: int) -> None:
+    import signal
+
+    import torch
+
+    import gradcheck_core as gc
+
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x = torch.randn(6, 3)
+    before = [p.detach().clone() for p in m.parameters()]
+    calls = [0]
+
+    def loss() -> Any:
+        calls[0] += 1
+        if calls[0] == at:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, as the terminal sends it
+        return m(x).pow(2).sum()
+
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt) as info:
+        gc.check(loss, m, mode="full")
+    kept = info.value.__traceback__  # as IPython keeps sys.last_traceback
+    assert kept is not None
+    assert torch._C._len_torch_function_stack() == 0
+    assert torch.get_default_dtype() == torch.float32
+    assert (x @ x.T).dtype == torch.float32
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert all(torch.equal(a, b) and b.dtype == torch.float32 for a, b in zip(before, m.parameters()))
