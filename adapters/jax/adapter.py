@@ -206,6 +206,7 @@ class JaxAdapter(Adapter):
                     f"jax.jvp could not differentiate fn ({type(exc).__name__}: {exc})."
                 ) from exc
             except Exception as exc:
+                raise_if_users(exc)
                 raise InputError(
                     f"jax.jvp could not differentiate fn ({type(exc).__name__}: {exc})."
                 ) from exc
