@@ -27,6 +27,7 @@ level), and durations (``0.02 s``) are not compared.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import io
@@ -47,7 +48,6 @@ FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
 
 _FENCE = re.compile(r"^\s*```(\S*)\s*$")
 _COMMENT = re.compile(r"^<!--\s*(no-run|output-of):\s*(.*?)\s*-->\s*$")
-_IMPORT = re.compile(r"^\s*(?:import|from)\s+([A-Za-z_][\w.]*)", re.MULTILINE)
 _FILE = re.compile(r"^#\s*([\w.-]+\.py)\s*$")
 
 
@@ -106,11 +106,22 @@ def parse(path: Path) -> list[Block]:
     for block in blocks:
         if block.lang != "python":
             continue
-        imported = {m.split(".")[0] for m in _IMPORT.findall(block.code)}
+        imported = _imports(block.code)
         if imported:
             needs = frozenset(imported & set(FRAMEWORKS))
         block.needs = needs
     return blocks
+
+
+def _imports(code: str) -> set[str]:
+    """The top-level modules a block imports (``import a, b``, ``from a.b import c``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def _sets(path: Path) -> list[frozenset[str]]:
@@ -287,7 +298,7 @@ def test_blocks_are_found_with_their_outputs_and_frameworks(tmp_path: Path) -> N
     doc = tmp_path / "doc.md"
     doc.write_text(
         "```python\nimport numpy as np\nprint(1)\n```\n\n```text\n1\n```\n\n"
-        "```python\nimport torch\n```\n\n```python\nx = torch.ones(1)\n```\n\n"
+        "```python\nimport numpy as np, torch\n```\n\n```python\nx = torch.ones(1)\n```\n\n"
         "<!-- no-run: shown only -->\n```python\nimport keras\n```\n"
     )
     blocks = [b for b in parse(doc) if b.lang == "python"]
