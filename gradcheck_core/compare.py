@@ -132,7 +132,16 @@ class Comparison:
 
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
         """Header, rows (differing ones first) and each row's verdict."""
-        header = ["", "candidate", f"{self.reference} name", "name", "shape", "layout", "rel error", "max abs err"]
+        header = [
+            "",
+            "candidate",
+            f"{self.reference} name",
+            "name",
+            "shape",
+            "layout",
+            "rel error",
+            "max abs err",
+        ]
         ordered = sorted(self.rows, key=lambda r: r.passed)
         rows = [
             [

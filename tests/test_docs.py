@@ -31,6 +31,7 @@ import ast
 import contextlib
 import importlib
 import io
+import itertools
 import os
 import re
 import subprocess
@@ -98,7 +99,7 @@ def parse(path: Path) -> list[Block]:
             directive = None
         i += 1
     # A text block right after a python block (blank lines between) is its output.
-    for prev, block in zip(blocks, blocks[1:]):
+    for prev, block in itertools.pairwise(blocks):
         between = lines[prev.line + prev.code.count("\n") + 2 : block.line - 1]
         if prev.lang == "python" and block.lang == "text" and not any(s.strip() for s in between):
             prev.output = block
@@ -223,6 +224,7 @@ def _compare(block: Block, expected: Block, printed: str) -> None:
 
 # ----------------------------------------------------------------------------- running
 
+
 def _write_files(path: Path, folder: Path) -> None:
     for block in parse(path):
         if block.lang == "python" and block.file_name:
@@ -249,7 +251,9 @@ def _command(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("path", "needs"), _cases())
-def test_document(path: Path, needs: frozenset[str] | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_document(
+    path: Path, needs: frozenset[str] | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The document's blocks that ``needs`` allows run, and print what it shows."""
     _write_files(path, tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -286,9 +290,15 @@ def test_document(path: Path, needs: frozenset[str] | None, tmp_path: Path, monk
 
 def test_output_comparison_is_strict_where_it_matters() -> None:
     real = ["gradient check: FAIL  rel_error=1.48e-01  (numpy, 229 evaluations, 0.02 s)", "ok  W1  (5, 4)"]
-    assert output_matches(["gradient check: FAIL rel_error=1.49e-01 (numpy, 229 evaluations, 0.31 s)", "..."], real)
-    assert not output_matches(["gradient check: FAIL  rel_error=1.48e-01  (numpy, 157 evaluations, 0.02 s)", "..."], real)
-    assert not output_matches(["gradient check: FAIL  rel_error=1.90e-01  (numpy, 229 evaluations, 0.02 s)", "..."], real)
+    assert output_matches(
+        ["gradient check: FAIL rel_error=1.49e-01 (numpy, 229 evaluations, 0.31 s)", "..."], real
+    )
+    assert not output_matches(
+        ["gradient check: FAIL  rel_error=1.48e-01  (numpy, 157 evaluations, 0.02 s)", "..."], real
+    )
+    assert not output_matches(
+        ["gradient check: FAIL  rel_error=1.90e-01  (numpy, 229 evaluations, 0.02 s)", "..."], real
+    )
     assert not output_matches([real[0]], real)  # a line left out without "..."
     assert output_matches(["gradient check: FAIL ...", "ok  W1  (5, 4)"], real)
     assert not output_matches(["gradient check: PASS ...", "..."], real)

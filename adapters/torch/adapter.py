@@ -139,9 +139,8 @@ class TorchAdapter(Adapter):
                 # torch.func.functional_call swaps tensors into the module: with
                 # a module, evaluations take turns (threads of an executor=).
                 lock: Any = threading.RLock() if modules else contextlib.nullcontext()
-                if isinstance(params, torch.nn.Module):
-                    loss = _module_loss(loss, params)
-                target = self._functional_target(loss, flat, float64, promote, snapshot, lock)
+                module = params if isinstance(params, torch.nn.Module) else None
+                target = self._functional_target(loss, flat, float64, promote, snapshot, lock, module)
             else:
                 target = self._stateful_target(loss, flat, float64, promote, snapshot)
             target.precision = precision
@@ -158,7 +157,10 @@ class TorchAdapter(Adapter):
         promote: bool,
         snapshot: _Snapshot,
         lock: Any,
+        module: torch.nn.Module | None = None,
     ) -> Target:
+        if module is not None:  # loss(m) receives the module, holding the values
+            loss = _module_loss(loss, module)
         work = {id(t): _work_dtype(t, float64) for t in flat.values}
         promotion = Promotion()
 
@@ -188,7 +190,7 @@ class TorchAdapter(Adapter):
             p = flat.unravel(flat.x0 if x is None else x, make)
             snapshot.replay()
             with lock, float64_scope(promote):
-                return fn(p)
+                return fn(p) if module is None else _module_loss(fn, module)(p)
 
         evaluate_complex = None
         if promote:

@@ -19,12 +19,17 @@ def list_demos(stream: TextIO | None = None) -> None:
     """Print the demos, one per line, with what they need."""
     stream = sys.stdout if stream is None else stream
     width = max(len(name) for name in DEMOS)
-    needs = {d.name: "needs " + (", ".join(requirement(m) for m in d.needs) or "numpy only") for d in DEMOS.values()}
+    needs = {
+        d.name: "needs " + (", ".join(requirement(m) for m in d.needs) or "numpy only")
+        for d in DEMOS.values()
+    }
     need_width = max(len(n) for n in needs.values())
     for demo in DEMOS.values():
         missing = demo.missing(load=False)
         note = f"  [skipped here: {missing}]" if missing else ""
-        stream.write(f"{demo.name.ljust(width)}  {needs[demo.name].ljust(need_width)}  {demo.summary}{note}\n")
+        stream.write(
+            f"{demo.name.ljust(width)}  {needs[demo.name].ljust(need_width)}  {demo.summary}{note}\n"
+        )
     stream.flush()
 
 
