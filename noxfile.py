@@ -86,7 +86,7 @@ def lint(session: nox.Session) -> None:
     site = Path(session.create_tmp()) / "site"
     shutil.rmtree(site, ignore_errors=True)
     if session.venv_backend == "uv":
-        session.run("uv", "pip", "install", "--quiet", "--no-deps", "--target", str(site), ".")
+        session.run("uv", "pip", "install", "--quiet", "--no-deps", "--target", str(site), ".", external=True)
     else:
         session.run("python", "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), ".")
     session.run("mypy", "-p", "gradcheck_core", env={"MYPYPATH": str(site)})
