@@ -11,7 +11,8 @@ Exit status of ``run``: 0 the check passed, 1 it failed, 3 it was
 inconclusive (the loss is too noisy or random to decide), 2 the check could
 not be run (bad command line, missing file or factory, a factory or loss that
 raises, unusable input).  ``demo`` exits 0 when every demo turned out as
-expected and 1 otherwise.  Errors are one line on stderr, without a
+expected, 1 when one did not, and 2 when a demo asked for by name cannot run
+here (a framework missing or not importable: the line says which).  Errors are one line on stderr, without a
 traceback (``--traceback`` shows it).
 """
 
