@@ -203,13 +203,14 @@ def test_missing_framework_or_adapter_skips_with_one_line(monkeypatch: pytest.Mo
         demos.Demo("needs-adapter", "t", "s", (), never, adapter="no_such_adapter"),
     )
     stream = io.StringIO()
-    assert demos.run(["needs-x", "needs-adapter"], stream=stream, color=False) == 0
-    lines = [line for line in stream.getvalue().splitlines() if line.startswith("skipped")]
+    # Asked for by name, a demo that cannot run fails the run (status 2) and says why.
+    assert demos.run(["needs-x", "needs-adapter"], stream=stream, color=False) == 2
+    lines = [line for line in stream.getvalue().splitlines() if line.startswith("cannot run")]
     assert lines[0] == (
-        "skipped needs-x: needs no_such_framework_xyz, which is not installed "
+        "cannot run needs-x: needs no_such_framework_xyz, which is not installed "
         "(pip install 'gradcheck-core[no_such_framework_xyz]')"
     )
-    assert lines[1].startswith("skipped needs-adapter: the no_such_adapter adapter")
+    assert lines[1].startswith("cannot run needs-adapter: the no_such_adapter adapter")
 
 
 def test_a_demo_with_the_wrong_outcome_sets_exit_status_1(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -267,7 +267,7 @@ def test_module_with_zero_argument_closure(dtype):
 def test_module_with_functional_closure(dtype):
     net = _mlp(dtype)
     x, y = _data(dtype)
-    report = gc.check(lambda p: F.mse_loss(torch.func.functional_call(net, p, (x,)), y), net)
+    report = gc.check(lambda p: F.mse_loss(p(x), y), net)
     assert report.verdict == "pass"
     assert report.rel_error < 1e-8
 
@@ -450,7 +450,7 @@ def test_dropout_in_train_mode_is_replayed():
 def test_dropout_with_functional_closure_falls_back_from_vmap():
     net = _mlp(dropout=0.5).train()
     x, y = _data()
-    report = gc.check(lambda p: F.mse_loss(torch.func.functional_call(net, p, (x,)), y), net)
+    report = gc.check(lambda p: F.mse_loss(p(x), y), net)
     assert report.verdict == "pass"
 
 
@@ -534,7 +534,7 @@ def test_closure_raising_on_seventh_call_restores_everything(error, functional):
     if functional:
 
         def loss(p):
-            return forward(torch.func.functional_call(net, p, (x,)))
+            return forward(p(x))
     else:
 
         def loss():
@@ -591,7 +591,7 @@ def test_vmap_batch_matches_the_loop():
     x, y = _data()
 
     def loss(p):
-        return F.mse_loss(torch.func.functional_call(net, p, (x,)), y)
+        return F.mse_loss(p(x), y)
 
     rows = np.random.default_rng(0).normal(size=(5, sum(p.numel() for p in net.parameters())))
     with ADAPTER.target(loss, net) as target:
@@ -628,7 +628,7 @@ def test_thread_pool_executor(functional):
     if functional:
 
         def loss(p):
-            return F.mse_loss(torch.func.functional_call(net, p, (x,)), y)
+            return F.mse_loss(p(x), y)
     else:
 
         def loss():
@@ -646,7 +646,7 @@ def test_cuda_module():
     net = _mlp().cuda()
     x, y = (t.cuda() for t in _data())
     assert gc.check(lambda: F.mse_loss(net(x), y), net).verdict == "pass"
-    assert gc.check(lambda p: F.mse_loss(torch.func.functional_call(net, p, (x,)), y), net).verdict == "pass"
+    assert gc.check(lambda p: F.mse_loss(p(x), y), net).verdict == "pass"
     assert all(p.is_cuda and p.dtype == torch.float32 for p in net.parameters())
 
 
@@ -680,7 +680,7 @@ class _Net(torch.nn.Module):
         return self.fc2(self.drop(self.act(self.fc1(x)))) * self.scale
 
 
-def _state(net):
+def _module_state(net):
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
@@ -689,7 +689,7 @@ def test_loss_of_the_module_receives_the_module(train: bool) -> None:
     torch.manual_seed(0)
     net = _Net().train(train)
     x = torch.randn(7, 3)
-    before, rng = _state(net), torch.get_rng_state()
+    before, rng = _module_state(net), torch.get_rng_state()
     seen = []
 
     def loss(m):
@@ -700,7 +700,7 @@ def test_loss_of_the_module_receives_the_module(train: bool) -> None:
     assert report.passed and report.rel_error < 1e-8
     assert [b.name for b in report.blocks] == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     assert all(is_net and dtype == torch.float64 for is_net, dtype in seen)
-    after = _state(net)
+    after = _module_state(net)
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
     assert net.training is train and all(m.training is train for m in net.modules())
     assert torch.equal(torch.get_rng_state(), rng)
