@@ -11,7 +11,8 @@ Exit status of ``run``: 0 the check passed, 1 it failed, 3 it was
 inconclusive (the loss is too noisy or random to decide), 2 the check could
 not be run (bad command line, missing file or factory, a factory or loss that
 raises, unusable input).  ``demo`` exits 0 when every demo turned out as
-expected and 1 otherwise.  Errors are one line on stderr, without a
+expected, 1 when one did not, and 2 when a demo asked for by name cannot run
+here (a framework missing or not importable: the line says which).  Errors are one line on stderr, without a
 traceback (``--traceback`` shows it).
 """
 
@@ -241,12 +242,18 @@ def _check_options() -> list[str]:
     return list(CHECK_OPTIONS)
 
 
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: ``an int``, ``a list``."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def check_arguments(result: Any, label: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Turn what a factory returned into keyword arguments of :func:`gradcheck_core.check`."""
     if not isinstance(result, Mapping):
         raise UsageError(
-            f"{label} returned a {type(result).__name__}; it must return a dict such as "
-            "{'loss': loss, 'params': params, 'grad': grad}"
+            f"{label} returned {_a(type(result).__name__)}, not a dict; it must return the keyword "
+            "arguments of gc.check as a dict, such as {'loss': loss, 'params': params, 'grad': grad} "
+            "('grad' and 'options' are optional)"
         )
     options = _check_options()
     allowed = {"loss", "params", "grad", "options", *options}
@@ -261,12 +268,12 @@ def check_arguments(result: Any, label: str, overrides: Mapping[str, Any]) -> di
         raise UsageError(f"{label} returned no {missing[0]!r}; the dict needs 'loss' and 'params'")
     if not callable(result["loss"]):
         raise UsageError(
-            f"{label} returned a 'loss' that is a {type(result['loss']).__name__}, not a function"
+            f"{label} returned a 'loss' that is {_a(type(result['loss']).__name__)}, not a function"
         )
     kwargs: dict[str, Any] = {"loss": result["loss"], "params": result["params"], "grad": result.get("grad")}
     extra = result.get("options") or {}
     if not isinstance(extra, Mapping):
-        raise UsageError(f"{label} returned 'options' as a {type(extra).__name__}; it must be a dict")
+        raise UsageError(f"{label} returned 'options' as {_a(type(extra).__name__)}; it must be a dict")
     bad = [k for k in extra if k not in options]
     if bad:
         raise UsageError(

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import CheckFailed, InputError
 from .flatten import Flat, Leaf
-from .table import fixed_width
+from .table import fixed_width, html_document, html_table
 
 __all__ = ["Comparison", "ParameterRow", "compare"]
 
@@ -130,14 +130,8 @@ class Comparison:
             raise CheckFailed("frameworks disagree\n" + str(self), self)
         return self
 
-    def __str__(self) -> str:
-        lines = [
-            f"cross-framework comparison: {'AGREE' if self.passed else 'DIFFER'} (reference: {self.reference})"
-        ]
-        lines.append("loss values:")
-        for name, value in self.loss_values.items():
-            diff = "" if name == self.reference else f"  rel diff {self.loss_rel_diff[name]:.2e}"
-            lines.append(f"  {name:<12s} {value:.12g}{diff}")
+    def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
+        """Header, rows (differing ones first) and each row's verdict."""
         header = [
             "",
             "candidate",
@@ -148,21 +142,45 @@ class Comparison:
             "rel error",
             "max abs err",
         ]
-        rows = [header]
-        for r in sorted(self.rows, key=lambda r: r.passed):
-            rows.append(
-                [
-                    "ok" if r.passed else "DIFF",
-                    r.candidate,
-                    r.reference_name,
-                    r.name,
-                    str(r.shape),
-                    r.layout,
-                    f"{r.rel_error:.2e}",
-                    f"{r.max_abs_error:.2e}",
-                ]
-            )
-        lines += fixed_width(rows)
+        ordered = sorted(self.rows, key=lambda r: r.passed)
+        rows = [
+            [
+                "ok" if r.passed else "DIFF",
+                r.candidate,
+                r.reference_name,
+                r.name,
+                str(r.shape),
+                r.layout,
+                f"{r.rel_error:.2e}",
+                f"{r.max_abs_error:.2e}",
+            ]
+            for r in ordered
+        ]
+        return header, rows, ["pass" if r.passed else "fail" for r in ordered]
+
+    def _repr_html_(self) -> str:
+        """The loss values, the table and the messages of ``str(comparison)`` as HTML, for Jupyter."""
+        losses = [
+            f"loss {name}: {value:.12g}"
+            + ("" if name == self.reference else f"  rel diff {self.loss_rel_diff[name]:.2e}")
+            for name, value in self.loss_values.items()
+        ]
+        header, rows, verdicts = self._table()
+        verdict = "pass" if self.passed else "fail"
+        word = f"cross-framework comparison: {'AGREE' if self.passed else 'DIFFER'}"
+        grid = html_table(header, rows, verdicts)
+        return html_document(verdict, word, f" (reference: {self.reference})", grid, losses + self.messages)
+
+    def __str__(self) -> str:
+        lines = [
+            f"cross-framework comparison: {'AGREE' if self.passed else 'DIFFER'} (reference: {self.reference})"
+        ]
+        lines.append("loss values:")
+        for name, value in self.loss_values.items():
+            diff = "" if name == self.reference else f"  rel diff {self.loss_rel_diff[name]:.2e}"
+            lines.append(f"  {name:<12s} {value:.12g}{diff}")
+        header, rows, _ = self._table()
+        lines += fixed_width([header, *rows])
         lines += [f"- {m}" for m in self.messages]
         return "\n".join(lines)
 

@@ -228,6 +228,18 @@ class Report:
                 lines.append(f"  - {f.kind}: {where}{f.message}")
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """The table and findings of ``str(report)`` as HTML, for Jupyter (colours kept)."""
+        rest = (
+            f"  rel_error={table.number(self.rel_error)}  ({self.framework}, {self.mode} mode, "
+            f"{self.method} differences, {self.nfev} evaluations, {self.seconds:.2f} s)"
+        )
+        blocks = sorted_blocks(self)
+        rows = [[_MARK.get(b.verdict, b.verdict), *block_cells(b)] for b in blocks]
+        grid = table.html_table(HEADER, rows, [b.verdict for b in blocks])
+        notes = [f"{f.kind}: " + (f"[{f.block}] " if f.block else "") + f.message for f in self.findings]
+        return table.html_document(self.verdict, f"gradient check: {self.verdict.upper()}", rest, grid, notes)
+
     def __repr__(self) -> str:
         return (
             f"<Report {self.verdict} rel_error={self.rel_error:.2e} blocks={len(self.blocks)} "

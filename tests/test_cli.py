@@ -203,13 +203,14 @@ def test_missing_framework_or_adapter_skips_with_one_line(monkeypatch: pytest.Mo
         demos.Demo("needs-adapter", "t", "s", (), never, adapter="no_such_adapter"),
     )
     stream = io.StringIO()
-    assert demos.run(["needs-x", "needs-adapter"], stream=stream, color=False) == 0
-    lines = [line for line in stream.getvalue().splitlines() if line.startswith("skipped")]
+    # Asked for by name, a demo that cannot run fails the run (status 2) and says why.
+    assert demos.run(["needs-x", "needs-adapter"], stream=stream, color=False) == 2
+    lines = [line for line in stream.getvalue().splitlines() if line.startswith("cannot run")]
     assert lines[0] == (
-        "skipped needs-x: needs no_such_framework_xyz, which is not installed "
+        "cannot run needs-x: needs no_such_framework_xyz, which is not installed "
         "(pip install 'gradcheck-core[no_such_framework_xyz]')"
     )
-    assert lines[1].startswith("skipped needs-adapter: the no_such_adapter adapter")
+    assert lines[1].startswith("cannot run needs-adapter: the no_such_adapter adapter")
 
 
 def test_a_demo_with_the_wrong_outcome_sets_exit_status_1(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -328,7 +329,7 @@ def test_run_colour_table(factories: Path) -> None:
             ["run", "{file}:raising"],
             ["raising() raised RuntimeError: the data file is missing", "problems.py:"],
         ),
-        (["run", "{file}:not_a_dict"], ["returned a int", "dict"]),
+        (["run", "{file}:not_a_dict"], ["returned an int, not a dict", "keyword arguments of gc.check"]),
         (["run", "{file}:no_params"], ["no 'params'"]),
         (["run", "{file}:unknown_key"], ["unknown key 'tolerance'"]),
         (["run", "{file}:loss_raises"], ["ValueError: shapes do not match"]),
@@ -452,3 +453,63 @@ def test_factory_file_sees_its_own_folder(tmp_path: Path) -> None:
     )
     proc = gradcheck("run", "prob.py:make", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+# ----------------------------------------------------------------------------- demos that cannot run
+
+
+def _keras_without_backend(tmp_path: Path) -> dict[str, str]:
+    """An environment where `import keras` fails as it does when its backend is missing."""
+    fake = tmp_path / "fake" / "keras"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'tensorflow'\", name='tensorflow')\n"
+    )
+    return {"PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_named_demo_that_cannot_run_says_why_and_fails(tmp_path: Path) -> None:
+    env = dict(os.environ, **_keras_without_backend(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradcheck_core.cli", "demo", "keras-iris"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "cannot run keras-iris: needs keras" in proc.stdout
+    assert "No module named 'tensorflow'" in proc.stdout and "KERAS_BACKEND" in proc.stdout
+
+
+def test_without_names_a_demo_that_cannot_run_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcheck_core.demos import runner
+    from gradcheck_core.demos.demo import Demo
+
+    (tmp_path / "broken_dependency").mkdir()
+    (tmp_path / "broken_dependency" / "__init__.py").write_text(
+        "raise ImportError('its own dependency is missing')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = Demo("broken", "a demo", "a demo", ("broken_dependency",), lambda out: pytest.fail("ran"))
+    monkeypatch.setattr(runner, "DEMOS", {"broken": broken, "three-layer": runner.DEMOS["three-layer"]})
+    out = io.StringIO()
+    assert runner.run(None, stream=out, color=False) == 0
+    assert (
+        "skipped broken: needs broken_dependency, which is installed but cannot be imported" in out.getvalue()
+    )
+    assert "three-layer: as expected" in out.getvalue()
+    out = io.StringIO()
+    assert runner.run(["broken", "three-layer"], stream=out, color=False) == 2
+    assert "cannot run broken" in out.getvalue()
+
+
+def test_demo_list_says_what_each_demo_needs() -> None:
+    proc = gradcheck("demo", "--list")
+    lines = dict(line.split(None, 1) for line in proc.stdout.strip().splitlines())
+    assert lines["keras-iris"].startswith("needs keras, scikit-learn")
+    assert lines["dropout"].startswith("needs torch")
+    assert lines["three-layer"].startswith("needs numpy only")

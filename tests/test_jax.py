@@ -373,3 +373,11 @@ def test_untraceable_loss_falls_back_to_single_calls():
         assert target.evaluate_batch is None
     report = gc.check(loss, x, grad=lambda p: 2 * p)
     assert report.passed
+
+
+def test_a_loss_returning_a_list_is_named_as_such() -> None:
+    with pytest.raises(InputError) as info:
+        gc.check(lambda p: [jnp.sum(p["w"] ** 2)], {"w": jnp.ones(3)})
+    message = str(info.value)
+    assert "returned a list (1 entry), not a scalar" in message
+    assert "float()" not in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -200,6 +201,9 @@ def test_nondeterministic_loss_is_inconclusive_never_fail() -> None:
     assert report.findings_of("nondeterministic")
 
 
+SPAWN = multiprocessing.get_context("spawn")
+
+
 def module_level_loss(p):
     return float(np.sum(np.sin(p["w"]) * np.arange(1, 9)))
 
@@ -213,7 +217,8 @@ def test_executor_evaluates_the_sweep_in_parallel(kind: str) -> None:
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     params = {"w": RNG.standard_normal(8)}
-    pool = ThreadPoolExecutor(2) if kind == "thread" else ProcessPoolExecutor(2)
+    # "spawn": forking a process that has loaded JAX (other tests do) can deadlock.
+    pool = ThreadPoolExecutor(2) if kind == "thread" else ProcessPoolExecutor(2, mp_context=SPAWN)
     with pool:
         report = gc.check(module_level_loss, params, module_level_grad, mode="full", executor=pool)
         wrong = gc.check(
@@ -230,7 +235,7 @@ def test_executor_evaluates_the_sweep_in_parallel(kind: str) -> None:
 def test_process_pool_with_an_unpicklable_loss_says_why() -> None:
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1) as pool, pytest.raises(gc.GradcheckError, match="pickle"):
+    with ProcessPoolExecutor(1, mp_context=SPAWN) as pool, pytest.raises(gc.GradcheckError, match="pickle"):
         gc.check(
             lambda p: module_level_loss(p),
             {"w": RNG.standard_normal(8)},

@@ -267,7 +267,7 @@ def test_module_with_zero_argument_closure(dtype):
 def test_module_with_functional_closure(dtype):
     net = _mlp(dtype)
     x, y = _data(dtype)
-    report = gc.check(lambda p: F.mse_loss(torch.func.functional_call(net, p, (x,)), y), net)
+    report = gc.check(lambda p: F.mse_loss(p(x), y), net)
     assert report.verdict == "pass"
     assert report.rel_error < 1e-8
 
@@ -450,7 +450,7 @@ def test_dropout_in_train_mode_is_replayed():
 def test_dropout_with_functional_closure_falls_back_from_vmap():
     net = _mlp(dropout=0.5).train()
     x, y = _data()
-    report = gc.check(lambda p: F.mse_loss(torch.func.functional_call(net, p, (x,)), y), net)
+    report = gc.check(lambda p: F.mse_loss(p(x), y), net)
     assert report.verdict == "pass"
 
 
@@ -534,7 +534,7 @@ def test_closure_raising_on_seventh_call_restores_everything(error, functional):
     if functional:
 
         def loss(p):
-            return forward(torch.func.functional_call(net, p, (x,)))
+            return forward(p(x))
     else:
 
         def loss():
@@ -591,7 +591,7 @@ def test_vmap_batch_matches_the_loop():
     x, y = _data()
 
     def loss(p):
-        return F.mse_loss(torch.func.functional_call(net, p, (x,)), y)
+        return F.mse_loss(p(x), y)
 
     rows = np.random.default_rng(0).normal(size=(5, sum(p.numel() for p in net.parameters())))
     with ADAPTER.target(loss, net) as target:
@@ -628,7 +628,7 @@ def test_thread_pool_executor(functional):
     if functional:
 
         def loss(p):
-            return F.mse_loss(torch.func.functional_call(net, p, (x,)), y)
+            return F.mse_loss(p(x), y)
     else:
 
         def loss():
@@ -646,5 +646,95 @@ def test_cuda_module():
     net = _mlp().cuda()
     x, y = (t.cuda() for t in _data())
     assert gc.check(lambda: F.mse_loss(net(x), y), net).verdict == "pass"
-    assert gc.check(lambda p: F.mse_loss(torch.func.functional_call(net, p, (x,)), y), net).verdict == "pass"
+    assert gc.check(lambda p: F.mse_loss(p(x), y), net).verdict == "pass"
     assert all(p.is_cuda and p.dtype == torch.float32 for p in net.parameters())
+
+
+# ----------------------------------------------------------------------------- loss(m) with a module
+
+
+class _Doubled(torch.autograd.Function):
+    """tanh whose backward is twice too large: only autograd's gradient shows it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return 2 * g * (1 - y**2)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, act=torch.tanh):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(3, 5), torch.nn.Linear(5, 2)
+        self.drop = torch.nn.Dropout(0.3)
+        self.register_buffer("scale", torch.tensor(1.5))
+        self.act = act
+
+    def forward(self, x):
+        return self.fc2(self.drop(self.act(self.fc1(x)))) * self.scale
+
+
+def _module_state(net):
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_loss_of_the_module_receives_the_module(train: bool) -> None:
+    torch.manual_seed(0)
+    net = _Net().train(train)
+    x = torch.randn(7, 3)
+    before, rng = _module_state(net), torch.get_rng_state()
+    seen = []
+
+    def loss(m):
+        seen.append((m is net, m.fc1.weight.dtype))
+        return (m(x) ** 2).sum()
+
+    report = gc.check(loss, net)
+    assert report.passed and report.rel_error < 1e-8
+    assert [b.name for b in report.blocks] == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert all(is_net and dtype == torch.float64 for is_net, dtype in seen)
+    after = _module_state(net)
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    assert net.training is train and all(m.training is train for m in net.modules())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_loss_of_the_module_checks_autograd() -> None:
+    torch.manual_seed(1)
+    net = _Net(act=_Doubled.apply).eval()
+    x = torch.randn(6, 3)
+    report = gc.check(lambda m: (m(x) ** 2).sum(), net)
+    assert report.verdict == "fail"
+    assert "fc1.weight" in report.failed_blocks and "fc2.weight" not in report.failed_blocks
+    fast = gc.check(lambda m: (m(x) ** 2).sum(), net, mode="fast")
+    assert fast.verdict == "fail"
+
+
+def test_loss_of_the_module_in_compare_and_with_a_handwritten_gradient() -> None:
+    torch.manual_seed(2)
+    a, b = _Net().eval(), _Net().eval()
+    x = torch.randn(5, 3)
+    result = gc.compare({"a": (lambda m: (m(x) ** 2).sum(), a), "b": (lambda: (b(x) ** 2).sum(), b)})
+    assert result.passed, str(result)
+
+    def grad(m):  # a handwritten gradient is called like the loss: with the module, in float64
+        assert m is a and m.fc1.weight.dtype == torch.float64
+        h = torch.tanh(x.double() @ m.fc1.weight.T + m.fc1.bias)
+        g_out = 2 * (h @ m.fc2.weight.T + m.fc2.bias) * m.scale * m.scale
+        g_h = (g_out @ m.fc2.weight) * (1 - h**2)
+        return {
+            "fc1.weight": g_h.T @ x.double(),
+            "fc1.bias": g_h.sum(0),
+            "fc2.weight": g_out.T @ h,
+            "fc2.bias": g_out.sum(0),
+        }
+
+    assert gc.check(lambda m: (m(x) ** 2).sum(), a, grad).passed

@@ -89,8 +89,21 @@ class Runner(BatchedEvaluation):
         return self.loss(self.flat.unravel(v, self.make))
 
     def scalar_of_vector(self, v: Any) -> Any:
-        """The loss at ``v`` as a 0-d array (what ``jax.grad`` and ``jax.vmap`` need)."""
-        return jnp.reshape(self.of_vector(v), ())
+        """The loss at ``v`` as a 0-d array (what ``jax.grad`` and ``jax.vmap`` need).
+
+        Raises
+        ------
+        InputError
+            When the loss returns a list, tuple or dict instead of one number.
+        """
+        out = self.of_vector(v)
+        if isinstance(out, (list, tuple, dict)):
+            raise InputError(
+                f"the loss returned a {type(out).__name__} ({_length(out)}), not a scalar; a gradient "
+                "check needs one number: return a single value, e.g. jnp.sum(jnp.stack(terms)) for "
+                "a list of terms, or the entry you mean (loss[0])."
+            )
+        return jnp.reshape(out, ())
 
     def vector(self, x: np.ndarray, dtype: Any = None) -> Any:
         """``x`` as a JAX array on the parameters' device."""
@@ -206,6 +219,8 @@ class Runner(BatchedEvaluation):
                 grad = jax.jit(grad)
             try:
                 g = grad(self.vector(self.flat.x0 if x is None else x))
+            except InputError:
+                raise
             except Exception as exc:
                 raise_if_users(exc)
                 if not is_tracing_error(exc):
@@ -216,6 +231,11 @@ class Runner(BatchedEvaluation):
                     "np.asarray() or Python if/while on values); otherwise pass your gradient as grad=."
                 ) from exc
             return np.asarray(g, dtype=np.float64)
+
+
+def _length(value: Any) -> str:
+    n = len(value)
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
 
 
 def _common_device(values: list[Any]) -> Any:

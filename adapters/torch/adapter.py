@@ -3,7 +3,10 @@
 Every evaluation runs in float64, whatever the dtype of the model:
 
 * a functional loss ``loss(p)`` receives fresh float64 tensors (on the
-  parameters' devices); the user's tensors are never touched;
+  parameters' devices); the user's tensors are never touched; when ``params``
+  is an ``nn.Module``, ``loss(m)`` receives the module itself, holding those
+  tensors through ``torch.func.functional_call`` (its own parameters are
+  never written to);
 * a zero-argument loss ``loss()`` that reads an ``nn.Module`` or tensors is
   evaluated by swapping each parameter's ``.data`` for a float64 tensor
   holding the perturbed values, and swapping the original tensor back
@@ -161,7 +164,8 @@ class TorchAdapter(Adapter):
                 # torch.func.functional_call swaps tensors into the module: with
                 # a module, evaluations take turns (threads of an executor=).
                 lock: Any = threading.RLock() if modules else contextlib.nullcontext()
-                target = self._functional_target(loss, flat, float64, promote, snapshot, lock)
+                module = params if isinstance(params, torch.nn.Module) else None
+                target = self._functional_target(loss, flat, float64, promote, snapshot, lock, module)
             else:
                 target = self._stateful_target(loss, flat, float64, promote, snapshot)
             target.precision = precision
@@ -178,7 +182,10 @@ class TorchAdapter(Adapter):
         promote: bool,
         snapshot: _Snapshot,
         lock: Any,
+        module: torch.nn.Module | None = None,
     ) -> Target:
+        if module is not None:  # loss(m) receives the module, holding the values
+            loss = _module_loss(loss, module)
         work = {id(t): _work_dtype(t, float64) for t in flat.values}
         promotion = Promotion()
 
@@ -208,7 +215,7 @@ class TorchAdapter(Adapter):
             p = flat.unravel(flat.x0 if x is None else x, make)
             snapshot.replay()
             with lock, float64_scope(promote):
-                return fn(p)
+                return fn(p) if module is None else _module_loss(fn, module)(p)
 
         evaluate_complex = None
         if promote:
@@ -301,6 +308,35 @@ class TorchAdapter(Adapter):
     ) -> list[np.ndarray]:
         """Jacobian-vector products ``J v`` of ``fn`` by forward-mode AD (see :func:`.autodiff.jvp`)."""
         return _jvp(self, fn, inputs, tangents)
+
+
+class _LossOfModule(torch.nn.Module):
+    """``loss(module)`` as a module's forward, so that ``functional_call`` can run it."""
+
+    def __init__(self, module: torch.nn.Module, loss: Callable[..., Any]) -> None:
+        super().__init__()
+        self.module = module
+        self.loss = loss
+
+    def forward(self) -> Any:
+        return self.loss(self.module)
+
+
+def _module_loss(loss: Callable[..., Any], module: torch.nn.Module) -> Callable[[Any], Any]:
+    """A loss of ``{name: tensor}`` that calls ``loss(module)`` with the module holding them.
+
+    ``torch.func.functional_call`` puts the tensors in place of the module's
+    parameters for the call only and puts the originals back afterwards, also
+    when the loss raises; it works under ``torch.func.vmap`` and autograd.
+    Registering the module inside the wrapper changes nothing on the module.
+    """
+    wrapper = _LossOfModule(module, loss)
+
+    def loss_of_values(p: Mapping[str, torch.Tensor]) -> Any:
+        values = {f"module.{name}": value for name, value in p.items()}
+        return torch.func.functional_call(wrapper, values, (), strict=False)
+
+    return loss_of_values
 
 
 def _is_sequence_skeleton(flat: Flat) -> bool:

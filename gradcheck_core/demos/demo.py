@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,22 @@ class Outcome:
     figures: list[tuple[str, Callable[[str], object]]] = field(default_factory=list)
 
 
+#: What to install for a module a demo needs.
+_INSTALL = {"sklearn": "scikit-learn"}
+#: What to do when a module is installed but fails to import.
+_IMPORT_HINT = {
+    "keras": (
+        "Keras needs a backend: pip install tensorflow-cpu (or jax, or torch), or set KERAS_BACKEND "
+        "to one that is installed (tensorflow, jax, torch, numpy)"
+    ),
+}
+
+
+def requirement(module: str) -> str:
+    """The name a person installs for ``module`` (``scikit-learn`` for ``sklearn``)."""
+    return _INSTALL.get(module, module)
+
+
 @dataclass
 class Demo:
     """A built-in example."""
@@ -72,9 +89,15 @@ class Demo:
         (quick, for ``--list``).
         """
         for module in self.needs:
+            extra = _INSTALL.get(module, f"'gradcheck-core[{module}]'")
             if importlib.util.find_spec(module) is None:
-                extra = {"sklearn": "scikit-learn"}.get(module, f"'gradcheck-core[{module}]'")
                 return f"needs {module}, which is not installed (pip install {extra})"
+            if load:
+                try:
+                    importlib.import_module(module)
+                except ImportError as exc:  # installed, but what it needs is not (Keras's backend)
+                    hint = _IMPORT_HINT.get(module, f"pip install {extra}")
+                    return f"needs {module}, which is installed but cannot be imported ({type(exc).__name__}: {exc}); {hint}"
         if self.adapter is not None and not load:
             if importlib.util.find_spec(f"gradcheck_core.adapters.{self.adapter}") is None:
                 return f"the {self.adapter} adapter of gradcheck-core is not available in this installation"

@@ -9,6 +9,7 @@ from typing import TextIO
 
 from ..errors import GradcheckError
 from .catalogue import DEMOS
+from .demo import requirement
 from .output import Output
 
 __all__ = ["list_demos", "run"]
@@ -18,10 +19,17 @@ def list_demos(stream: TextIO | None = None) -> None:
     """Print the demos, one per line, with what they need."""
     stream = sys.stdout if stream is None else stream
     width = max(len(name) for name in DEMOS)
+    needs = {
+        d.name: "needs " + (", ".join(requirement(m) for m in d.needs) or "numpy only")
+        for d in DEMOS.values()
+    }
+    need_width = max(len(n) for n in needs.values())
     for demo in DEMOS.values():
         missing = demo.missing(load=False)
         note = f"  [skipped here: {missing}]" if missing else ""
-        stream.write(f"{demo.name.ljust(width)}  {demo.summary}{note}\n")
+        stream.write(
+            f"{demo.name.ljust(width)}  {needs[demo.name].ljust(need_width)}  {demo.summary}{note}\n"
+        )
     stream.flush()
 
 
@@ -48,8 +56,10 @@ def run(
     Returns
     -------
     int
-        0 when every demo that ran turned out as expected (skipped ones
-        included), 1 otherwise.
+        0 when every demo that ran turned out as expected, 1 when one did
+        not, 2 when a demo asked for by name cannot run here (it says why).
+        Without names, demos that cannot run are skipped with the reason
+        and do not change the status.
     """
     out = Output(stream, color)
     chosen = names if names else list(DEMOS)
@@ -64,8 +74,13 @@ def run(
         demo = DEMOS[name]
         missing = demo.missing()
         if missing:
-            out.line(f"skipped {name}: {missing}")
-            summary.append(f"{name}: skipped")
+            if names:
+                out.line(f"cannot run {name}: {missing}")
+                summary.append(f"{name}: cannot run")
+                status = max(status, 2)
+            else:
+                out.line(f"skipped {name}: {missing}")
+                summary.append(f"{name}: skipped")
             continue
         out.heading(f"{name}: {demo.title}")
         start = time.perf_counter()
@@ -74,7 +89,7 @@ def run(
         except Exception as exc:  # a demo that breaks must not hide the others
             out.say(f"{name} stopped: {type(exc).__name__}: {exc}", style="bold red")
             summary.append(f"{name}: ERROR")
-            status = 1
+            status = max(status, 1)
             continue
         seconds = time.perf_counter() - start
         verdicts = []
@@ -94,7 +109,7 @@ def run(
                     out.say(f"  no figure: {exc}")
         out.say(f"  ({seconds:.1f} s)", style="dim")
         if not all(verdicts):
-            status = 1
+            status = max(status, 1)
         summary.append(f"{name}: {'as expected' if all(verdicts) else 'UNEXPECTED'}")
     if len(chosen) > 1:
         out.say("")
