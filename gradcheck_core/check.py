@@ -275,10 +275,11 @@ def run_check(
                 Finding(
                     "kink",
                     kinks[0].name if len(kinks) == 1 else None,
-                    f"{total} coordinate(s) sit at a kink of the loss ({', '.join(b.name for b in kinks)}): "
-                    "the slopes left and right differ (ReLU at 0, abs, max), so finite differences "
-                    "cannot judge them; they were not counted as wrong. Move the parameters off "
-                    "the kink (a small random shift) to check them too.",
+                    f"{total} coordinate(s) sit at a kink or a step of the loss "
+                    f"({', '.join(b.name for b in kinks)}): the slopes left and right differ (ReLU at "
+                    "0, abs, max), or the loss jumps there (floor, round or sign at the edge of a "
+                    "stair), so finite differences cannot judge them; they were not counted as "
+                    "wrong. Move the parameters off the kink (a small random shift) to check them too.",
                     {"blocks": {b.name: b.n_kink for b in kinks}},
                 )
             )

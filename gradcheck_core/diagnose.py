@@ -153,9 +153,9 @@ def _few_wrong(block: BlockResult) -> bool:
     """A few entries wrong, the rest right: s wrong among n is not a dense (scale) error."""
     if block.size < 2 or block.n_bad == 0:
         return False
-    if block.checked_by == "coordinates" and block.n_checked == block.size:
+    if block.checked_by == "coordinates":  # every entry, or a sample of them
         reference = _informative(block)
-    else:  # a sample, or fast mode's located entries: relative to the whole parameter
+    else:  # fast mode: n_bad estimates the wrong entries of the whole parameter
         reference = block.size
     return block.n_bad <= max(1, SPARSE_SHARE * reference) and block.n_bad < block.size
 

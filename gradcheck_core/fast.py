@@ -75,7 +75,7 @@ class _Tester:
             decidable = (
                 not passed or SAFETY * err <= 0.25 * max(abs(a_dot), abs(d)) or max(abs(a_dot), abs(d)) == 0
             )
-            if (a_dot == 0 or d == 0) and (not passed or not decidable):
+            if (a_dot == 0 or d == 0) and (not passed or not decidable or d == a_dot):
                 # a staircase or a saturated function: judge it inside one stair
                 bound = ctx.flat_slope(v)
                 self.evals += 4
@@ -84,16 +84,19 @@ class _Tester:
                         return True, False, a_dot, 0.0  # too small a slope to show: undecided
                     return abs(a_dot) <= base + SAFETY * bound, True, a_dot, 0.0
                 if bound is not None:
-                    # A zero gradient, flat at the probe step: unless a larger step
-                    # sees a clear, smooth slope (a gradient too small for the probe),
-                    # the zero is right.
+                    # A zero gradient, flat at the probe step: right, unless the
+                    # function moves faintly at larger steps (not by whole stairs)
+                    # and there shows a slope (a gradient too small for the probe).
+                    self.evals += 6
+                    if not ctx.moves_faintly(v):
+                        return True, True, a_dot, 0.0
                     wide, wide_err, used = fd.directional(
                         ctx.fun, ctx.flat.x0, v, rel_step=1e-2, noise=ctx.noise, f0=ctx.f0
                     )
                     self.evals += used
                     if SAFETY * wide_err <= 0.25 * abs(wide):
                         return False, True, a_dot, wide
-                    return True, True, a_dot, 0.0
+                    return True, False, a_dot, 0.0  # moves, but too faintly to tell
             result = (passed, decidable, a_dot, d)
             if decidable or rel >= 1e-2:
                 break
@@ -166,10 +169,12 @@ def _compare_entries(
         direction[i] = 1.0
         bound = ctx.flat_slope(direction)
         direction[i] = 0.0
-        if bound is not None and a[k] == 0:
+        if bound is not None and a[k] == 0 and ctx.moves_faintly(direction_of(i)):
             wide = fd.refine(ctx.fun, ctx.flat.x0, int(i), ctx.f0, rel_step=1e-2, noise=ctx.noise)
             if wide.smooth and SAFETY * wide.error <= 0.25 * abs(wide.value):
                 bound = None  # a clear slope at larger steps: judged below
+            else:
+                hidden[k] = True  # moves, but too faintly to tell
         if bound is not None and a[k] != 0 and ctx.below_resolution(float(a[k]), direction_of(i)):
             # flat, with a slope too small to show: an error bound as large as the slope
             n[k], tol[k], hidden[k] = 0.0, opts.atol + (1 + opts.rtol) * abs(a[k]), True

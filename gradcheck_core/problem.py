@@ -102,6 +102,30 @@ class Problem:
         """:func:`flat_slope` of this problem's function at ``flat.x0``."""
         return flat_slope(self.fun, self.flat.x0, self.f0, direction, self.floor)
 
+    def moves_faintly(self, direction: np.ndarray) -> bool:
+        """Whether ``fun``, flat at the probe step, first moves by mere ulps at larger steps.
+
+        Steps grow tenfold from the probe step up to a relative 1e-2.  A
+        staircase stays exactly flat and then jumps by a whole stair (thousands
+        of ulps of ``f0``, at least): its zero derivative is right.  A smooth
+        function with a slope too small for the probe first moves by a few
+        ulps: a slope may hide there, to be judged at the larger steps.
+        """
+        x0 = self.flat.x0
+        moved = direction != 0
+        span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
+        ulp = max(self.floor, 0.5 * fd.EPS * abs(self.f0), 1e-300)
+        for rel in (1e-4, 1e-3, 1e-2):
+            t = rel * span
+            change = max(
+                abs(self.fun(x0 + t * direction) - self.f0), abs(self.fun(x0 - t * direction) - self.f0)
+            )
+            if not np.isfinite(change):
+                return False
+            if change > 0:
+                return bool(change <= 1e3 * ulp)
+        return False
+
     def below_resolution(self, slope: float, direction: np.ndarray) -> bool:
         """Whether ``slope`` along ``direction`` moves ``fun`` too little for float64 to show.
 

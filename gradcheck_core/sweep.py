@@ -5,7 +5,10 @@
 Parameters whose error bounds swamp the gradient are re-differentiated with
 Richardson at larger steps (:func:`_escalate`); coordinates that break the
 rule are only suspects until Richardson and one-sided differences confirm
-them (or find a kink).
+them (or find a kink).  Coordinates with an exactly zero derivative on either
+side are probed for flatness first (:func:`_probe_flat`: a staircase seen
+inside one stair, a saturated region), and non-finite analytic entries are
+wrong whatever the differences say.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def _judge(
     finite_a = a[~broken]
     scale = float(np.max(np.abs(finite_a))) if len(finite_a) else 0.0
     scale = max(scale, float(np.nanmax(np.abs(numeric))) if np.isfinite(numeric).any() else 0.0)
-    flat_at = _probe_flat(ctx, idx, a, numeric, err, scale, broken)
+    flat_at, faint = _probe_flat(ctx, idx, a, numeric, err, scale, broken)
 
     # Blocks whose error bounds swamp the gradient: try Richardson at larger steps.
     r_default = fd.relative_step("richardson", ctx.noise_rel)
@@ -120,15 +123,16 @@ def _judge(
             pos = np.searchsorted(idx, block_idx)
             own = float(np.max(np.maximum(np.abs(a[pos]), np.abs(numeric[pos])))) if len(pos) else 0.0
             unsure = undecidable(a[pos], numeric[pos], err[pos], own) & ~flat_at[pos]
-            if len(pos) and ((own > 0 and unsure.mean() > 0.5) or flat_at[pos].all()):
+            if len(pos) and ((own > 0 and unsure.mean() > 0.5) or faint[pos].any()):
                 kept = pos[flat_at[pos]]
                 saved = numeric[kept].copy(), err[kept].copy()
                 r_steps[b] = _escalate(ctx, block_idx, pos, numeric, err) or r_default
-                # A flat entry stays flat unless larger steps see a clear slope (a
-                # gradient too small for the probe); then the refinement decides
-                # between a slope and a stair's edge.
-                clear = (numeric[kept] != 0) & (err[kept] <= 0.25 * np.abs(numeric[kept]))
+                # A flat entry stays flat (the larger steps cross stairs) unless it
+                # moves faintly and the larger steps see a clear slope there: a
+                # gradient too small for the probe, which the refinement judges.
+                clear = faint[kept] & (numeric[kept] != 0) & (err[kept] <= 0.25 * np.abs(numeric[kept]))
                 flat_at[kept[clear]] = False
+                faint[kept[clear]] = False
                 keep = kept[~clear]
                 numeric[keep], err[keep] = saved[0][~clear], saved[1][~clear]
     kink = np.zeros(len(idx), dtype=bool)
@@ -176,7 +180,7 @@ def _judge(
                 # Not differentiable here: no value is right or wrong.
                 kink[p] = True
                 numeric[p] = ref.left if abs(a[p] - ref.left) < abs(a[p] - ref.right) else ref.right
-    unsure = (undecidable(a, numeric, err, scale) & ~flat_at) | unconfirmed | hidden
+    unsure = (undecidable(a, numeric, err, scale) & ~flat_at) | unconfirmed | hidden | (faint & flat_at)
     a = np.where(broken, ctx.analytic[idx], a)
     blocks = []
     for leaf, block_idx in zip(flat.leaves, per_block):
@@ -204,16 +208,19 @@ def _probe_flat(
     err: np.ndarray,
     scale: float,
     broken: np.ndarray,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates where the function is flat (a stair, a saturated region); sets their estimates.
 
     Looked at: coordinates where the analytic or numerical derivative is exactly
     zero and the sweep could not confirm the agreement (a gap, or an error bound
     that swamps the entry).  Where the function does not move within the probe
     step, the numerical derivative is exactly 0 with the output's resolution as
-    its error bound (:meth:`Problem.flat_slope`).
+    its error bound (:meth:`Problem.flat_slope`).  Also returns which flat
+    coordinates with a zero analytic entry move faintly at larger steps
+    (:meth:`Problem.moves_faintly`): there a tiny slope may hide.
     """
     flat_at = np.zeros(len(idx), dtype=bool)
+    faint = np.zeros(len(idx), dtype=bool)
     tol = tolerance(a, numeric, err, ctx.opts.rtol, ctx.opts.atol)
     looked = ((a == 0) | (numeric == 0)) & ~broken
     looked &= (np.abs(a - numeric) > tol) | ~np.isfinite(numeric) | undecidable(a, numeric, err, scale)
@@ -226,7 +233,11 @@ def _probe_flat(
         if bound is not None and (a[p] == 0 or ROUNDOFF_SAFETY * bound <= 0.25 * abs(a[p])):
             flat_at[p] = True
             numeric[p], err[p] = 0.0, ROUNDOFF_SAFETY * bound
-    return flat_at
+            if a[p] == 0:
+                direction[idx[p]] = 1.0
+                faint[p] = ctx.moves_faintly(direction)
+                direction[idx[p]] = 0.0
+    return flat_at, faint
 
 
 def _below_resolution(ctx: Problem, idx: np.ndarray, a: np.ndarray, flat_at: np.ndarray) -> np.ndarray:

@@ -230,3 +230,24 @@ def test_every_fail_or_inconclusive_is_explained(func, shape, corruption, mode, 
         assert report.verdict == "fail"
     if corruption == "none" and func in ("tanh", "quadratic", "floor"):
         assert report.verdict == "pass", str(report)
+    if (
+        corruption != "none"
+        and func in ("tanh", "quadratic")
+        and not (corruption == "transpose" and len(shape) == 1)
+    ):
+        assert report.verdict == "fail", str(report)
+    if corruption in ("zero", "scale") and func == "tiny":  # never a silent pass
+        assert report.verdict != "pass", str(report)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_slogdet_sign_fill_and_floor_divide_pass(mode: str) -> None:
+    torch = pytest.importorskip("torch")
+    jnp = pytest.importorskip("jax.numpy")
+    A = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = torch.linspace(-2.1, 1.9, 7, dtype=torch.float64)
+    assert gc.check_function(lambda a: torch.linalg.slogdet(a)[0] * 1.0, A, mode=mode).verdict == "pass"
+    assert gc.check_function(torch.linalg.slogdet, A, mode=mode).verdict == "pass"
+    assert gc.check_function(lambda t: torch.fill(t, 1.5), x, mode=mode).verdict == "pass"
+    xj = jnp.asarray(x.numpy())
+    assert gc.check_function(lambda t: jnp.floor_divide(t, 0.7), xj, mode=mode).verdict == "pass"
