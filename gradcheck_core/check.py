@@ -19,9 +19,9 @@ import numpy as np
 
 from . import differences as fd
 from .counted_loss import prepared
-from .diagnose import diagnose_block
+from .diagnose import diagnose_block, explain_verdicts, mismatch, non_finite_findings, unpermuted
 from .errors import InputError
-from .fast import run_fast
+from .fast import confirms, run_fast
 from .options import Options
 from .problem import Problem
 from .report import Finding, Report
@@ -285,7 +285,8 @@ def run_check(
         # Noise relative to the loss's scale: its value, or (for a loss that is
         # near 0 here, like a residual at its optimum) how much it changes over
         # a unit move, which the gradient tells.
-        magnitude = max(abs(f0), float(np.max(np.abs(analytic))) if analytic.size else 0.0)
+        finite = analytic[np.isfinite(analytic)]
+        magnitude = max(abs(f0), float(np.max(np.abs(finite))) if finite.size else 0.0)
         noise_rel = noise / magnitude if magnitude > 0 else fd.EPS
         low_precision = fun.out_dtype not in ("float64", "float128", "longdouble", "complex128", None)
         reasons = list(target.precision)
@@ -324,7 +325,8 @@ def run_check(
                 else "fast"
             )
 
-        ctx = Problem(fun, flat, analytic, f0, noise, noise_rel, opts, rng, t_eval)
+        floor = _rounding_floor(fun.out_dtype, f0)
+        ctx = Problem(fun, flat, analytic, f0, noise, noise_rel, opts, rng, t_eval, floor)
         if mode == "fast":
             blocks, method_used, step_used = run_fast(ctx)
         else:
@@ -333,14 +335,18 @@ def run_check(
         if nondeterministic:  # no verdict either way can be trusted
             for b in blocks:
                 b.verdict, b.passed = "inconclusive", False
+        findings.extend(non_finite_findings(analytic, flat))
         for b in blocks:
-            if b.verdict == "fail" and len(b.indices):
+            if b.verdict == "fail" and len(b.indices) and np.all(np.isfinite(b.analytic)):
                 leaf = flat.leaves[[lf.name for lf in flat.leaves].index(b.name)]
                 x_local = flat.x0[b.indices + leaf.offset]
-                full = None
-                if b.n_checked == leaf.size:
-                    full = (b.analytic, b.numeric)
-                findings.extend(diagnose_block(b, x_local, full))
+                found = diagnose_block(b, x_local, analytic[leaf.slice])
+                if mode == "fast" and found and found[0].kind == "transpose":
+                    # a few sampled entries suggested it: confirm along whole directions
+                    meant = unpermuted(analytic[leaf.slice], leaf.shape, tuple(found[0].detail["axes"]))
+                    if not confirms(ctx, leaf, meant):
+                        found = [mismatch(b)]
+                findings.extend(found)
         kinks = [b for b in blocks if b.n_kink]
         if kinks:
             total = sum(b.n_kink for b in kinks)
@@ -348,13 +354,15 @@ def run_check(
                 Finding(
                     "kink",
                     kinks[0].name if len(kinks) == 1 else None,
-                    f"{total} coordinate(s) sit at a kink of the loss ({', '.join(b.name for b in kinks)}): "
-                    "the slopes left and right differ (ReLU at 0, abs, max), so finite differences "
-                    "cannot judge them; they were not counted as wrong. Move the parameters off "
-                    "the kink (a small random shift) to check them too.",
+                    f"{total} coordinate(s) sit at a kink or a step of the loss "
+                    f"({', '.join(b.name for b in kinks)}): the slopes left and right differ (ReLU at "
+                    "0, abs, max), or the loss jumps there (floor, round or sign at the edge of a "
+                    "stair), so finite differences cannot judge them; they were not counted as "
+                    "wrong. Move the parameters off the kink (a small random shift) to check them too.",
                     {"blocks": {b.name: b.n_kink for b in kinks}},
                 )
             )
+    findings.extend(explain_verdicts(blocks, findings))
     verdicts = {b.verdict for b in blocks}
     verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
     a_all = np.concatenate([b.compared()[0] for b in blocks]) if blocks else np.zeros(0)

@@ -26,7 +26,7 @@ from .problem import Problem
 from .report import BlockResult
 from .tolerance import block_result, rel_error, tolerance, undecidable
 
-__all__ = ["DENSE_LEVEL", "ENTRY_SAMPLE", "MAX_LOCATED", "run_fast"]
+__all__ = ["DENSE_LEVEL", "ENTRY_SAMPLE", "MAX_LOCATED", "confirms", "run_fast"]
 
 SAFETY = 8.0
 # Stop splitting when this many groups fail at one level...
@@ -75,6 +75,28 @@ class _Tester:
             decidable = (
                 not passed or SAFETY * err <= 0.25 * max(abs(a_dot), abs(d)) or max(abs(a_dot), abs(d)) == 0
             )
+            if (a_dot == 0 or d == 0) and (not passed or not decidable or d == a_dot):
+                # a staircase or a saturated function: judge it inside one stair
+                bound = ctx.flat_slope(v)
+                self.evals += 4
+                if bound is not None and a_dot != 0:
+                    if ctx.below_resolution(a_dot, v):
+                        return True, False, a_dot, 0.0  # too small a slope to show: undecided
+                    return abs(a_dot) <= base + SAFETY * bound, True, a_dot, 0.0
+                if bound is not None:
+                    # A zero gradient, flat at the probe step: right, unless the
+                    # function moves faintly at larger steps (not by whole stairs)
+                    # and there shows a slope (a gradient too small for the probe).
+                    self.evals += 6
+                    if not ctx.moves_faintly(v):
+                        return True, True, a_dot, 0.0
+                    wide, wide_err, used = fd.directional(
+                        ctx.fun, ctx.flat.x0, v, rel_step=1e-2, noise=ctx.noise, f0=ctx.f0
+                    )
+                    self.evals += used
+                    if SAFETY * wide_err <= 0.25 * abs(wide):
+                        return False, True, a_dot, wide
+                    return True, False, a_dot, 0.0  # moves, but too faintly to tell
             result = (passed, decidable, a_dot, d)
             if decidable or rel >= 1e-2:
                 break
@@ -120,15 +142,47 @@ def _locate(tester: _Tester, idx: np.ndarray) -> tuple[list[np.ndarray], int, bo
 
 def _compare_entries(
     ctx: Problem, entries: np.ndarray, rel: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Entry-by-entry comparison (Richardson + kink test) of a few coordinates."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Entry-by-entry comparison (Richardson + kink test) of a few coordinates.
+
+    Returns the analytic and numerical values, the tolerances, and which
+    entries are wrong, at a kink, or undecidable (a flat function whose
+    analytic slope is too small for float64 to show).
+    """
     opts = ctx.opts
     a = ctx.analytic[entries]
     n = np.empty(len(entries))
     tol = np.empty(len(entries))
     bad = np.zeros(len(entries), dtype=bool)
     kink = np.zeros(len(entries), dtype=bool)
+    hidden = np.zeros(len(entries), dtype=bool)
+    direction = np.zeros(ctx.flat.n)
+
+    def direction_of(i: int) -> np.ndarray:
+        unit = np.zeros(ctx.flat.n)
+        unit[i] = 1.0
+        return unit
+
     for k, i in enumerate(entries):
+        if not np.isfinite(a[k]):  # wrong whatever the numbers say
+            bad[k] = True
+        direction[i] = 1.0
+        bound = ctx.flat_slope(direction)
+        direction[i] = 0.0
+        if bound is not None and a[k] == 0 and ctx.moves_faintly(direction_of(i)):
+            wide = fd.refine(ctx.fun, ctx.flat.x0, int(i), ctx.f0, rel_step=1e-2, noise=ctx.noise)
+            if wide.smooth and SAFETY * wide.error <= 0.25 * abs(wide.value):
+                bound = None  # a clear slope at larger steps: judged below
+            else:
+                hidden[k] = True  # moves, but too faintly to tell
+        if bound is not None and a[k] != 0 and ctx.below_resolution(float(a[k]), direction_of(i)):
+            # flat, with a slope too small to show: an error bound as large as the slope
+            n[k], tol[k], hidden[k] = 0.0, opts.atol + (1 + opts.rtol) * abs(a[k]), True
+            continue
+        if bound is not None:  # inside one stair of a staircase, or saturated
+            n[k], tol[k] = 0.0, opts.atol + opts.rtol * abs(a[k]) + SAFETY * bound
+            bad[k] |= abs(a[k]) > tol[k]
+            continue
         ref = fd.refine(ctx.fun, ctx.flat.x0, int(i), ctx.f0, rel_step=rel, noise=ctx.noise)
         t = float(
             tolerance(
@@ -138,11 +192,11 @@ def _compare_entries(
         tol[k] = t
         if ref.smooth:
             n[k] = ref.value
-            bad[k] = abs(a[k] - ref.value) > t
-        else:  # not differentiable here: no value is right or wrong
+            bad[k] |= abs(a[k] - ref.value) > t
+        elif not bad[k]:  # not differentiable here: no value is right or wrong
             kink[k] = True
             n[k] = ref.left if abs(a[k] - ref.left) < abs(a[k] - ref.right) else ref.right
-    return a, n, tol, bad, kink
+    return a, n, tol, bad, kink, hidden
 
 
 def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
@@ -164,6 +218,10 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
     scale = float(np.max(np.abs(ctx.analytic))) if ctx.analytic.size else 0.0
     for leaf in ctx.flat.leaves:
         idx = np.arange(leaf.offset, leaf.offset + leaf.size)
+        broken = idx[~np.isfinite(ctx.analytic[idx])]
+        if len(broken):
+            blocks.append(_broken_block(ctx, leaf, broken, tester.rel))
+            continue
         da, dn = [], []
         failed = False
         unsure = 0
@@ -185,10 +243,10 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
                 # Directions cannot decide (kinks or noise along every direction):
                 # fall back to a sample of entries.
                 entries = np.sort(ctx.rng.choice(idx, size=min(leaf.size, 32), replace=False))
-                a, n, tol, bad, kink = _compare_entries(ctx, entries, tester.rel)
+                a, n, tol, bad, kink, hidden = _compare_entries(ctx, entries, tester.rel)
                 err = np.maximum(tol - ctx.opts.rtol * np.maximum(np.abs(a), np.abs(n)), 0)
                 blk = block_result(
-                    leaf, entries - leaf.offset, a, n, tol, bad, kink, undecidable(a, n, err, scale)
+                    leaf, entries - leaf.offset, a, n, tol, bad, kink, undecidable(a, n, err, scale) | hidden
                 )
                 blocks.append(blk)
                 continue
@@ -202,10 +260,8 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
             )
         else:
             entries = np.sort(candidates)
-        a, n, tol, bad, kink = _compare_entries(ctx, entries, tester.rel)
-        blk = block_result(
-            leaf, entries - leaf.offset, a, n, tol, bad, kink, np.zeros(len(entries), dtype=bool)
-        )
+        a, n, tol, bad, kink, hidden = _compare_entries(ctx, entries, tester.rel)
+        blk = block_result(leaf, entries - leaf.offset, a, n, tol, bad, kink, hidden)
         blk.checked_by = "directions"
         blk.directional_analytic, blk.directional_numeric = da_arr, dn_arr
         blk.rel_error = rel_error(da_arr, dn_arr)
@@ -223,6 +279,38 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
         blk.verdict, blk.passed = "fail", False
         blocks.append(blk)
     return blocks, "richardson (directional)", tester.rel
+
+
+def confirms(ctx: Problem, leaf: Leaf, meant: np.ndarray, directions: int = 2) -> bool:
+    """Whether ``meant`` (a candidate gradient of ``leaf``) agrees with finite differences.
+
+    Fast mode's confirmation of a suspected bug model (a transposed gradient):
+    ``directions`` random directional derivatives of the whole parameter, each
+    compared with ``meant . v`` under fast mode's rule.
+    """
+    original = ctx.analytic
+    trial = original.copy()
+    trial[leaf.slice] = meant
+    ctx.analytic = trial
+    try:
+        tester = _Tester(ctx)
+        idx = np.arange(leaf.offset, leaf.offset + leaf.size)
+        return all(tester.test(idx)[0] for _ in range(directions))
+    finally:
+        ctx.analytic = original
+
+
+def _broken_block(ctx: Problem, leaf: Leaf, broken: np.ndarray, rel: float) -> BlockResult:
+    """A parameter whose analytic gradient has non-finite entries: they are wrong.
+
+    A sample of them is compared with finite differences (for the report's
+    numbers); every one counts as wrong.
+    """
+    entries = broken[:ENTRY_SAMPLE]
+    a, n, tol, bad, kink, hidden = _compare_entries(ctx, entries, rel)
+    blk = block_result(leaf, entries - leaf.offset, a, n, tol, bad, kink, hidden)
+    blk.n_bad = len(broken)
+    return blk
 
 
 def _directional_block(leaf: Leaf, da: np.ndarray, dn: np.ndarray, verdict: str) -> BlockResult:

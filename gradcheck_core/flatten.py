@@ -295,13 +295,5 @@ def gradient_vector(
 
 
 def _finite_vector(vec: np.ndarray, what: str) -> np.ndarray:
-    vec = np.asarray(vec, dtype=np.float64)
-    bad = ~np.isfinite(vec)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"{what} contains {vec[i]} at flat index {i} ({int(bad.sum())} non-finite "
-            "entries); the analytic gradient must be finite. Look for a log(0), a division "
-            "by zero or an overflow in the backward pass."
-        )
-    return vec
+    # Non-finite entries are kept: the check reports them as wrong (non_finite_gradient).
+    return np.asarray(vec, dtype=np.float64)

@@ -354,6 +354,16 @@ class StepCurve:
         k = int(np.nanargmin(err))
         return float(self.steps[k]), float(err[k])
 
+    def is_flat(self, label: str) -> bool:
+        """Whether curve ``label`` has no V: the error is about the same at every step.
+
+        Then the derivative compared with is off by that much whatever the step
+        (a wrong gradient), and no step is "best".
+        """
+        err = self.errors[label]
+        err = err[np.isfinite(err)]
+        return bool(len(err)) and float(err.min()) >= 0.25 * float(np.median(err))
+
 
 def _coordinate(flat: Any, param: str | None, index: Any, g: np.ndarray | None) -> int:
     names = [leaf.name for leaf in flat.leaves]
@@ -522,6 +532,12 @@ def plot_step_curve(curve: StepCurve, ax: Axes) -> None:
     for k, (label, err) in enumerate(curve.errors.items()):
         c = colours[k % len(colours)]
         h, e = curve.best(label)
+        flat = curve.is_flat(label)
+        text = (
+            f"{label}: about {np.nanmedian(err):.2g} at every step (the derivative is off, not the step)"
+            if flat
+            else f"{label}: best {e:.1e} at h = {h:.0e}"
+        )
         ax.loglog(
             curve.steps,
             np.maximum(err, _FLOOR),
@@ -529,9 +545,12 @@ def plot_step_curve(curve: StepCurve, ax: Axes) -> None:
             markersize=3,
             linewidth=1.4,
             color=c,
-            label=f"{label}: best {e:.1e} at h = {h:.0e}",
+            label=text,
         )
-        ax.plot([h], [max(e, _FLOOR)], marker="*", markersize=13, color=c, markeredgecolor="black", zorder=5)
+        if not flat:  # a flat line has no bottom worth a star
+            ax.plot(
+                [h], [max(e, _FLOOR)], marker="*", markersize=13, color=c, markeredgecolor="black", zorder=5
+            )
         ax.axvline(
             curve.chosen[label],
             color=c,
@@ -539,6 +558,15 @@ def plot_step_curve(curve: StepCurve, ax: Axes) -> None:
             linewidth=1.2,
             label=f"step the check takes for it: {curve.chosen[label]:.1e}",
         )
+    # At least four decades on the error axis: autoscaling a flat error of 0.5
+    # to 0.4988-0.5002 would draw its round-off wiggle as a deep V.
+    values = np.concatenate([np.maximum(e[np.isfinite(e)], _FLOOR) for e in curve.errors.values()])
+    if values.size:
+        lo, hi = float(values.min()), float(values.max())
+        mid = np.sqrt(lo * hi)
+        if hi / lo < 1e4:
+            lo, hi = mid / 100, mid * 100
+        ax.set_ylim(max(lo / 3, _FLOOR / 3), hi * 3)
     ax.axvline(1e-7, color="grey", linestyle=":", linewidth=1.2, label="h = 1e-7, the customary step")
     ax.set_xlabel("relative step h  (the entry moves by h * max(1, |x|))")
     ax.set_ylabel("relative error of the central difference")

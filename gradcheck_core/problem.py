@@ -22,12 +22,15 @@ from . import differences as fd
 from .flatten import Flat
 from .options import Options
 
-__all__ = ["ROUNDOFF_SAFETY", "TRUNCATION_SAFETY", "Problem", "ScalarFunction"]
+__all__ = ["FLAT_STEPS", "ROUNDOFF_SAFETY", "TRUNCATION_SAFETY", "Problem", "ScalarFunction", "flat_slope"]
 
 # Round-off bounds from the noise estimate are multiplied by this: the noise
 # figure is a standard deviation, a bound must hold for every coordinate.
 ROUNDOFF_SAFETY = 8.0
 TRUNCATION_SAFETY = 2.0
+# Relative steps of the flatness probe (:meth:`Problem.flat_slope`): above float32
+# resolution, so that a float32 input does not look flat merely by rounding.
+FLAT_STEPS = (1e-5, 1e-7)
 
 
 class ScalarFunction(Protocol):
@@ -69,6 +72,9 @@ class Problem:
         Draws sampled coordinates and random directions.
     t_eval : float
         Seconds one evaluation of ``fun`` takes.
+    floor : float
+        The rounding error of ``fun``'s own result type at ``f0`` (half an ulp):
+        the resolution below which two values of ``fun`` cannot differ.
     """
 
     fun: ScalarFunction
@@ -80,6 +86,7 @@ class Problem:
     opts: Options
     rng: np.random.Generator
     t_eval: float
+    floor: float = 0.0
 
     def rel_step(self, method: str) -> float:
         """The relative step for ``method``: the user's ``step``, else one chosen from the noise."""
@@ -90,3 +97,72 @@ class Problem:
     def bounds(self, roundoff: np.ndarray, trunc: np.ndarray) -> np.ndarray:
         """Error bounds of numerical estimates from their round-off and truncation errors."""
         return ROUNDOFF_SAFETY * roundoff + TRUNCATION_SAFETY * trunc
+
+    def flat_slope(self, direction: np.ndarray) -> float | None:
+        """:func:`flat_slope` of this problem's function at ``flat.x0``."""
+        return flat_slope(self.fun, self.flat.x0, self.f0, direction, self.floor)
+
+    def moves_faintly(self, direction: np.ndarray) -> bool:
+        """Whether ``fun``, flat at the probe step, first moves by mere ulps at larger steps.
+
+        Steps grow tenfold from the probe step up to a relative 1e-2.  A
+        staircase stays exactly flat and then jumps by a whole stair (thousands
+        of ulps of ``f0``, at least): its zero derivative is right.  A smooth
+        function with a slope too small for the probe first moves by a few
+        ulps: a slope may hide there, to be judged at the larger steps.
+        """
+        x0 = self.flat.x0
+        moved = direction != 0
+        span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
+        ulp = max(self.floor, 0.5 * fd.EPS * abs(self.f0), 1e-300)
+        for rel in (1e-4, 1e-3, 1e-2):
+            t = rel * span
+            change = max(
+                abs(self.fun(x0 + t * direction) - self.f0), abs(self.fun(x0 - t * direction) - self.f0)
+            )
+            if not np.isfinite(change):
+                return False
+            if change > 0:
+                return bool(change <= 1e3 * ulp)
+        return False
+
+    def below_resolution(self, slope: float, direction: np.ndarray) -> bool:
+        """Whether ``slope`` along ``direction`` moves ``fun`` too little for float64 to show.
+
+        Over the probe step the change ``slope * t`` stays below a few ulps of a
+        value of size ``max(1, |f0|)``: a forward pass that underflows or
+        cancels (``1 + erf(x)`` at x = -8.5 is exactly 0) stays flat even though
+        such a slope is right.  Where the function is flat and the analytic
+        slope is this small, nothing can be decided.
+        """
+        x0 = self.flat.x0
+        moved = direction != 0
+        span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
+        return abs(slope) * FLAT_STEPS[0] * span < 4 * fd.EPS * max(1.0, abs(self.f0))
+
+
+def flat_slope(
+    fun: Callable[[np.ndarray], float], x0: np.ndarray, f0: float, direction: np.ndarray, floor: float = 0.0
+) -> float | None:
+    """The error bound of a slope of exactly zero along ``direction``, if ``fun`` is flat there.
+
+    ``fun`` is flat along ``direction`` when it takes exactly ``f0`` at
+    ``x0 +- t direction`` for a probe step ``t`` (no coordinate moving by more
+    than :data:`FLAT_STEPS` relative to its size): a staircase (floor, round,
+    sign) seen inside one stair, or a saturated function.  The slope there is
+    zero up to the output's resolution (``floor``, at least half a float64 ulp
+    of ``f0``) over the step; that bound is returned (None where ``fun``
+    moves, or is not finite, at every probe step).  A staircase's quantisation
+    is not round-off noise: this bound replaces the measured noise, which counts
+    the stairs as noise.
+    """
+    moved = direction != 0
+    if not np.any(moved):
+        return None
+    span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
+    floor = max(floor, 0.5 * fd.EPS * abs(f0))
+    for rel in FLAT_STEPS:
+        t = rel * span
+        if fun(x0 + t * direction) == f0 and fun(x0 - t * direction) == f0:
+            return 2 * floor / t
+    return None

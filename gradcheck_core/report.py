@@ -20,6 +20,9 @@ from .errors import CheckFailed
 __all__ = ["HEADER", "BlockResult", "Finding", "Report", "block_cells", "sorted_blocks"]
 
 FINDING_KINDS = (
+    "non_finite_gradient",
+    "nonzero_on_flat",
+    "mismatch",
     "scale",
     "sign",
     "transpose",
@@ -42,7 +45,9 @@ class Finding:
     kind : str
         ``"scale"``, ``"sign"``, ``"transpose"``, ``"zero_gradient"``,
         ``"missing_term"``, ``"kink"``, ``"nondeterministic"``,
-        ``"low_precision"``, ``"sparse_error"``, ``"inaccurate"``.
+        ``"low_precision"``, ``"sparse_error"``, ``"inaccurate"``,
+        ``"non_finite_gradient"``, ``"nonzero_on_flat"``, ``"mismatch"`` (and
+        others named by the check that adds them, e.g. ``"forward_mode"``).
     block : str or None
         The parameter it concerns, None for the whole check.
     message : str
@@ -71,7 +76,12 @@ class BlockResult:
 
     ``analytic`` and ``numeric`` hold the checked coordinates (``indices``
     says which, as flat indices into the parameter).  ``verdict`` is
-    ``"pass"``, ``"fail"`` or ``"inconclusive"``.
+    ``"pass"``, ``"fail"`` or ``"inconclusive"``.  ``worst_index`` is the most
+    wrong entry of a failing block, None otherwise (in both modes).
+    ``checked_by`` is ``"coordinates"`` (entry by entry: ``n_checked`` of
+    them) or ``"directions"`` (fast mode and forward-mode rows: ``n_checked``
+    directional derivatives, plus the entries localisation compared one by
+    one, in ``indices``).
     """
 
     name: str
@@ -276,8 +286,20 @@ def sorted_blocks(report: Report) -> list[BlockResult]:
     return sorted(report.blocks, key=lambda b: _ORDER.get(b.verdict, 1))
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _checked(b: BlockResult) -> str:
-    return f"{b.n_checked}/{b.size}" if b.checked_by == "coordinates" else f"{b.n_checked} dirs"
+    """``12/20`` entries; in fast mode ``3 directions, 12 entries located``; ``jvp, 1 direction``."""
+    if b.checked_by == "coordinates":
+        return f"{b.n_checked}/{b.size}"
+    text = _count(len(b.directional_analytic), "direction", "directions")
+    if b.name.endswith("(jvp)"):
+        text = f"jvp, {text}"
+    if len(b.indices):
+        text += f", {_count(len(b.indices), 'entry', 'entries')} located"
+    return text
 
 
 def _worst(b: BlockResult) -> str:

@@ -5,7 +5,10 @@
 Parameters whose error bounds swamp the gradient are re-differentiated with
 Richardson at larger steps (:func:`_escalate`); coordinates that break the
 rule are only suspects until Richardson and one-sided differences confirm
-them (or find a kink).
+them (or find a kink).  Coordinates with an exactly zero derivative on either
+side are probed for flatness first (:func:`_probe_flat`: a staircase seen
+inside one stair, a saturated region), and non-finite analytic entries are
+wrong whatever the differences say.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from .problem import ROUNDOFF_SAFETY, Problem
 from .report import BlockResult
 from .tolerance import block_result, tolerance, undecidable
 
-__all__ = ["REFINE_TOTAL", "run_full"]
+__all__ = ["FLAT_PROBES", "REFINE_TOTAL", "run_full"]
 
 # Suspect coordinates looked at again with Richardson, over the whole check
 # (per parameter: Options.max_refine).
 REFINE_TOTAL = 400
+# Coordinates probed for flatness (a staircase, a saturated function), over the whole check.
+FLAT_PROBES = 400
 
 
 def _indices(flat: Flat, sample: int | None, rng: np.random.Generator) -> list[np.ndarray]:
@@ -101,8 +106,14 @@ def _judge(
         _complex_sanity(ctx, idx, numeric)
     err = ctx.bounds(roundoff, trunc)
     a = ctx.analytic[idx]
-    scale = float(np.max(np.abs(a))) if len(a) else 0.0
+    # A non-finite analytic entry is wrong whatever finite differences say; the
+    # rest of the comparison runs on the finite entries.
+    broken = ~np.isfinite(a)
+    a = np.where(broken, 0.0, a)
+    finite_a = a[~broken]
+    scale = float(np.max(np.abs(finite_a))) if len(finite_a) else 0.0
     scale = max(scale, float(np.nanmax(np.abs(numeric))) if np.isfinite(numeric).any() else 0.0)
+    flat_at, faint = _probe_flat(ctx, idx, a, numeric, err, scale, broken)
 
     # Blocks whose error bounds swamp the gradient: try Richardson at larger steps.
     r_default = fd.relative_step("richardson", ctx.noise_rel)
@@ -111,15 +122,28 @@ def _judge(
         for b, block_idx in enumerate(per_block):
             pos = np.searchsorted(idx, block_idx)
             own = float(np.max(np.maximum(np.abs(a[pos]), np.abs(numeric[pos])))) if len(pos) else 0.0
-            unsure = undecidable(a[pos], numeric[pos], err[pos], own)
-            if len(pos) and own > 0 and unsure.mean() > 0.5:
+            unsure = undecidable(a[pos], numeric[pos], err[pos], own) & ~flat_at[pos]
+            if len(pos) and ((own > 0 and unsure.mean() > 0.5) or faint[pos].any()):
+                kept = pos[flat_at[pos]]
+                saved = numeric[kept].copy(), err[kept].copy()
                 r_steps[b] = _escalate(ctx, block_idx, pos, numeric, err) or r_default
+                # A flat entry stays flat (the larger steps cross stairs) unless it
+                # moves faintly and the larger steps see a clear slope there: a
+                # gradient too small for the probe, which the refinement judges.
+                clear = faint[kept] & (numeric[kept] != 0) & (err[kept] <= 0.25 * np.abs(numeric[kept]))
+                flat_at[kept[clear]] = False
+                faint[kept[clear]] = False
+                keep = kept[~clear]
+                numeric[keep], err[keep] = saved[0][~clear], saved[1][~clear]
     kink = np.zeros(len(idx), dtype=bool)
-    bad = np.zeros(len(idx), dtype=bool)
     unconfirmed = np.zeros(len(idx), dtype=bool)
     tol = tolerance(a, numeric, err, opts.rtol, opts.atol)
     lost = ~np.isfinite(numeric)  # the loss was not finite at a step: look closer
-    suspect = (np.abs(a - numeric) > tol) | lost
+    suspect = ((np.abs(a - numeric) > tol) | lost) & ~flat_at & ~broken
+    # Flat entries are judged as they stand: the function does not move within
+    # the probe step, so Richardson at larger steps would only measure stairs.
+    hidden = _below_resolution(ctx, idx, a, flat_at)
+    bad = (flat_at & ~hidden & (np.abs(a - numeric) > tol)) | broken
     budget = REFINE_TOTAL
     for block_idx, r_rel in zip(per_block, r_steps):
         pos = np.searchsorted(idx, block_idx)
@@ -156,7 +180,8 @@ def _judge(
                 # Not differentiable here: no value is right or wrong.
                 kink[p] = True
                 numeric[p] = ref.left if abs(a[p] - ref.left) < abs(a[p] - ref.right) else ref.right
-    unsure = undecidable(a, numeric, err, scale) | unconfirmed
+    unsure = (undecidable(a, numeric, err, scale) & ~flat_at) | unconfirmed | hidden | (faint & flat_at)
+    a = np.where(broken, ctx.analytic[idx], a)
     blocks = []
     for leaf, block_idx in zip(flat.leaves, per_block):
         pos = np.searchsorted(idx, block_idx)
@@ -173,6 +198,57 @@ def _judge(
             )
         )
     return blocks, method, rel
+
+
+def _probe_flat(
+    ctx: Problem,
+    idx: np.ndarray,
+    a: np.ndarray,
+    numeric: np.ndarray,
+    err: np.ndarray,
+    scale: float,
+    broken: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates where the function is flat (a stair, a saturated region); sets their estimates.
+
+    Looked at: coordinates where the analytic or numerical derivative is exactly
+    zero and the sweep could not confirm the agreement (a gap, or an error bound
+    that swamps the entry).  Where the function does not move within the probe
+    step, the numerical derivative is exactly 0 with the output's resolution as
+    its error bound (:meth:`Problem.flat_slope`).  Also returns which flat
+    coordinates with a zero analytic entry move faintly at larger steps
+    (:meth:`Problem.moves_faintly`): there a tiny slope may hide.
+    """
+    flat_at = np.zeros(len(idx), dtype=bool)
+    faint = np.zeros(len(idx), dtype=bool)
+    tol = tolerance(a, numeric, err, ctx.opts.rtol, ctx.opts.atol)
+    looked = ((a == 0) | (numeric == 0)) & ~broken
+    looked &= (np.abs(a - numeric) > tol) | ~np.isfinite(numeric) | undecidable(a, numeric, err, scale)
+    direction = np.zeros(ctx.flat.n)
+    for p in np.flatnonzero(looked)[:FLAT_PROBES]:
+        direction[idx[p]] = 1.0
+        bound = ctx.flat_slope(direction)
+        direction[idx[p]] = 0.0
+        # Taken where it decides: a zero analytic entry, or one the bound is small next to.
+        if bound is not None and (a[p] == 0 or ROUNDOFF_SAFETY * bound <= 0.25 * abs(a[p])):
+            flat_at[p] = True
+            numeric[p], err[p] = 0.0, ROUNDOFF_SAFETY * bound
+            if a[p] == 0:
+                direction[idx[p]] = 1.0
+                faint[p] = ctx.moves_faintly(direction)
+                direction[idx[p]] = 0.0
+    return flat_at, faint
+
+
+def _below_resolution(ctx: Problem, idx: np.ndarray, a: np.ndarray, flat_at: np.ndarray) -> np.ndarray:
+    """Flat coordinates whose nonzero analytic slope float64 could not show (undecidable)."""
+    hidden = np.zeros(len(idx), dtype=bool)
+    direction = np.zeros(ctx.flat.n)
+    for p in np.flatnonzero(flat_at & (a != 0)):
+        direction[idx[p]] = 1.0
+        hidden[p] = ctx.below_resolution(float(a[p]), direction)
+        direction[idx[p]] = 0.0
+    return hidden
 
 
 def _escalate(

@@ -84,6 +84,8 @@ def block_result(
         verdict = "inconclusive"
     else:
         verdict = "pass"
+    if verdict != "fail":  # the worst entry of a block that is not wrong means nothing
+        worst = None
     return BlockResult(
         name=leaf.name,
         shape=leaf.shape,

@@ -51,9 +51,12 @@ def test_gradient_with_missing_keys_lists_what_it_has() -> None:
         )
 
 
-def test_nan_in_gradient() -> None:
-    with pytest.raises(gc.GradcheckError, match="nan"):
-        gc.check(ok_loss, {"W": W}, {"W": np.full((3, 2), np.nan)})
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_nan_in_gradient_is_a_failure_that_says_so(mode: str) -> None:
+    report = gc.check(ok_loss, {"W": W}, {"W": np.full((3, 2), np.nan)}, mode=mode)
+    assert report.verdict == "fail"
+    (finding,) = report.findings_of("non_finite_gradient")
+    assert finding.block == "W" and finding.detail["n_bad"] == 6
 
 
 def test_integer_parameters() -> None:

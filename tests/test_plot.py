@@ -192,3 +192,25 @@ def test_step_errors_float32_model_gives_two_curves() -> None:
     e64 = curve.best("float64 loss")[1]
     assert e64 < 1e-8 and e64 < e32
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_flat_error_is_drawn_flat() -> None:
+    # a gradient off by a factor 2: the relative error is 0.5 at every step
+    x = np.array([0.4, -1.2, 0.9])
+    fig = plot.step_curve(lambda p: float(np.sum(np.sin(p))), x, lambda p: 2 * np.cos(p))
+    (label,) = fig.step_curve.errors
+    assert fig.step_curve.is_flat(label)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert np.log10(high / low) >= 4  # not stretched to 0.4988-0.5002
+    assert not [line for line in ax.get_lines() if line.get_marker() == "*"]  # no "best" step
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("at every step" in t for t in legend)
+
+
+def test_a_correct_gradient_keeps_its_v_and_star() -> None:
+    x = np.array([0.4, -1.2, 0.9])
+    fig = plot.step_curve(lambda p: float(np.sum(np.sin(p))), x, lambda p: np.cos(p))
+    (label,) = fig.step_curve.errors
+    assert not fig.step_curve.is_flat(label)
+    assert [line for line in fig.axes[0].get_lines() if line.get_marker() == "*"]
