@@ -24,6 +24,7 @@ from .fast import run_fast
 from .options import Options
 from .problem import Problem
 from .report import Finding, Report
+from .second_order import run_second_order
 from .sweep import run_full
 from .tolerance import rel_error
 
@@ -89,6 +90,9 @@ def check(
     progress: bool | None = None,
     executor: Executor | None = None,
     directions: int = 3,
+    order: int = 1,
+    hessian: Any = None,
+    hvp: Callable[..., Any] | None = None,
 ) -> Report:
     """Check a gradient against finite differences.
 
@@ -134,6 +138,17 @@ def check(
         Dask client's executor).
     directions : int
         Random directions per parameter in fast mode.
+    order : {1, 2}
+        ``2`` checks the Hessian instead of the gradient: for a random
+        direction ``w``, the Hessian-vector product ``H w`` (autodiff double
+        backward, or ``hessian=``/``hvp=``) against finite differences of the
+        gradient ``<grad L, w>`` (the framework's, or ``grad=`` as a function).
+    hessian : array or callable, optional
+        With ``order=2``: the Hessian as an ``(n, n)`` matrix in flatten order,
+        or a function called like the loss returning one.
+    hvp : callable, optional
+        With ``order=2``: ``hvp(p, w)`` (``hvp(w)`` for a loss without
+        argument) returning the Hessian-vector product, ``w`` shaped like ``params``.
 
     Returns
     -------
@@ -159,6 +174,9 @@ def check(
         progress=progress,
         executor=executor,
         directions=directions,
+        order=order,
+        hessian=hessian,
+        hvp=hvp,
     )
     return run_check(loss, params, grad, opts)
 
@@ -167,6 +185,8 @@ def run_check(
     loss: Any, params: Any, grad: Any, opts: Options, what: str = "gradient", adapter: Any = None
 ) -> Report:
     """:func:`check` with validated options (``adapter``: default, the one of ``params``)."""
+    if opts.order == 2:
+        return run_second_order(loss, params, grad, opts, adapter, run_check)
     start = time.perf_counter()
     with prepared(loss, params, opts, adapter) as (adapter, target, fun):
         flat = target.flat

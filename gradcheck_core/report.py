@@ -30,6 +30,8 @@ FINDING_KINDS = (
     "low_precision",
     "sparse_error",
     "inaccurate",
+    "not_twice_differentiable",
+    "hessian_entry",
 )
 
 
