@@ -148,7 +148,8 @@ def check(
         or a function called like the loss returning one.
     hvp : callable, optional
         With ``order=2``: ``hvp(p, w)`` (``hvp(w)`` for a loss without
-        argument) returning the Hessian-vector product, ``w`` shaped like ``params``.
+        argument) returning the Hessian-vector product; ``w`` has the
+        structure of ``params``, holding float64 numpy arrays.
 
     Returns
     -------

@@ -32,6 +32,8 @@ FINDING_KINDS = (
     "inaccurate",
     "not_twice_differentiable",
     "hessian_entry",
+    "batched_grad",
+    "grad_dtype",
 )
 
 

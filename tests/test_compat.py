@@ -206,3 +206,29 @@ def test_tolerances_are_added_to_the_bound() -> None:
     assert theirs is True and ours is True
     assert compat.gradcheck(Off.apply, (x,), rtol=1e-6, raise_exception=False) is False
     assert gc.check_function(Off.apply, x).verdict == "fail"
+
+
+def test_batched_grad_and_fast_mode() -> None:
+    class NumpyBackward(torch.autograd.Function):
+        """Right derivatives, but the backward leaves torch: it cannot run under vmap."""
+
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[no-untyped-def]
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            return torch.from_numpy(g.detach().numpy() * 2)
+
+    torch.manual_seed(0)
+    x = _x(3)
+    theirs, ours = _both("gradcheck", NumpyBackward.apply, (x,))
+    assert theirs is True and ours is True
+    theirs, ours = _both("gradcheck", NumpyBackward.apply, (x,), check_batched_grad=True)
+    assert isinstance(theirs, torch_gradcheck.GradcheckError)
+    assert isinstance(ours, torch_gradcheck.GradcheckError)
+    assert ours.report.findings_of("batched_grad")  # type: ignore[attr-defined]
+    inputs = (_x(4, 3), _x(2, 3), _x(2))
+    theirs, ours = _both("gradcheck", LinearFunction.apply, inputs, fast_mode=True)
+    assert theirs is True and ours is True
+    assert compat.gradcheck(WrongBias.apply, inputs, fast_mode=True, raise_exception=False) is False
