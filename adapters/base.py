@@ -166,6 +166,48 @@ class Adapter:
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
         return [np.asarray(self.to_numpy(o)) for o in outs]
 
+    # -- second order -----------------------------------------------------------
+    def directional_gradient(
+        self, loss: Callable[..., Any], params: Any, w: np.ndarray
+    ) -> Callable[..., Any]:
+        """``<grad loss, w>`` as a differentiable loss of this framework, called like ``loss``.
+
+        Its autodiff gradient is the Hessian-vector product ``H w`` (double
+        backward); its values at perturbed points are the projected gradient
+        that finite differences differentiate.  ``w`` is a flat float64 vector
+        in the flatten order of ``params``.
+        """
+        raise InputError(
+            f"{self.name} has no automatic differentiation, so order=2 needs your gradient as "
+            "grad= (a function called like the loss) and your Hessian as hessian= (a matrix or "
+            "a function returning one) or hvp= (hvp(p, w) returning the Hessian-vector product)."
+        )
+
+    def hvp_function(self, loss: Callable[..., Any], params: Any, w: np.ndarray) -> Callable[..., Any] | None:
+        """A cheaper ``H w`` than differentiating :meth:`directional_gradient`, called like ``loss``.
+
+        None (the default) means: differentiate the directional gradient
+        (reverse over reverse).  JAX returns forward over reverse.
+        """
+        return None
+
+    def vjp_function(
+        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+    ) -> tuple[Callable[..., Any], list[Any], list[int]]:
+        """The VJP of ``fn`` as a differentiable function of this framework.
+
+        Returns ``(vjp_fn, extra, floating)``: ``vjp_fn(*inputs, *extra)``
+        returns the VJP for each floating input (positions ``floating``),
+        where ``extra`` holds one cotangent (a framework value made from
+        ``cotangents``) per floating output.  A backward pass that cannot be
+        differentiated raises :class:`~gradcheck_core.errors.NotTwiceDifferentiable`
+        when ``vjp_fn`` is called.
+        """
+        raise InputError(
+            f"{self.name} has no automatic differentiation, so the derivatives of a VJP "
+            "(check_function with order=2) cannot be computed."
+        )
+
 
 def _any_array(value: Any) -> bool:
     """Leaf test for gradient values, which may come from any framework."""

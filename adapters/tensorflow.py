@@ -304,6 +304,72 @@ class TensorFlowAdapter(Adapter):
             ) from exc
         return result
 
+    # -- second order -------------------------------------------------------------
+    def directional_gradient(
+        self, loss: Callable[..., Any], params: Any, w: np.ndarray
+    ) -> Callable[..., Any]:
+        """``<grad loss, w>`` from an inner ``GradientTape``, called like ``loss``.
+
+        The tape of the check around it records the inner gradient, so its
+        gradient is the Hessian-vector product (nested tapes).
+        """
+        pieces = self.flatten(params).split(w)
+        if takes_argument(loss):
+            return lambda p: projected_gradient(lambda: loss(p), list(self.flatten(p).values), pieces)
+        variables = list(self.flatten(params).values)
+        return lambda: projected_gradient(loss, variables, pieces)
+
+    def vjp_function(
+        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+    ) -> tuple[Callable[..., Any], list[Any], list[int]]:
+        """The VJP of ``fn`` as a TensorFlow function of the inputs and the cotangents."""
+        n = len(inputs)
+        floating = [i for i, x in enumerate(inputs) if _float64_tensor(x).dtype.is_floating]
+        slots = [k for k, u in enumerate(cotangents) if u is not None]
+        extra = [tf.constant(np.asarray(cotangents[k], dtype=np.float64)) for k in slots]
+
+        def vjp_of_fn(*args: Any) -> tuple[Any, ...]:
+            xs = [_float64_tensor(x) for x in args[:n]]
+            wrt = [xs[i] for i in floating]
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                for x in wrt:
+                    tape.watch(x)
+                out = fn(*xs)
+            outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            targets = [outs[k] for k in slots]
+            weights = [tf.cast(tf.reshape(u, tf.shape(o)), o.dtype) for u, o in zip(args[n:], targets)]
+            grads = tape.gradient(
+                targets, wrt, output_gradients=weights, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            return tuple(grads)
+
+        return vjp_of_fn, extra, floating
+
+
+def projected_gradient(loss: Callable[[], Any], leaves: list[Any], pieces: list[np.ndarray]) -> Any:
+    """``<d loss() / d leaves, w>`` with the inner gradient recorded by any enclosing tape.
+
+    Parameters
+    ----------
+    loss : callable
+        Reads ``leaves`` (tensors or variables) and returns a scalar tensor.
+    leaves : list
+        What to differentiate with respect to.
+    pieces : list of numpy.ndarray
+        ``w``, one array per leaf.
+    """
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        for t in leaves:
+            tape.watch(t)
+        out = loss()
+    _require_tensor(out)
+    grads = tape.gradient(out, leaves, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    terms = [
+        tf.reduce_sum(g * tf.constant(piece.reshape(tuple(g.shape)), dtype=g.dtype))
+        for g, piece in zip(grads, pieces)
+    ]
+    return tf.add_n(terms)
+
 
 # -- helpers ----------------------------------------------------------------------
 def module_variables(module: tf.Module) -> dict[str, tf.Variable]:

@@ -25,6 +25,7 @@ from .fast import confirms, run_fast
 from .options import Options
 from .problem import Problem
 from .report import Finding, Report
+from .second_order import run_second_order
 from .sweep import run_full
 from .tolerance import rel_error
 
@@ -160,6 +161,9 @@ def check(
     progress: bool | None = None,
     executor: Executor | str | None = None,
     directions: int = 3,
+    order: int = 1,
+    hessian: Any = None,
+    hvp: Callable[..., Any] | None = None,
 ) -> Report:
     """Check a gradient against finite differences.
 
@@ -207,6 +211,18 @@ def check(
         worker reaches the caller as it is.
     directions : int
         Random directions per parameter in fast mode.
+    order : {1, 2}
+        ``2`` checks the Hessian instead of the gradient: for a random
+        direction ``w``, the Hessian-vector product ``H w`` (autodiff double
+        backward, or ``hessian=``/``hvp=``) against finite differences of the
+        gradient ``<grad L, w>`` (the framework's, or ``grad=`` as a function).
+    hessian : array or callable, optional
+        With ``order=2``: the Hessian as an ``(n, n)`` matrix in flatten order,
+        or a function called like the loss returning one.
+    hvp : callable, optional
+        With ``order=2``: ``hvp(p, w)`` (``hvp(w)`` for a loss without
+        argument) returning the Hessian-vector product; ``w`` has the
+        structure of ``params``, holding float64 numpy arrays.
 
     Returns
     -------
@@ -232,6 +248,9 @@ def check(
         progress=progress,
         executor=executor,
         directions=directions,
+        order=order,
+        hessian=hessian,
+        hvp=hvp,
     )
     return run_check(loss, params, grad, opts)
 
@@ -240,6 +259,8 @@ def run_check(
     loss: Any, params: Any, grad: Any, opts: Options, what: str = "gradient", adapter: Any = None
 ) -> Report:
     """:func:`check` with validated options (``adapter``: default, the one of ``params``)."""
+    if opts.order == 2:
+        return run_second_order(loss, params, grad, opts, adapter, run_check)
     start = time.perf_counter()
     _check_loss_callable(loss)
     with prepared(loss, params, opts, adapter) as (adapter, target, fun):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckFailed", "GradcheckError", "InputError"]
+__all__ = ["CheckFailed", "GradcheckError", "InputError", "NotTwiceDifferentiable"]
 
 
 class GradcheckError(AssertionError):
@@ -26,3 +26,7 @@ class CheckFailed(GradcheckError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class NotTwiceDifferentiable(InputError):
+    """A backward pass that cannot itself be differentiated, met by a second-order check."""

@@ -21,6 +21,7 @@ from .errors import InputError
 from .options import Options
 from .problem import flat_slope
 from .report import BlockResult, Finding, Report
+from .second_order import run_function_second_order
 from .tolerance import rel_error
 
 __all__ = ["check_function", "check_loss", "merge_reports"]
@@ -85,12 +86,21 @@ def check_function(
         ``vjp(cotangents, *inputs)`` returning one gradient per input, for
         frameworks without autodiff (numpy).
     **options
-        As for :func:`check`.
+        As for :func:`check`.  ``order=2`` checks the derivatives of the VJP
+        itself, with respect to the inputs and the cotangents (as
+        ``torch.autograd.gradgradcheck`` does); see
+        :func:`gradcheck_core.second_order.run_function_second_order`.
     """
     from .adapters import detect
 
     if not inputs:
         raise InputError("check_function needs at least one input: check_function(fn, x, ...).")
+    if options.get("order", 1) != 1:
+        order = options.pop("order")
+        Options(order=order)  # validates it
+        if vjp is not None:
+            raise InputError("order=2 differentiates the framework's VJP; it cannot be combined with vjp=.")
+        return run_function_second_order(fn, inputs, options, check_function)
     from .adapters import framework_of
 
     # Python numbers are constants of the function, not inputs to differentiate.

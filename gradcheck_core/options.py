@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,9 @@ class Options:
         progress: bool | None = None,
         executor: Executor | str | None = None,
         directions: int = 3,
+        order: int = 1,
+        hessian: Any = None,
+        hvp: Callable[..., Any] | None = None,
         max_refine: int = REFINE_PER_BLOCK,
     ) -> None:
         if mode not in MODES:
@@ -94,6 +99,20 @@ class Options:
                 "ThreadPoolExecutor, a ProcessPoolExecutor, a Dask client's get_executor()), or "
                 "executor='threads' for a thread pool made for the check."
             )
+        if order not in (1, 2) or isinstance(order, bool):
+            raise InputError(
+                f"order={order!r} must be 1 (the gradient) or 2 (the Hessian, through Hessian-vector products)."
+            )
+        if hessian is not None and hvp is not None:
+            raise InputError("pass the second derivative once: hessian= or hvp=, not both.")
+        if (hessian is not None or hvp is not None) and order != 2:
+            raise InputError(
+                f"{'hessian' if hessian is not None else 'hvp'}= is a second derivative: use it with order=2."
+            )
+        if hvp is not None and not callable(hvp):
+            raise InputError(
+                f"hvp= must be a function hvp(p, w) returning the Hessian-vector product, not a {type(hvp).__name__}."
+            )
         self.mode = mode
         self.method = method
         self.step = step
@@ -105,6 +124,9 @@ class Options:
         self.progress = progress
         self.executor = executor
         self.directions = directions
+        self.order = order
+        self.hessian = hessian
+        self.hvp = hvp
         self.max_refine = int(max_refine)
 
 

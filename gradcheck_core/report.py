@@ -33,6 +33,10 @@ FINDING_KINDS = (
     "low_precision",
     "sparse_error",
     "inaccurate",
+    "not_twice_differentiable",
+    "hessian_entry",
+    "batched_grad",
+    "grad_dtype",
 )
 
 

@@ -25,6 +25,9 @@ from gradcheck_core.flatten import Flat
 from ..base import Adapter, Target, python_rng_states, takes_argument
 from .autodiff import differentiable, forget_jit, is_float0, jit_once, seed_like
 from .callbacks import raise_if_users
+from .autodiff import directional_gradient as _directional_gradient
+from .autodiff import hvp_function as _hvp_function
+from .autodiff import vjp_function as _vjp_function
 from .pytrees import expand
 from .runner import Runner
 from .x64_mode import x64
@@ -214,6 +217,29 @@ class JaxAdapter(Adapter):
                 np.zeros(np.shape(t)) if is_float0(t) else np.asarray(t, dtype=np.float64)
                 for t in jax.tree_util.tree_leaves(out_tangents)
             ]
+
+    # -- second order ----------------------------------------------------------
+    def directional_gradient(
+        self, loss: Callable[..., Any], params: Any, w: np.ndarray
+    ) -> Callable[..., Any]:
+        """``<jax.grad(loss), w>`` (see :func:`.autodiff.directional_gradient`)."""
+        if not takes_argument(loss):
+            return loss  # refused by target() with the reason and the remedy
+        return _directional_gradient(self.flatten(params), loss, w)
+
+    def hvp_function(self, loss: Callable[..., Any], params: Any, w: np.ndarray) -> Callable[..., Any] | None:
+        """``p -> H(p) w`` by forward over reverse (see :func:`.autodiff.hvp_function`)."""
+        if not takes_argument(loss):
+            return None
+        return _hvp_function(self.flatten(params), loss, w)
+
+    def vjp_function(
+        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+    ) -> tuple[Callable[..., Any], list[Any], list[int]]:
+        """The VJP of ``fn`` as a JAX function (see :func:`.autodiff.vjp_function`)."""
+        vjp_fn, extra, floating = _vjp_function(fn, inputs, cotangents)
+        with x64():
+            return vjp_fn, [jax.numpy.asarray(u) for u in extra], floating
 
 
 ADAPTER = JaxAdapter()

@@ -20,8 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradcheck_core.errors import InputError
+from gradcheck_core.flatten import Flat
 
-__all__ = ["differentiable", "forget_jit", "is_float0", "jit_once", "seed_like"]
+__all__ = [
+    "differentiable",
+    "directional_gradient",
+    "forget_jit",
+    "hvp_function",
+    "is_float0",
+    "jit_once",
+    "seed_like",
+    "vjp_function",
+]
 
 _COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -147,3 +157,101 @@ def differentiable(
         return fn(*full)
 
     return args, pos, f
+
+
+# -- second order ------------------------------------------------------------------
+
+
+def _scalar(loss: Callable[..., Any]) -> Callable[[Any], Any]:
+    def scalar(p: Any) -> Any:
+        return jnp.reshape(loss(p), ())
+
+    return scalar
+
+
+def _dot(a: Any, b: Any) -> Any:
+    terms = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: jnp.sum(x * y), a, b))
+    return sum(terms, jnp.zeros(()))
+
+
+def directional_gradient(flat: Flat, loss: Callable[..., Any], w: np.ndarray) -> Callable[[Any], Any]:
+    """``<jax.grad(loss)(p), w>``: its ``jax.grad`` is the Hessian-vector product (reverse over reverse).
+
+    Parameters
+    ----------
+    flat : Flat
+        The flattened parameters; ``w`` is a vector in its order.
+    loss : callable
+        ``loss(p)``.
+    w : numpy.ndarray
+        The direction.
+    """
+    w_tree = flat.unravel(w)
+
+    def projected(p: Any) -> Any:
+        return _dot(jax.grad(_scalar(loss))(p), w_tree)
+
+    return projected
+
+
+def hvp_function(flat: Flat, loss: Callable[..., Any], w: np.ndarray) -> Callable[[Any], Any]:
+    """``p -> H(p) w`` by forward over reverse (``jax.jvp`` of ``jax.grad``).
+
+    A loss built on a ``jax.custom_vjp`` function has no forward mode: there
+    the product comes from reverse over reverse (``jax.grad`` of ``<grad, w>``).
+    """
+    w_tree = flat.unravel(w)
+
+    def product(p: Any) -> Any:
+        tangent = jax.tree_util.tree_map(lambda x, v: jnp.asarray(v, dtype=jnp.result_type(x)), p, w_tree)
+        try:
+            return jax.jvp(jax.grad(_scalar(loss)), (p,), (tangent,))[1]
+        except TypeError as exc:
+            if "custom_vjp" not in str(exc):
+                raise
+            return jax.grad(directional_gradient(flat, loss, w))(p)
+
+    return product
+
+
+def vjp_function(
+    fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+) -> tuple[Callable[..., Any], list[Any], list[int]]:
+    """The VJP of ``fn`` as a JAX function of the inputs and the cotangents.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*inputs)``, any pytree of arrays out.
+    inputs : list
+        Its arguments.
+    cotangents : list of numpy.ndarray or None
+        One per output leaf; None for outputs that are not floating.
+
+    Returns
+    -------
+    vjp_fn, extra, floating
+        ``vjp_fn(*inputs, *extra)`` returns the VJP for each floating input
+        (positions ``floating``); ``extra`` holds the cotangents of the
+        floating outputs as float64 arrays.
+    """
+    n = len(inputs)
+    floating = [i for i, a in enumerate(inputs) if _is_floating(a)]
+    slots = [k for k, u in enumerate(cotangents) if u is not None]
+    extra = [np.asarray(cotangents[k], dtype=np.float64) for k in slots]
+
+    def vjp_of_fn(*args: Any) -> tuple[Any, ...]:
+        xs, us = list(args[:n]), args[n:]
+        _, pos, f = differentiable(fn, xs)
+        out, pullback = jax.vjp(f, *[jnp.asarray(xs[i], dtype=jnp.float64) for i in pos])
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        given = dict(zip(slots, us))
+        cts = [
+            jnp.reshape(jnp.asarray(given[k], dtype=leaf.dtype), jnp.shape(leaf))
+            if k in given
+            else seed_like(leaf, None)
+            for k, leaf in enumerate(leaves)
+        ]
+        return tuple(pullback(jax.tree_util.tree_unflatten(treedef, cts)))
+
+    return vjp_of_fn, extra, floating

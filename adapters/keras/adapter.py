@@ -23,6 +23,7 @@ from gradcheck_core.flatten import Flat
 
 from ..base import Adapter, Target, python_rng_states, takes_argument
 from ..detection import framework_of, to_numpy
+from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import grad_of_tensors, grad_of_variables
 from .float64 import Settings, float64_clone, float64_settings
 from .losses import float64_loss, reduce_values
@@ -384,6 +385,13 @@ class KerasAdapter(Adapter):
             pieces.append(g[start : start + size].reshape(tuple(ops.shape(x))))
             start += size
         return pieces
+
+    # -- second order -------------------------------------------------------------
+    def directional_gradient(
+        self, loss: Callable[..., Any], params: Any, w: np.ndarray
+    ) -> Callable[..., Any]:
+        """``<grad loss, w>`` by nested tapes (see :func:`.autodiff.directional_gradient`)."""
+        return _directional_gradient(loss, takes_argument(loss), _is_layer(params), self.flatten, params, w)
 
 
 def _rebuild(flat: Flat, tensors: list[Any]) -> Any:

@@ -147,3 +147,51 @@ def grad_of_variables(call: Callable[[], Any], variables: list[Any]) -> np.ndarr
 
         return grad_of_tensors(through_scope, values)
     raise _no_autodiff()
+
+
+def directional_gradient(
+    loss: Callable[..., Any],
+    functional: bool,
+    is_layer: bool,
+    flatten: Callable[[Any], Any],
+    params: Any,
+    w: np.ndarray,
+) -> Callable[..., Any]:
+    """``<grad loss, w>`` for ``check(..., order=2)``, called like ``loss``.
+
+    On the TensorFlow backend the gradient comes from an inner
+    ``GradientTape`` that the check's own tape records (nested tapes), so its
+    gradient is the Hessian-vector product.  Other backends raise.
+
+    Parameters
+    ----------
+    loss : callable
+        The user's loss.
+    functional : bool
+        Whether it takes an argument.
+    is_layer : bool
+        Whether ``params`` is a model or layer (then ``loss`` receives one).
+    flatten : callable
+        The adapter's flatten (structure -> Flat).
+    params : Any
+        The parameters.
+    w : numpy.ndarray
+        The direction, in flatten order.
+    """
+    if backend() != "tensorflow":
+        raise InputError(
+            f"order=2 with Keras runs on the tensorflow backend (nested GradientTapes); this Keras "
+            f"runs on {backend()}. Set KERAS_BACKEND=tensorflow, or check the Hessian of the "
+            "same model written in the backend itself (torch or jax)."
+        )
+    from ..tensorflow import projected_gradient
+
+    pieces = flatten(params).split(w)
+    if functional and is_layer:
+        return lambda model: projected_gradient(
+            lambda: loss(model), [v.value for v in model.trainable_weights], pieces
+        )
+    if functional:
+        return lambda p: projected_gradient(lambda: loss(p), list(flatten(p).values), pieces)
+    handles = [v.value for v in flatten(params).values]
+    return lambda: projected_gradient(loss, handles, pieces)

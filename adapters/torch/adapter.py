@@ -37,8 +37,10 @@ from gradcheck_core.flatten import Flat
 from ..base import Adapter, RngState, Target, python_rng_states, takes_argument
 from .autodiff import _gradient_of, _scalar_tensor
 from .autodiff import call as _call
+from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import jvp as _jvp
 from .autodiff import vjp as _vjp
+from .autodiff import vjp_function as _vjp_function
 from .batching import _Batched
 from .float64 import Promotion, _has_float64, _precision, _tensor, _work_dtype, float64_scope
 from .state import _check_in_place, _contains_module, _module_params, _modules_in, _Snapshot, torch_rng_states
@@ -308,6 +310,19 @@ class TorchAdapter(Adapter):
     ) -> list[np.ndarray]:
         """Jacobian-vector products ``J v`` of ``fn`` by forward-mode AD (see :func:`.autodiff.jvp`)."""
         return _jvp(self, fn, inputs, tangents)
+
+    # -- second order --------------------------------------------------------------
+    def directional_gradient(
+        self, loss: Callable[..., Any], params: Any, w: np.ndarray
+    ) -> Callable[..., Any]:
+        """``<grad loss, w>`` with a double-backward gradient (see :func:`.autodiff.directional_gradient`)."""
+        return _directional_gradient(self, loss, params, w)
+
+    def vjp_function(
+        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+    ) -> tuple[Callable[..., Any], list[Any], list[int]]:
+        """The VJP of ``fn`` as a differentiable function (see :func:`.autodiff.vjp_function`)."""
+        return _vjp_function(self, fn, inputs, cotangents)
 
 
 class _LossOfModule(torch.nn.Module):

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradcheck_core.errors import InputError
+from gradcheck_core.errors import InputError, NotTwiceDifferentiable
 
-from ..base import Adapter
+from ..base import Adapter, takes_argument
 from .float64 import _promotable, _work_dtype, float64_scope
 
-__all__ = ["call", "jvp", "vjp"]
+__all__ = ["call", "directional_gradient", "jvp", "vjp", "vjp_function"]
 
 
 def _scalar_tensor(out: Any) -> torch.Tensor:
@@ -149,7 +149,8 @@ def vjp(
     for x in xs:
         g = by_input.get(id(x)) if isinstance(x, torch.Tensor) else None
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else np.shape(x)
-        result.append(np.zeros(shape) if g is None else np.asarray(adapter.to_numpy(g), dtype=np.float64))
+        zero = g is None or g._is_zerotensor()  # a ZeroTensor: torch's symbolic zeros
+        result.append(np.zeros(shape) if zero else np.asarray(adapter.to_numpy(g), dtype=np.float64))
     return result
 
 
@@ -228,3 +229,111 @@ def _dual_level() -> Iterator[None]:
             importlib.import_module("torch._decomp.decompositions_for_jvp")
     with fwad.dual_level():
         yield
+
+
+# -- second order ------------------------------------------------------------------
+
+
+def _projected(out: Any, leaves: list[torch.Tensor], pieces: list[np.ndarray]) -> torch.Tensor:
+    """``<grad out, w>`` with the graph of the gradient kept (``create_graph=True``)."""
+    scalar = _scalar_tensor(out)
+    grads = torch.autograd.grad(scalar, leaves, create_graph=True, allow_unused=True)
+    # 0 * sum(leaf) keeps the result attached to every leaf: a loss whose
+    # gradient is constant has a zero Hessian, not an undifferentiable one.
+    total = sum((0.0 * t.sum() for t in leaves), torch.zeros((), dtype=scalar.dtype, device=scalar.device))
+    for g, t, piece in zip(grads, leaves, pieces):
+        if g is not None:
+            total = (
+                total
+                + (g * torch.as_tensor(piece.reshape(tuple(t.shape)), dtype=g.dtype, device=g.device)).sum()
+            )
+    return total
+
+
+def directional_gradient(
+    adapter: Adapter, loss: Callable[..., Any], params: Any, w: np.ndarray
+) -> Callable[..., Any]:
+    """``<grad loss, w>`` as a torch loss called like ``loss`` (see :meth:`Adapter.directional_gradient`).
+
+    Its autograd gradient is a double backward: the Hessian-vector product.
+    """
+    flat = adapter.flatten(params)
+    pieces = flat.split(w)
+    if takes_argument(loss):
+
+        def projected(p: Any) -> torch.Tensor:
+            leaves = list(adapter.flatten(p).values)
+            with torch.enable_grad():
+                for t in leaves:
+                    if not t.requires_grad:
+                        t.requires_grad_(True)  # a fresh tensor made for this evaluation
+                return _projected(loss(p), leaves, pieces)
+
+        return projected
+    tensors: list[torch.Tensor] = list(flat.values)
+
+    def projected_in_place() -> torch.Tensor:
+        flags = [t.requires_grad for t in tensors]
+        try:
+            with torch.enable_grad():
+                for t in tensors:
+                    if not t.requires_grad:
+                        t.requires_grad_(True)
+                return _projected(loss(), tensors, pieces)
+        finally:
+            for t, flag in zip(tensors, flags):
+                if t.requires_grad != flag:
+                    t.requires_grad_(flag)
+
+    return projected_in_place
+
+
+def vjp_function(
+    adapter: Adapter, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+) -> tuple[Callable[..., Any], list[Any], list[int]]:
+    """The VJP of ``fn`` as a differentiable torch function (see :meth:`Adapter.vjp_function`)."""
+    n = len(inputs)
+    floating = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    slots = [k for k, u in enumerate(cotangents) if u is not None]
+    device = next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
+    extra = [torch.as_tensor(np.asarray(cotangents[k]), dtype=torch.float64, device=device) for k in slots]
+
+    def vjp_of_fn(*args: Any) -> tuple[torch.Tensor, ...]:
+        xs, us = list(args[:n]), args[n:]
+        with torch.enable_grad():
+            outs = _as_list(fn(*xs))
+            ys, gs = [], []
+            for k, u in zip(slots, us):
+                o = outs[k]
+                if isinstance(o, torch.Tensor) and o.requires_grad:
+                    ys.append(o)
+                    gs.append(u.to(o.dtype).reshape(o.shape))
+            wrt = [xs[i] for i in floating]
+            grads: Sequence[torch.Tensor | None] = [None] * len(wrt)
+            if ys and any(x.requires_grad for x in wrt):
+                grads = torch.autograd.grad(ys, wrt, grad_outputs=gs, create_graph=True, allow_unused=True)
+        result = []
+        for i, g, x in zip(floating, grads, wrt):
+            if g is None or g._is_zerotensor():  # no dependence: its derivatives are zero
+                result.append(torch.zeros_like(x))
+                continue
+            _require_differentiable(g, x, i)
+            result.append(g)
+        return tuple(result)
+
+    return vjp_of_fn, extra, floating
+
+
+def _require_differentiable(g: torch.Tensor, x: torch.Tensor, i: int) -> None:
+    """Raise :class:`NotTwiceDifferentiable` for a VJP autograd cannot differentiate."""
+    node = g.grad_fn
+    if node is not None and "Error" in node.name():
+        raise NotTwiceDifferentiable(
+            f"the VJP for input {i} comes from a backward that autograd refuses to differentiate "
+            f"({node.name()}: a Function marked @once_differentiable)"
+        )
+    if x.requires_grad and not g.requires_grad and bool(torch.any(g != 0)):
+        raise NotTwiceDifferentiable(
+            f"the VJP for input {i} is not connected to the inputs or the cotangents in autograd's "
+            "graph (the backward computes with numpy, .detach() or under torch.no_grad())"
+        )

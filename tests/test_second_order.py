@@ -1,0 +1,333 @@
+"""order=2: Hessians through Hessian-vector products, and the derivatives of a function's VJP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gradcheck_core as gc
+
+# -- numpy: handwritten Hessians ---------------------------------------------------
+
+
+def _quartic(n: int, seed: int) -> tuple[dict[str, np.ndarray], object, object, object]:
+    """L(x) = sum(a * x**4) + x^T B x, with its gradient and Hessian written out."""
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(0.5, 2.0, n)
+    b = rng.standard_normal((n, n))
+
+    def loss(p: dict[str, np.ndarray]) -> float:
+        x = p["x"]
+        return float(np.sum(a * x**4) + x @ b @ x)
+
+    def grad(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = p["x"]
+        return {"x": 4 * a * x**3 + (b + b.T) @ x}
+
+    def hessian(p: dict[str, np.ndarray]) -> np.ndarray:
+        x = p["x"]
+        return np.diag(12 * a * x**2) + b + b.T
+
+    return {"x": rng.standard_normal(n)}, loss, grad, hessian
+
+
+def test_numpy_right_hessian_passes_and_a_wrong_entry_is_named() -> None:
+    params, loss, grad, hessian = _quartic(5, 0)
+    assert gc.check(loss, params, grad, order=2, hessian=hessian).verdict == "pass"
+
+    def wrong(p: dict[str, np.ndarray]) -> np.ndarray:
+        h = hessian(p)
+        h[3, 1] += 0.5  # one entry off (the Hessian is no longer symmetric)
+        return h
+
+    report = gc.check(loss, params, grad, order=2, hessian=wrong)
+    assert report.verdict == "fail"
+    assert report.failed_blocks == ["x"]
+    assert report.block("x").worst_index == (1,)  # (H^T w)_1 holds the wrong entry
+    (entry,) = report.findings_of("hessian_entry")
+    assert entry.detail["row"] == "x[3]" and entry.detail["column"] == "x[1]"
+    assert entry.detail["given"] - entry.detail["numeric"] == pytest.approx(0.5, rel=1e-4)
+
+
+def test_numpy_hvp_callable_and_matrix() -> None:
+    params, loss, grad, hessian = _quartic(4, 1)
+    assert gc.check(loss, params, grad, order=2, hvp=lambda p, w: hessian(p) @ w["x"]).passed
+    assert gc.check(loss, params, grad, order=2, hessian=hessian(params)).passed
+    half = gc.check(loss, params, grad, order=2, hvp=lambda p, w: 0.5 * hessian(p) @ w["x"])
+    assert half.verdict == "fail"
+    assert half.findings_of("scale")
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 6), seed=st.integers(0, 10_000), mode=st.sampled_from(["full", "fast"]))
+def test_numpy_hessian_property(n: int, seed: int, mode: str) -> None:
+    """A right Hessian always passes; one scaled by 1.5 always fails, in both modes."""
+    params, loss, grad, hessian = _quartic(n, seed)
+    assert gc.check(loss, params, grad, order=2, hessian=hessian, mode=mode).verdict == "pass"
+    wrong = gc.check(loss, params, grad, order=2, hessian=lambda p: 1.5 * hessian(p), mode=mode)
+    assert wrong.verdict == "fail"
+
+
+def test_numpy_order_two_input_errors() -> None:
+    params, loss, grad, hessian = _quartic(3, 2)
+    with pytest.raises(gc.InputError, match="grad="):
+        gc.check(loss, params, order=2, hessian=hessian)
+    with pytest.raises(gc.InputError, match="pass the Hessian as hessian="):
+        gc.check(loss, params, grad, order=2)
+    with pytest.raises(gc.InputError, match="must be a function"):
+        gc.check(loss, params, grad(params), order=2, hessian=hessian)
+    with pytest.raises(gc.InputError, match="order=3"):
+        gc.check(loss, params, grad, order=3)
+    with pytest.raises(gc.InputError, match="with order=2"):
+        gc.check(loss, params, grad, hessian=hessian)
+    with pytest.raises(gc.InputError, match=r"\(3, 3\)"):
+        gc.check(loss, params, grad, order=2, hessian=np.eye(2))
+
+
+# -- torch ----------------------------------------------------------------------------
+
+
+def _torch_functions() -> tuple[type, type, type]:
+    torch = pytest.importorskip("torch")
+    from torch.autograd.function import once_differentiable
+
+    class FirstOrderOnly(torch.autograd.Function):
+        """sin, whose backward is right but detaches cos(x): its double backward is wrong."""
+
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(x)
+            return x.sin()
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (x,) = ctx.saved_tensors
+            return g * x.detach().cos()
+
+    class Once(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(x)
+            return x.exp()
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (x,) = ctx.saved_tensors
+            return g * x.exp()
+
+    class NumpyBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(x)
+            return x**3
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (x,) = ctx.saved_tensors
+            return torch.from_numpy(3 * x.detach().numpy() ** 2 * g.detach().numpy())
+
+    return FirstOrderOnly, Once, NumpyBackward
+
+
+@pytest.mark.torch
+def test_torch_wrong_double_backward_fails_order_two_only() -> None:
+    import torch
+
+    first_order_only, _, _ = _torch_functions()
+    x = torch.tensor([0.3, 1.2, -0.7, 2.0], dtype=torch.float64)
+    assert gc.check_function(first_order_only.apply, x).verdict == "pass"
+    report = gc.check_function(first_order_only.apply, x, order=2)
+    assert report.verdict == "fail"
+    assert report.failed_blocks == ["input0->vjp[input0]"]
+    assert report.block("cotangent0->vjp[input0]").verdict == "pass"
+    assert gc.check_function(torch.sin, x, order=2).verdict == "pass"
+    # the same function inside a loss: its Hessian
+    assert gc.check(lambda p: first_order_only.apply(p["x"]).sum(), {"x": x}).verdict == "pass"
+    hess = gc.check(lambda p: first_order_only.apply(p["x"]).sum(), {"x": x}, order=2)
+    assert hess.verdict == "fail" and hess.failed_blocks == ["x"] and hess.what == "hessian"
+
+
+@pytest.mark.torch
+def test_torch_backward_that_cannot_be_differentiated_gets_a_finding() -> None:
+    import torch
+
+    _, once, numpy_backward = _torch_functions()
+    x = torch.tensor([0.3, -1.2, 0.5], dtype=torch.float64)
+    for fn in (once, numpy_backward):
+        assert gc.check_function(fn.apply, x).verdict == "pass"
+        report = gc.check_function(fn.apply, x, order=2)
+        assert report.verdict == "fail"
+        (finding,) = report.findings_of("not_twice_differentiable")
+        assert "input 0" in finding.message
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_torch_float32_mlp_hessian_passes_in_float64(mode: str) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    X, y = torch.randn(7, 3), torch.randn(7, 2)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    report = gc.check(lambda: torch.nn.functional.mse_loss(model(X), y), model, order=2, mode=mode)
+    assert report.verdict == "pass", report
+    assert report.mode == mode
+    assert not report.findings_of("low_precision")  # evaluated in float64, not float32
+    for k, v in model.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, before[k])
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.get_default_dtype() == torch.float32
+
+
+@pytest.mark.torch
+def test_torch_functional_loss_and_a_wrong_hvp() -> None:
+    import torch
+
+    torch.manual_seed(1)
+    A = torch.randn(4, 4, dtype=torch.float64)
+    p = {"x": torch.randn(4, dtype=torch.float64)}
+
+    def loss(q: dict) -> torch.Tensor:
+        return (q["x"] @ A @ q["x"]) + q["x"].pow(4).sum()
+
+    assert gc.check(loss, p, order=2).passed
+    right = lambda q, w: (A + A.T) @ torch.as_tensor(w["x"]) + 12 * q["x"] ** 2 * torch.as_tensor(w["x"])  # noqa: E731
+    assert gc.check(loss, p, order=2, hvp=right).passed
+    wrong = lambda q, w: (A + A.T) @ torch.as_tensor(w["x"]) + 4 * q["x"] ** 2 * torch.as_tensor(w["x"])  # noqa: E731
+    assert gc.check(loss, p, order=2, hvp=wrong).verdict == "fail"
+
+
+@pytest.mark.torch
+def test_torch_complex_inputs_at_order_two() -> None:
+    """Complex inputs: checked as real pairs where supported, else a clear InputError."""
+    import torch
+
+    z = torch.tensor([0.3 + 0.4j, -1.0 + 0.2j], dtype=torch.complex128)
+
+    def loss(p: dict) -> torch.Tensor:
+        return (p["z"].abs() ** 4).sum()
+
+    try:
+        first = gc.check(loss, {"z": z})
+    except gc.InputError as exc:  # complex parameters not supported: order 2 says so too
+        assert "complex" in str(exc)
+        with pytest.raises(gc.InputError, match="complex"):
+            gc.check(loss, {"z": z}, order=2)
+        with pytest.raises(gc.InputError, match="complex"):
+            gc.check_function(lambda t: t * t, z, order=2)
+        return
+    assert first.passed
+    assert gc.check(loss, {"z": z}, order=2).passed
+
+
+# -- JAX --------------------------------------------------------------------------------
+
+
+@pytest.mark.jax
+def test_jax_custom_jvp_right_to_first_order_only() -> None:
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    @jax.custom_jvp
+    def f(x):  # type: ignore[no-untyped-def]
+        return jnp.sin(x)
+
+    @f.defjvp
+    def f_jvp(primals, tangents):  # type: ignore[no-untyped-def]
+        (x,), (t,) = primals, tangents
+        return jnp.sin(x), jax.lax.stop_gradient(jnp.cos(x)) * t
+
+    x = jnp.array([0.3, 1.2, -0.7])
+    assert gc.check_function(f, x).verdict == "pass"
+    report = gc.check_function(f, x, order=2)
+    assert report.verdict == "fail"
+    assert set(report.failed_blocks) == {"input0->vjp[input0]", "input0->vjp[input0] (jvp)"}
+    assert gc.check(lambda p: jnp.sum(f(p["x"])), {"x": x}).passed
+    hess = gc.check(lambda p: jnp.sum(f(p["x"])), {"x": x}, order=2)
+    assert hess.verdict == "fail" and hess.failed_blocks == ["x"]
+
+
+@pytest.mark.jax
+def test_jax_mlp_hessian_float32_params() -> None:
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    p = {"W1": jax.random.normal(k1, (3, 4)), "b1": jnp.zeros(4), "W2": jax.random.normal(k2, (4, 1))}
+    assert p["W1"].dtype == jnp.float32
+    X = jax.random.normal(k3, (6, 3))
+
+    def loss(q: dict) -> jax.Array:
+        return jnp.mean((jnp.tanh(X @ q["W1"] + q["b1"]) @ q["W2"]) ** 2)
+
+    for mode in ("full", "fast"):
+        assert gc.check(loss, p, order=2, mode=mode).verdict == "pass"
+
+
+@pytest.mark.jax
+def test_jax_custom_vjp_loss_uses_reverse_over_reverse() -> None:
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def cube(x):  # type: ignore[no-untyped-def]
+        return x**3
+
+    cube.defvjp(lambda x: (x**3, x), lambda x, g: (3 * x**2 * g,))
+    x = jnp.array([0.5, -1.5])
+    assert gc.check(lambda p: jnp.sum(cube(p["x"])), {"x": x}, order=2).passed
+    assert gc.check_function(cube, x, order=2).passed
+
+
+# -- TensorFlow and Keras -----------------------------------------------------------
+
+
+@pytest.mark.tensorflow
+def test_tensorflow_nested_tapes() -> None:
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+    X = tf.constant(rng.standard_normal((5, 3)))
+    p = {"W1": tf.constant(rng.standard_normal((3, 4))), "W2": tf.constant(rng.standard_normal((4, 1)))}
+
+    def loss(q: dict) -> object:
+        return tf.reduce_mean((tf.tanh(X @ q["W1"]) @ q["W2"]) ** 2)
+
+    assert gc.check(loss, p, order=2).passed
+    v = tf.Variable(rng.standard_normal(3))
+    assert gc.check(lambda: tf.reduce_sum(tf.sin(v) * v), [v], order=2).passed
+
+    @tf.custom_gradient
+    def f(x):  # type: ignore[no-untyped-def]
+        return tf.sin(x), lambda u: u * tf.stop_gradient(tf.cos(x))
+
+    x = tf.constant([0.3, 1.2, -0.7], dtype=tf.float64)
+    assert gc.check_function(f, x).passed
+    assert gc.check_function(f, x, order=2).verdict == "fail"
+    assert gc.check_function(tf.sin, x, order=2).passed
+
+
+@pytest.mark.keras
+def test_keras_mlp_hessian() -> None:
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((6, 3)).astype("float32")
+    y = rng.standard_normal((6, 1)).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)]
+    )
+    before = [w.numpy().copy() for w in model.weights]
+
+    def loss(m: object) -> object:
+        return keras.ops.mean((m(X) - y) ** 2)  # type: ignore[operator]
+
+    if keras.backend.backend() != "tensorflow":
+        with pytest.raises(gc.InputError, match="tensorflow backend"):
+            gc.check(loss, model, order=2)
+        return
+    report = gc.check(loss, model, order=2)
+    assert report.verdict == "pass" and not report.findings_of("low_precision")
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
