@@ -24,10 +24,10 @@ from gradcheck_core.flatten import Flat
 
 from ..base import Adapter, Target, python_rng_states, takes_argument
 from .autodiff import differentiable, forget_jit, is_float0, jit_once, seed_like
-from .callbacks import raise_if_users
 from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import hvp_function as _hvp_function
 from .autodiff import vjp_function as _vjp_function
+from .callbacks import raise_if_users
 from .pytrees import expand
 from .runner import Runner
 from .x64_mode import x64
