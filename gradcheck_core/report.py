@@ -30,6 +30,9 @@ FINDING_KINDS = (
     "low_precision",
     "sparse_error",
     "inaccurate",
+    "method_changed",
+    "undefined_grad",
+    "nothing_checked",
 )
 
 
@@ -157,6 +160,9 @@ class Report:
     rtol: float = 0.0
     atol: float = 0.0
     what: str = "gradient"
+    #: What was left out of the check, and why: ``(what, reason)`` pairs
+    #: (an output autograd calls non-differentiable, an empty input, held-fixed entries).
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -200,6 +206,7 @@ class Report:
                 "n_params": self.n_params,
                 "blocks": [b.to_dict(arrays) for b in self.blocks],
                 "findings": [f.to_dict() for f in self.findings],
+                "skipped": [{"what": w, "reason": r} for w, r in self.skipped],
             }
         )
 
@@ -226,6 +233,9 @@ class Report:
             for f in self.findings:
                 where = f"[{f.block}] " if f.block else ""
                 lines.append(f"  - {f.kind}: {where}{f.message}")
+        if self.skipped:
+            lines.append("not checked:")
+            lines.extend(f"  - {what}: {reason}" for what, reason in self.skipped)
         return "\n".join(lines)
 
     def __repr__(self) -> str:
