@@ -165,6 +165,10 @@ class Adapter:
             "product yourself with vjp=..."
         )
 
+    def as_parameter(self, value: Any) -> Any:
+        """The value the core perturbs for an input ``value`` of a function (itself by default)."""
+        return value
+
     def like(self, original: Any, value: Any) -> Any:
         """``value`` laid out in memory as ``original`` is (where the framework has layouts)."""
         return value

@@ -40,9 +40,9 @@ from itertools import chain
 from typing import Any
 
 import torch
+from torch.autograd.gradcheck import GradcheckError
 
 import gradcheck_core as gc
-from torch.autograd.gradcheck import GradcheckError
 
 MAX_ELEMENTS = 2000
 SAMPLES_PER_OP = 3
@@ -94,7 +94,11 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 
 def _is_tensor_list(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, torch.Tensor) for v in value)
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and all(isinstance(v, torch.Tensor) for v in value)
+    )
 
 
 def build_function(op: Any, variant: Callable[..., Any], sample: Any) -> tuple[Callable[..., Any], tuple]:
@@ -172,7 +176,9 @@ def run_gradcheck(op: Any, fn: Callable[..., Any], args: tuple, limit: float) ->
     except SampleTimeout as exc:
         return Outcome("timeout", time.perf_counter() - start, calls[0], str(exc))
     except Exception as exc:
-        return Outcome("error", time.perf_counter() - start, calls[0], f"{type(exc).__name__}: {_first_line(exc)}")
+        return Outcome(
+            "error", time.perf_counter() - start, calls[0], f"{type(exc).__name__}: {_first_line(exc)}"
+        )
 
 
 def run_gc(fn: Callable[..., Any], args: tuple, limit: float) -> tuple[Outcome, list[str]]:
@@ -184,7 +190,9 @@ def run_gc(fn: Callable[..., Any], args: tuple, limit: float) -> tuple[Outcome, 
     except SampleTimeout as exc:
         return Outcome("timeout", time.perf_counter() - start, 0, str(exc)), []
     except Exception as exc:
-        return Outcome("error", time.perf_counter() - start, 0, f"{type(exc).__name__}: {_first_line(exc)}"), []
+        return Outcome(
+            "error", time.perf_counter() - start, 0, f"{type(exc).__name__}: {_first_line(exc)}"
+        ), []
     reason = ""
     if report.verdict != "pass":
         blocks = [f"{b.name} {b.verdict}" for b in report.blocks if b.verdict != "pass"]
@@ -200,7 +208,9 @@ def run_gc(fn: Callable[..., Any], args: tuple, limit: float) -> tuple[Outcome, 
 
 def _numel(sample: Any) -> int:
     values = chain(
-        sample.input if _is_tensor_list(sample.input) else (sample.input,), sample.args, sample.kwargs.values()
+        sample.input if _is_tensor_list(sample.input) else (sample.input,),
+        sample.args,
+        sample.kwargs.values(),
     )
     total = 0
     for v in values:
@@ -268,7 +278,9 @@ VERDICTS = ("pass", "fail", "inconclusive", "error", "timeout")
 def summary(rows: list[Row], dtype: str) -> str:
     """The table: verdict counts, time and evaluations per tool, and the disagreements."""
     lines = [f"{len(rows)} samples of {len({r.op for r in rows})} ops, {dtype}"]
-    lines.append(f"{'tool':<30}" + "".join(f"{v:>13}" for v in VERDICTS) + f"{'seconds':>10}{'evaluations':>13}")
+    lines.append(
+        f"{'tool':<30}" + "".join(f"{v:>13}" for v in VERDICTS) + f"{'seconds':>10}{'evaluations':>13}"
+    )
     for tool in ("gradcheck", "gc"):
         outcomes = [getattr(r, tool) for r in rows]
         counts = Counter(o.verdict for o in outcomes)

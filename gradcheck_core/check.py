@@ -291,7 +291,9 @@ def run_check(
                 )
             )
     # An empty parameter has nothing to check: left out of the table, and said so.
-    skipped = [(leaf.name, f"empty (shape {leaf.shape}): nothing to check") for leaf in flat.leaves if not leaf.size]
+    skipped = [
+        (leaf.name, f"empty (shape {leaf.shape}): nothing to check") for leaf in flat.leaves if not leaf.size
+    ]
     blocks = [b for b in blocks if b.size]
     verdicts = {b.verdict for b in blocks}
     verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"

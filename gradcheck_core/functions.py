@@ -159,7 +159,11 @@ def check_function(
     for j, u in enumerate(cotangents):
         if u is None:
             continue
-        us = [c if k == j else (None if c is None else np.zeros_like(c)) for k, c in enumerate(cotangents)]
+        # Zeros for the other outputs (of their own dtype for a floating output left out).
+        us = [
+            c if k == j else np.zeros_like(c) if c is not None else _zeros_or_none(outputs[k])
+            for k, c in enumerate(cotangents)
+        ]
         if vjp is not None:
             g = vjp(us if len(us) > 1 else us[0], *inputs)
             g = list(g) if isinstance(g, (list, tuple)) else [g]
@@ -195,14 +199,28 @@ def check_function(
     return merged
 
 
-def _output_reasons(adapter: Any, fn: Callable[..., Any], inputs: Any, outputs: list[np.ndarray]) -> list[str | None]:
+def _zeros_or_none(output: np.ndarray) -> np.ndarray | None:
+    """A zero cotangent for a floating or complex output, None for others."""
+    return np.zeros_like(output) if output.dtype.kind in "fc" else None
+
+
+def _output_reasons(
+    adapter: Any, fn: Callable[..., Any], inputs: Any, outputs: list[np.ndarray]
+) -> list[str | None]:
     """Why each output is not checked (None: it is), as the framework declares it."""
     declared = getattr(adapter, "nondifferentiable_outputs", None)
     if declared is not None:
         return list(declared(fn, list(inputs)))
-    return [
-        None if o.dtype.kind in "fc" else f"{o.dtype} values have no derivative" for o in outputs
-    ]
+    complex_ok = bool(getattr(adapter, "supports_complex", False))
+    reasons: list[str | None] = []
+    for o in outputs:
+        if o.dtype.kind == "c" and not complex_ok:
+            reasons.append(f"complex outputs are not checked with {adapter.name}")
+        elif o.dtype.kind not in "fc":
+            reasons.append(f"{o.dtype} values have no derivative")
+        else:
+            reasons.append(None)
+    return reasons
 
 
 def _nothing_checked(adapter: Any, opts: Options, skipped: list[tuple[str, str]], seconds: float) -> Report:
@@ -285,8 +303,11 @@ class _FunctionInputs:
         for i, x in enumerate(self.inputs):
             if isinstance(x, (int, float)):
                 continue
-            values = _floating_values(adapter, x, complex_ok)
+            values = _floating_values(adapter, x, True)
             if values is None:
+                continue
+            if values.dtype.kind == "c" and not complex_ok:
+                self.skipped.append((f"input{i}", f"complex inputs are not checked with {adapter.name}"))
                 continue
             if values.size == 0:
                 self.skipped.append((f"input{i}", f"empty (shape {values.shape}): nothing to check"))
@@ -306,7 +327,7 @@ class _FunctionInputs:
                 self.masks[i] = finite
                 self.params[f"input{i}"] = adapter.take(x, finite)
             else:
-                self.params[f"input{i}"] = x
+                self.params[f"input{i}"] = adapter.as_parameter(x)
             self.floating.append(i)
 
     def restrict(self, i: int, gradient: Any) -> Any:
@@ -321,7 +342,11 @@ class _FunctionInputs:
             mask = self.masks.get(i)
             value = p[f"input{i}"]
             original = self.inputs[i]
-            args[i] = self.adapter.like(original, value) if mask is None else self.adapter.put(original, mask, value)
+            args[i] = (
+                self.adapter.like(original, value)
+                if mask is None
+                else self.adapter.put(original, mask, value)
+            )
         return args
 
     def projection(self, j: int, u: np.ndarray) -> Callable[[dict[str, Any]], float]:
@@ -421,7 +446,7 @@ def _check_jvps(
 
 
 def _floating_values(adapter: Any, value: Any, complex_ok: bool) -> np.ndarray | None:
-    """``value`` as numpy if it is floating (or complex, where allowed), else None."""
+    """``value`` as numpy if it is floating (or complex, with ``complex_ok``), else None."""
     try:
         array = np.asarray(adapter.to_numpy(value))
     except Exception:

@@ -173,7 +173,9 @@ def test_gc_check_empty_parameter_among_others() -> None:
 
 def test_native_batch_norm_statistics_are_skipped() -> None:
     x = torch.randn(4, 3, dtype=D)
-    report = gc.check_function(lambda a: torch.native_batch_norm(a, None, None, None, None, True, 0.1, 1e-5), x)
+    report = gc.check_function(
+        lambda a: torch.native_batch_norm(a, None, None, None, None, True, 0.1, 1e-5), x
+    )
     assert report.verdict == "pass", str(report)
     assert {w for w, _ in report.skipped} == {"output1", "output2"}
     assert not report.findings_of("zero_gradient")
@@ -219,7 +221,7 @@ def test_minus_inf_mask_entries_are_held_fixed() -> None:
     report = gc.check_function(lambda s: torch.softmax(s, -1), scores)
     assert report.verdict == "pass", str(report)
     assert report.block("input0->output0").shape == (4,)
-    (what, why), = report.skipped
+    ((what, why),) = report.skipped
     assert what == "input0" and "2 non-finite" in why and "-inf" in why
 
 
@@ -320,3 +322,11 @@ def test_native_group_norm_undefined_grad_bug_is_caught() -> None:
     report = gc.check_function(lambda x, w, b: torch.native_group_norm(x, w, b, 2, 6, 3, 2, 1e-5), x, w, b)
     assert report.verdict == "fail"
     assert report.findings_of("undefined_grad")
+
+
+def test_sparse_input_varies_its_specified_entries() -> None:
+    torch.manual_seed(0)
+    a = (torch.randn(4, 3, dtype=D) * (torch.rand(4, 3) > 0.5)).to_sparse()
+    b = torch.randn(3, 2, dtype=D)
+    report = gc.check_function(torch.sparse.mm, a, b)
+    assert report.verdict == "pass", str(report)

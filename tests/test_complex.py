@@ -39,7 +39,11 @@ def test_flatten_round_trip_with_complex_leaves(spec: list[tuple[int, bool]], se
         np.testing.assert_array_equal(back[name], value)
         assert np.iscomplexobj(back[name]) == np.iscomplexobj(value)
     np.testing.assert_array_equal(flat.join(list(params.values())), flat.x0)
-    expected = [n for name, v in params.items() for n in ((f"{name}.real", f"{name}.imag") if np.iscomplexobj(v) else (name,))]
+    expected = [
+        n
+        for name, v in params.items()
+        for n in ((f"{name}.real", f"{name}.imag") if np.iscomplexobj(v) else (name,))
+    ]
     assert flat.names == expected
 
 
@@ -67,7 +71,10 @@ def _quadratic_grad(p: dict) -> dict:
 
 def _params(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {"z": rng.standard_normal(4) + 1j * rng.standard_normal(4), "w": rng.standard_normal(4) + 1j * rng.standard_normal(4)}
+    return {
+        "z": rng.standard_normal(4) + 1j * rng.standard_normal(4),
+        "w": rng.standard_normal(4) + 1j * rng.standard_normal(4),
+    }
 
 
 def test_numpy_complex_params_right_gradient_passes() -> None:
@@ -90,7 +97,9 @@ def test_numpy_complex_params_wrong_imaginary_part_fails_there() -> None:
 
 def test_numpy_conjugated_gradient_fails() -> None:
     # The other common convention (dL/dz, the conjugate of PyTorch's) is caught on the imaginary parts.
-    report = gc.check(_quadratic, _params(), grad=lambda p: {k: np.conj(v) for k, v in _quadratic_grad(p).items()})
+    report = gc.check(
+        _quadratic, _params(), grad=lambda p: {k: np.conj(v) for k, v in _quadratic_grad(p).items()}
+    )
     assert report.verdict == "fail"
     assert set(report.failed_blocks) == {"z.imag", "w.imag"}
 
@@ -116,3 +125,9 @@ def test_numpy_check_function_complex_with_vjp() -> None:
     report = gc.check_function(fn, z, vjp=lambda u, z: a * u)
     assert report.verdict == "fail"
     assert "input0.imag->output0" in report.failed_blocks
+
+
+def test_adapter_without_complex_support_rejects_complex_parameters() -> None:
+    jnp = pytest.importorskip("jax.numpy")
+    with pytest.raises(InputError, match="complex"):
+        gc.check(lambda z: jnp.sum(jnp.abs(z) ** 2), jnp.array([1 + 1j, 2 - 1j]))

@@ -31,11 +31,10 @@ import torch
 from gradcheck_core.flatten import Flat
 
 from ..base import Adapter, RngState, Target, python_rng_states, takes_argument
-from .autodiff import _gradient_of, _scalar_tensor
+from .autodiff import _gradient_of, _scalar_tensor, with_layout
 from .autodiff import call as _call
 from .autodiff import jvp as _jvp
 from .autodiff import nondifferentiable_outputs as _nondifferentiable_outputs
-from .autodiff import with_layout
 from .autodiff import vjp as _vjp
 from .batching import _Batched
 from .float64 import Promotion, _has_float64, _precision, _tensor, _work_dtype, float64_scope
@@ -275,6 +274,12 @@ class TorchAdapter(Adapter):
     def nondifferentiable_outputs(self, fn: Callable[..., Any], inputs: list[Any]) -> list[str | None]:
         """Why each output is left out (None: checked); see :func:`.autodiff.nondifferentiable_outputs`."""
         return _nondifferentiable_outputs(fn, inputs)
+
+    def as_parameter(self, value: Any) -> Any:
+        """A sparse input is perturbed as a dense copy (:meth:`like` puts its pattern back)."""
+        if isinstance(value, torch.Tensor) and value.layout != torch.strided:
+            return value.detach().to_dense()
+        return value
 
     def like(self, original: Any, value: Any) -> Any:
         """``value`` with ``original``'s strides and storage offset (see :func:`.autodiff.with_layout`)."""

@@ -110,13 +110,22 @@ def same_layout_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.set_(storage.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
+_SPARSE = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+
+
 def with_layout(original: Any, value: Any) -> Any:
     """``value`` (a tensor shaped like ``original``) in ``original``'s memory layout.
 
-    Tensors with overlapping memory (expanded ones) and plain tensors are
-    returned as they are.
+    A sparse ``original`` gives a sparse tensor with its pattern (only its
+    specified entries vary).  Tensors with overlapping memory (expanded ones)
+    and plain tensors are returned as they are.
     """
-    if not isinstance(original, torch.Tensor) or not isinstance(value, torch.Tensor) or _plain_layout(original):
+    if not isinstance(original, torch.Tensor) or not isinstance(value, torch.Tensor):
+        return value
+    if original.layout in _SPARSE:
+        # the values at the original's specified entries, in its sparse layout
+        return value.reshape(original.shape).sparse_mask(original.detach().to(value.dtype))
+    if _plain_layout(original):
         return value
     if torch._debug_has_internal_overlap(original) != 0:
         return value
@@ -269,7 +278,11 @@ def jvp(
         with _dual_level(), float64_scope(_promotable(xs)):
             duals = []
             for x, v in zip(xs, tangents):
-                if v is None or not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.is_complex()):
+                if (
+                    v is None
+                    or not isinstance(x, torch.Tensor)
+                    or not (x.is_floating_point() or x.is_complex())
+                ):
                     duals.append(x)
                 else:
                     tangent = torch.as_tensor(
@@ -283,7 +296,9 @@ def jvp(
                     result.append(np.zeros(np.shape(o)))
                     continue
                 tangent = fwad.unpack_dual(o).tangent
-                result.append(np.zeros(tuple(o.shape)) if tangent is None else _wide_array(adapter.to_numpy(tangent)))
+                result.append(
+                    np.zeros(tuple(o.shape)) if tangent is None else _wide_array(adapter.to_numpy(tangent))
+                )
             return result
     except (RuntimeError, NotImplementedError) as exc:
         raise InputError(
