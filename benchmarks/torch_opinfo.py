@@ -235,8 +235,18 @@ def _full_name(op: Any) -> str:
     return f"{op.name}.{op.variant_test_name}" if op.variant_test_name else op.name
 
 
-def run(ops: list[Any], dtype: torch.dtype, limit: float, out: Any = sys.stdout) -> list[Row]:
-    rows: list[Row] = []
+class Stopped(Exception):
+    """SIGTERM (``timeout``) arrived: report what was measured so far."""
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    raise Stopped()
+
+
+def run(
+    ops: list[Any], dtype: torch.dtype, limit: float, rows: list[Row], out: Any = sys.stdout
+) -> list[Row]:
+    """Check every sample of ``ops``, appending to ``rows`` (kept when the run is stopped)."""
     for op in ops:
         if dtype not in op.supported_backward_dtypes("cpu"):
             continue
@@ -318,7 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     start = time.perf_counter()
     print("disagreements as they come:", flush=True)
-    rows = run(ops, dtype, args.limit)
+    rows: list[Row] = []
+    complete = True
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        run(ops, dtype, args.limit, rows)
+    except (Stopped, KeyboardInterrupt):
+        complete = False
+        print(f"stopped early: {len(rows)} samples measured, up to {rows[-1].op if rows else '-'}")
     print(summary(rows, args.dtype))
     print(f"wall time {time.perf_counter() - start:.0f} s")
     if args.json:
@@ -328,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__,
                     "gradcheck_core": gc.__version__,
                     "dtype": args.dtype,
+                    "complete": complete,
                     "rows": [asdict(r) for r in rows],
                 },
                 fh,
