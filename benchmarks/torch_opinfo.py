@@ -235,7 +235,7 @@ def _full_name(op: Any) -> str:
     return f"{op.name}.{op.variant_test_name}" if op.variant_test_name else op.name
 
 
-class Stopped(Exception):
+class Stopped(BaseException):
     """SIGTERM (``timeout``) arrived: report what was measured so far."""
 
 
