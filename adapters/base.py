@@ -116,6 +116,9 @@ class Adapter:
 
     #: Framework name, as reported and as used in error messages.
     name: str = "?"
+    #: Complex parameters are checked as (real part, imaginary part); an adapter
+    #: that sets this converts its framework's gradient convention to that pair.
+    supports_complex: bool = False
 
     # -- values -----------------------------------------------------------------
     def is_leaf(self, value: Any) -> bool:
@@ -131,7 +134,12 @@ class Adapter:
         return params
 
     def flatten(self, params: Any) -> Flat:
-        return flatten(self.collect(params), is_leaf=self.is_leaf, to_numpy=self.to_numpy)
+        return flatten(
+            self.collect(params),
+            is_leaf=self.is_leaf,
+            to_numpy=self.to_numpy,
+            complex_ok=self.supports_complex,
+        )
 
     def gradient_vector(self, grad: Any, flat: Flat) -> np.ndarray:
         """A handwritten gradient (any accepted form) as a flat float64 vector."""
@@ -159,6 +167,24 @@ class Adapter:
             f"{self.name} has no automatic differentiation: pass the vector-Jacobian "
             "product yourself with vjp=..."
         )
+
+    def as_parameter(self, value: Any) -> Any:
+        """The value the core perturbs for an input ``value`` of a function (itself by default)."""
+        return value
+
+    def like(self, original: Any, value: Any) -> Any:
+        """``value`` laid out in memory as ``original`` is (where the framework has layouts)."""
+        return value
+
+    def take(self, value: Any, mask: np.ndarray) -> Any:
+        """The entries of ``value`` where ``mask`` is True, as a 1-d value of the framework."""
+        return np.asarray(self.to_numpy(value))[mask]
+
+    def put(self, value: Any, mask: np.ndarray, entries: Any) -> Any:
+        """A copy of ``value`` with ``entries`` written where ``mask`` is True."""
+        out = np.array(self.to_numpy(value), dtype=np.result_type(np.asarray(entries), np.float64))
+        out[mask] = np.asarray(entries)
+        return out
 
     def call(self, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
         """Evaluate ``fn(*inputs)`` and return its outputs as numpy arrays."""

@@ -21,7 +21,10 @@ from .base import Adapter, Target, python_rng_states, takes_argument
 
 
 class NumpyAdapter(Adapter):
+    """numpy arrays; complex parameters take a complex gradient ``dL/dRe + 1j * dL/dIm``."""
+
     name = "numpy"
+    supports_complex = True
 
     def is_leaf(self, value: Any) -> bool:
         return isinstance(value, (np.ndarray, np.generic, float)) and not isinstance(value, bool)
@@ -48,7 +51,7 @@ class NumpyAdapter(Adapter):
                 evaluate=evaluate,
                 gradient=None,
                 call_grad=call_grad,
-                evaluate_complex=evaluate_complex,
+                evaluate_complex=None if flat.has_complex else evaluate_complex,
                 rngs=python_rng_states(),
                 framework=self.name,
                 worker=RowWorker(loss, flat, np.random.get_state()),
@@ -56,7 +59,7 @@ class NumpyAdapter(Adapter):
             return
         # loss() reads the arrays themselves: perturb them in place.
         arrays = []
-        for leaf, value in zip(flat.leaves, flat.values):
+        for leaf, value in zip([g[0] for g in flat.groups], flat.values):
             if not isinstance(value, np.ndarray):
                 raise InputError(
                     f"loss takes no argument, so parameter {leaf.name!r} must be a numpy array "
@@ -73,8 +76,8 @@ class NumpyAdapter(Adapter):
             f"parameter {leaf.name!r} is {leaf.dtype} and the loss reads it in place, so each "
             "perturbation is rounded to that precision; write the loss as loss(p) to have it "
             "evaluated with float64 values"
-            for leaf in flat.leaves
-            if leaf.dtype not in ("float64", "float128", "longdouble")
+            for leaf in [g[0] for g in flat.groups]
+            if leaf.dtype not in ("float64", "float128", "longdouble", "complex128", "complex256")
         ]
         saved = [a.copy() for a in arrays]
 
@@ -134,7 +137,7 @@ class RowWorker:
 
 
 def _float64_copy(piece: np.ndarray, original: Any) -> Any:
-    out = np.array(piece, dtype=np.float64)
+    out = np.array(piece, dtype=np.complex128 if np.iscomplexobj(piece) else np.float64)
     if isinstance(original, float):
         return float(out)
     return out

@@ -9,6 +9,7 @@ turns into one result per parameter.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from collections.abc import Callable
@@ -278,6 +279,19 @@ def run_check(
         fun.replay()  # the gradient sees the same random draws as every evaluation
         analytic = _analytic(grad, target, adapter)
         findings: list[Finding] = []
+        if opts.method == "complex" and flat.has_complex:
+            opts = copy.copy(opts)
+            opts.method = "richardson"
+            findings.append(
+                Finding(
+                    "method_changed",
+                    None,
+                    "method='complex' (the complex step) needs real parameters, and these are "
+                    f"complex: {', '.join(repr(g[0].value_name) for g in flat.groups if len(g) == 2)}; "
+                    "Richardson differences (of comparable accuracy) were used instead.",
+                    {"requested": "complex", "used": "richardson"},
+                )
+            )
 
         # Repeated evaluation at the same point: nondeterminism?
         f_again = [fun(flat.x0) for _ in range(2)]
@@ -383,6 +397,11 @@ def run_check(
                     {"blocks": {b.name: b.n_kink for b in kinks}},
                 )
             )
+    # An empty parameter has nothing to check: left out of the table, and said so.
+    skipped = [
+        (leaf.name, f"empty (shape {leaf.shape}): nothing to check") for leaf in flat.leaves if not leaf.size
+    ]
+    blocks = [b for b in blocks if b.size]
     findings.extend(explain_verdicts(blocks, findings))
     verdicts = {b.verdict for b in blocks}
     verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
@@ -405,6 +424,7 @@ def run_check(
         rtol=opts.rtol,
         atol=opts.atol,
         what=what,
+        skipped=skipped,
     )
 
 

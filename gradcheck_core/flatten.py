@@ -6,6 +6,14 @@ tuples and namedtuples of arrays.  :func:`flatten` walks it in a fixed order
 (``W1``, ``enc.W``, ``layer[0]``, ``[1]``) and concatenates the leaves into a
 single float64 vector.  :meth:`Flat.unravel` goes back.
 
+A complex leaf (where the adapter allows complex values) becomes two blocks
+of real coordinates, ``z.real`` then ``z.imag``, each shaped like ``z``: the
+flat vector holds the real parts followed by the imaginary parts, and
+:meth:`Flat.unravel` puts them back together as ``real + 1j * imag``.  A
+gradient of a real loss with respect to a complex value is, in this library,
+the pair (dL/d real part, dL/d imaginary part); given as one complex array it
+is read as ``dL/dRe + 1j * dL/dIm`` (PyTorch's convention for ``.grad``).
+
 Which values count as leaves, and how a leaf becomes a numpy array, is the
 adapter's business: both are passed in as functions so that this module never
 needs to know about any framework.
@@ -37,6 +45,10 @@ class Leaf:
     shape: tuple[int, ...]
     offset: int
     dtype: str
+    #: ``""`` for a real value; ``"real"`` or ``"imag"`` for a part of a complex one.
+    part: str = ""
+    #: The value's own name (``z`` for ``z.real``).
+    value_name: str = ""
 
     @property
     def size(self) -> int:
@@ -68,6 +80,18 @@ class Flat:
 
     def __post_init__(self) -> None:
         self._cuts = [(leaf.slice, leaf.shape) for leaf in self.leaves]
+        # One group of leaves per value: [leaf] for a real value, [real, imag] for a complex one.
+        self.groups: list[list[Leaf]] = []
+        for leaf in self.leaves:
+            if leaf.part == "imag":
+                self.groups[-1].append(leaf)
+            else:
+                self.groups.append([leaf])
+
+    @property
+    def has_complex(self) -> bool:
+        """True if some value is complex (checked as its real and imaginary parts)."""
+        return any(leaf.part for leaf in self.leaves)
 
     @property
     def n(self) -> int:
@@ -77,9 +101,35 @@ class Flat:
     def names(self) -> list[str]:
         return [leaf.name for leaf in self.leaves]
 
-    def split(self, vec: np.ndarray) -> list[np.ndarray]:
-        """Cut a flat vector into one array per leaf, shaped like the leaf."""
-        return [vec[cut].reshape(shape) for cut, shape in self._cuts]
+    def split(self, vec: Any) -> list[Any]:
+        """Cut a flat vector into one array per value, shaped like the value.
+
+        A complex value comes back as ``real + 1j * imag`` of its two blocks.
+        """
+        pieces = [vec[cut].reshape(shape) for cut, shape in self._cuts]
+        out, k = [], 0
+        for group in self.groups:
+            if len(group) == 2:
+                out.append(pieces[k] + 1j * pieces[k + 1])
+            else:
+                out.append(pieces[k])
+            k += len(group)
+        return out
+
+    def join(self, pieces: Sequence[Any]) -> np.ndarray:
+        """The inverse of :meth:`split`: one float64 vector from one array per value.
+
+        A complex array for a complex value contributes its real part, then its
+        imaginary part; a real array for a complex value has a zero imaginary part.
+        """
+        chunks = []
+        for group, piece in zip(self.groups, pieces):
+            array = np.asarray(piece).reshape(-1)
+            if len(group) == 2:
+                chunks += [np.real(array).astype(np.float64), np.imag(array).astype(np.float64)]
+            else:
+                chunks.append(np.asarray(array, dtype=np.float64))
+        return np.concatenate(chunks) if chunks else np.zeros(0)
 
     def unravel(
         self,
@@ -168,15 +218,17 @@ def _dtype_name(array: np.ndarray, original: Any) -> str:
     return str(name).replace("torch.", "")
 
 
-def check_floating(name: str, array: np.ndarray, original: Any) -> None:
-    """Raise :class:`InputError` unless ``array`` holds real floating values."""
+def check_floating(name: str, array: np.ndarray, original: Any, complex_ok: bool = False) -> None:
+    """Raise :class:`InputError` unless ``array`` holds floating values (complex where allowed)."""
     kind = array.dtype.kind
     if kind == "f" or (kind == "V" and array.dtype.itemsize == 2):  # bfloat16 via ml_dtypes
         return
     if kind == "c":
+        if complex_ok:
+            return
         raise InputError(
-            f"parameter {name!r} is complex ({array.dtype}); gradient checks need real "
-            "floating parameters. Split it into real and imaginary parts."
+            f"parameter {name!r} is complex ({array.dtype}); this framework's adapter checks "
+            "real floating parameters only. Split it into real and imaginary parts."
         )
     raise InputError(
         f"parameter {name!r} has dtype {_dtype_name(array, original)}; gradients are "
@@ -190,6 +242,7 @@ def flatten(
     *,
     is_leaf: Callable[[Any], bool],
     to_numpy: Callable[[Any], np.ndarray],
+    complex_ok: bool = False,
 ) -> Flat:
     """Flatten ``params`` into a :class:`Flat`.
 
@@ -201,6 +254,9 @@ def flatten(
         True for values that are leaves (arrays, tensors, variables).
     to_numpy : callable
         Turns a leaf into a numpy array (any floating dtype).
+    complex_ok : bool
+        Accept complex leaves (each becomes two blocks, ``.real`` and
+        ``.imag``); otherwise they raise :class:`InputError`.
 
     Raises
     ------
@@ -216,8 +272,16 @@ def flatten(
     offset = 0
     for name, value in pairs:
         array = np.asarray(to_numpy(value))
-        check_floating(name, array, value)
-        leaves.append(Leaf(name, tuple(int(s) for s in array.shape), offset, _dtype_name(array, value)))
+        check_floating(name, array, value, complex_ok)
+        shape = tuple(int(s) for s in array.shape)
+        dtype = _dtype_name(array, value)
+        if array.dtype.kind == "c":
+            for part, values in (("real", array.real), ("imag", array.imag)):
+                leaves.append(Leaf(f"{name}.{part}", shape, offset, dtype, part, name))
+                chunks.append(np.asarray(values, dtype=np.float64).reshape(-1))
+                offset += array.size
+            continue
+        leaves.append(Leaf(name, shape, offset, dtype, "", name))
         chunks.append(np.asarray(array, dtype=np.float64).reshape(-1))
         offset += array.size
     if offset == 0:
@@ -255,7 +319,9 @@ def gradient_vector(
     # One flat vector in flatten order (also an (n, 1) column, as many tutorials use).
     if is_leaf(grad) or isinstance(grad, np.ndarray):
         array = np.asarray(to_numpy(grad))
-        if len(flat.leaves) == 1 and array.shape == flat.leaves[0].shape:
+        if len(flat.groups) == 1 and array.shape == flat.leaves[0].shape:
+            if array.dtype.kind == "c" or flat.has_complex:
+                return _finite_vector(flat.join([array]), flat.leaves[0].value_name)
             return _finite_vector(array.reshape(-1), flat.leaves[0].name)
         if array.size == flat.n and array.ndim <= 2 and (array.ndim < 2 or 1 in array.shape):
             return _finite_vector(array.reshape(-1), "the flat gradient")
@@ -269,21 +335,28 @@ def gradient_vector(
     pairs = dict(leaf_items(grad, is_leaf))
     out = np.empty(flat.n, dtype=np.float64)
     missing = []
-    for leaf in flat.leaves:
-        key = next((k for k in _gradient_key_candidates(leaf.name) if k in pairs), None)
+    for group in flat.groups:
+        leaf = group[0]
+        name = leaf.value_name or leaf.name
+        key = next((k for k in _gradient_key_candidates(name) if k in pairs), None)
         if key is None:
-            missing.append(leaf.name)
+            missing.append(name)
             continue
         array = np.asarray(to_numpy(pairs[key]))
-        if array.dtype.kind not in "fiuV":
+        if array.dtype.kind not in "fiuV" and not (len(group) == 2 and array.dtype.kind == "c"):
             raise InputError(f"gradient {key!r} has dtype {array.dtype}; return real floating arrays.")
         if array.shape != leaf.shape:
             hint = " (it looks transposed)" if array.shape == leaf.shape[::-1] and array.ndim == 2 else ""
             raise InputError(
-                f"gradient {key!r} has shape {array.shape} but parameter {leaf.name!r} has "
+                f"gradient {key!r} has shape {array.shape} but parameter {name!r} has "
                 f"shape {leaf.shape}{hint}; the gradient of a parameter has the parameter's shape."
             )
-        out[leaf.slice] = _finite_vector(array.reshape(-1), key)
+        if len(group) == 2:
+            # dL/dRe + 1j * dL/dIm (a real array: no imaginary part)
+            out[group[0].slice] = _finite_vector(np.real(array).reshape(-1), f"{key} (real part)")
+            out[group[1].slice] = _finite_vector(np.imag(array).reshape(-1), f"{key} (imaginary part)")
+        else:
+            out[leaf.slice] = _finite_vector(array.reshape(-1), key)
     if missing:
         wanted = ", ".join(f"{m!r} (or 'd{m}')" for m in missing)
         present = ", ".join(repr(k) for k in pairs) or "nothing"

@@ -9,6 +9,7 @@ framework has them; :func:`merge_reports` puts the pieces into one report.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,25 +67,47 @@ def check_loss(
 
 
 def check_function(
-    fn: Callable[..., Any], *inputs: Any, vjp: Callable[..., Any] | None = None, **options: Any
+    fn: Callable[..., Any],
+    *inputs: Any,
+    vjp: Callable[..., Any] | None = None,
+    check_undefined_grad: bool = True,
+    **options: Any,
 ) -> Report:
     """Check the derivatives of a vector-valued function through VJPs.
 
-    For every floating output ``j`` a random cotangent ``u_j`` is drawn and the
-    scalar ``phi_j(x) = <u_j, fn(x)_j>`` is checked: its analytic gradient is
-    the vector-Jacobian product ``u_j^T J`` (from the framework's autodiff, or
-    from ``vjp``), its numerical gradient comes from finite differences.  No
-    Jacobian is ever built.  Blocks are named ``input{i}->output{j}``.
+    For every differentiable output ``j`` a random cotangent ``u_j`` is drawn
+    and the scalar ``phi_j(x) = <u_j, fn(x)_j>`` is checked: its analytic
+    gradient is the vector-Jacobian product ``u_j^T J`` (from the framework's
+    autodiff, or from ``vjp``), its numerical gradient comes from finite
+    differences.  No Jacobian is ever built.  Blocks are named
+    ``input{i}->output{j}``.
+
+    Complex inputs and outputs are pairs of real vectors: a complex input
+    ``i`` gives the blocks ``input{i}.real->output{j}`` and
+    ``input{i}.imag->output{j}``; a complex output gets a complex cotangent
+    ``u = ur + 1j ui`` and the scalar ``<ur, Re y> + <ui, Im y>``.
+
+    Outputs the framework declares non-differentiable (integer outputs, a
+    ``requires_grad=False`` torch output such as batch norm's saved
+    statistics), empty inputs and outputs, and non-finite input entries
+    (``-inf`` in a mask) are left out and listed in ``report.skipped``.
 
     Parameters
     ----------
     fn : callable
         ``fn(*inputs)`` returning an array or a tuple of arrays.
     *inputs
-        Its arguments; floating ones are checked, others held fixed.
+        Its arguments; floating (and, in torch, complex) ones are checked,
+        others held fixed.
     vjp : callable, optional
         ``vjp(cotangents, *inputs)`` returning one gradient per input, for
-        frameworks without autodiff (numpy).
+        frameworks without autodiff (numpy).  For a complex input return
+        ``dL/dRe + 1j * dL/dIm``.
+    check_undefined_grad : bool
+        Also run the backward with the other outputs' gradients undefined
+        (``None``) and require the same VJP as with explicit zeros (default
+        True; with the framework's autodiff only).  A mismatch is an
+        ``undefined_grad`` finding.
     **options
         As for :func:`check`.  ``order=2`` checks the derivatives of the VJP
         itself, with respect to the inputs and the cotangents (as
@@ -101,6 +124,8 @@ def check_function(
         if vjp is not None:
             raise InputError("order=2 differentiates the framework's VJP; it cannot be combined with vjp=.")
         return run_function_second_order(fn, inputs, options, check_function)
+    if not isinstance(check_undefined_grad, bool):
+        raise InputError(f"check_undefined_grad={check_undefined_grad!r} must be True or False.")
     from .adapters import framework_of
 
     # Python numbers are constants of the function, not inputs to differentiate.
@@ -117,18 +142,39 @@ def check_function(
         fw = framework_of(first)
         if fw not in (None, "numpy"):
             adapter = get_adapter(fw)
+    opts = Options(**options)
+    start = time.perf_counter()
+    fi = _FunctionInputs(adapter, fn, inputs)
+    if not fi.floating and not fi.skipped:
+        raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
     outputs = adapter.call(fn, list(inputs))
+    reasons = _output_reasons(adapter, fn, inputs, outputs)
     seed = options.get("seed", 0)
     rng = np.random.default_rng(seed)
-    cotangents = [rng.standard_normal(o.shape) if o.dtype.kind == "f" else None for o in outputs]
-    fi = _FunctionInputs(adapter, fn, inputs)
-    if not fi.floating:
-        raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
+    cotangents: list[np.ndarray | None] = []
+    skipped = list(fi.skipped)
+    for j, (o, why) in enumerate(zip(outputs, reasons)):
+        if why is None and o.size == 0:
+            why = f"empty (shape {tuple(o.shape)}): nothing to check"
+        if why is not None:
+            skipped.append((f"output{j}", why))
+            cotangents.append(None)
+        elif o.dtype.kind == "c":
+            cotangents.append(rng.standard_normal(o.shape) + 1j * rng.standard_normal(o.shape))
+        else:
+            cotangents.append(rng.standard_normal(o.shape))
+    if not fi.floating or all(u is None for u in cotangents):
+        return _nothing_checked(adapter, opts, skipped, time.perf_counter() - start)
     reports = []
+    undefined: list[Finding] = []
     for j, u in enumerate(cotangents):
         if u is None:
             continue
-        us = [c if k == j else (None if c is None else np.zeros_like(c)) for k, c in enumerate(cotangents)]
+        # Zeros for the other outputs (of their own dtype for a floating output left out).
+        us = [
+            c if k == j else np.zeros_like(c) if c is not None else _zeros_or_none(outputs[k])
+            for k, c in enumerate(cotangents)
+        ]
         if vjp is not None:
             g = vjp(us if len(us) > 1 else us[0], *inputs)
             g = list(g) if isinstance(g, (list, tuple)) else [g]
@@ -138,11 +184,14 @@ def check_function(
             raise InputError(
                 f"the vjp returned {len(g)} gradients for {len(inputs)} inputs; return one per input."
             )
+        if vjp is None and check_undefined_grad and sum(c is not None for c in cotangents) > 1:
+            alone = [u if k == j else None for k in range(len(cotangents))]
+            undefined += _compare_undefined(fi, j, g, adapter.vjp(fn, list(inputs), alone))
         report = run_check(
             fi.projection(j, u),
             fi.params,
-            {f"input{i}": g[i] for i in fi.floating},
-            Options(**options),
+            {f"input{i}": fi.restrict(i, g[i]) for i in fi.floating},
+            opts,
             what="function",
         )
         for b in report.blocks:
@@ -151,39 +200,171 @@ def check_function(
             if f.block:
                 f.block = f"{f.block}->output{j}"
         reports.append(report)
-    if not reports:
-        raise InputError("fn has no floating output to check.")
     merged = merge_reports(reports)
+    merged.skipped = skipped
+    if undefined:
+        merged.findings += undefined
+        merged.verdict = "fail"
     if vjp is None and hasattr(adapter, "jvp"):
-        _check_jvps(fi, cotangents, merged, Options(**options))
+        _check_jvps(fi, cotangents, merged, opts)
     return merged
 
 
+def _zeros_or_none(output: np.ndarray) -> np.ndarray | None:
+    """A zero cotangent for a floating or complex output, None for others."""
+    return np.zeros_like(output) if output.dtype.kind in "fc" else None
+
+
+def _output_reasons(
+    adapter: Any, fn: Callable[..., Any], inputs: Any, outputs: list[np.ndarray]
+) -> list[str | None]:
+    """Why each output is not checked (None: it is), as the framework declares it."""
+    declared = getattr(adapter, "nondifferentiable_outputs", None)
+    if declared is not None:
+        return list(declared(fn, list(inputs)))
+    complex_ok = bool(getattr(adapter, "supports_complex", False))
+    reasons: list[str | None] = []
+    for o in outputs:
+        if o.dtype.kind == "c" and not complex_ok:
+            reasons.append(f"complex outputs are not checked with {adapter.name}")
+        elif o.dtype.kind not in "fc":
+            reasons.append(f"{o.dtype} values have no derivative")
+        else:
+            reasons.append(None)
+    return reasons
+
+
+def _nothing_checked(adapter: Any, opts: Options, skipped: list[tuple[str, str]], seconds: float) -> Report:
+    """A pass that says nothing was checked, and why (every input or output left out)."""
+    what = ", ".join(w for w, _ in skipped)
+    return Report(
+        verdict="pass",
+        rel_error=0.0,
+        blocks=[],
+        findings=[
+            Finding(
+                "nothing_checked",
+                None,
+                f"nothing was checked: {what} were left out (the reasons are listed under "
+                "'not checked'), and no non-empty floating input reaches a differentiable output.",
+                {"skipped": [list(s) for s in skipped]},
+            )
+        ],
+        nfev=0,
+        seconds=seconds,
+        method=opts.method,
+        step=float("nan"),
+        framework=adapter.name,
+        rtol=opts.rtol,
+        atol=opts.atol,
+        what="function",
+        skipped=skipped,
+    )
+
+
+def _compare_undefined(
+    fi: _FunctionInputs, j: int, with_zeros: list[np.ndarray], undefined: list[np.ndarray]
+) -> list[Finding]:
+    """Findings where the VJP with the other outputs' gradients undefined differs from the one with zeros."""
+    out = []
+    for i in fi.floating:
+        a = np.asarray(with_zeros[i])
+        b = np.asarray(undefined[i])
+        if a.size == 0:
+            continue
+        scale = float(np.max(np.abs(a)))
+        diff = float(np.max(np.abs(a - b)))
+        # Two computations of the same product: they agree to round-off.
+        if not np.isfinite(diff) or diff > 1e-8 * max(scale, float(np.max(np.abs(b)))):
+            out.append(
+                Finding(
+                    "undefined_grad",
+                    f"input{i}->output{j}",
+                    f"the backward pass gives a different gradient for input {i} when the gradients "
+                    f"of the outputs other than output {j} are undefined (None) than when they are "
+                    f"zeros (largest difference {diff:.3g}, gradient scale {scale:.3g}); a backward "
+                    "must treat an undefined output gradient as zero (in a custom "
+                    "autograd.Function with ctx.set_materialize_grads(False), test each grad for None).",
+                    {"output": j, "input": i, "max_abs_difference": diff},
+                )
+            )
+    return out
+
+
 class _FunctionInputs:
-    """The inputs of a function under check: the floating ones are the parameters.
+    """The inputs of a function under check: the non-empty floating ones are the parameters.
 
     They are named ``input{i}``; other inputs (integers, Python numbers) are
-    held fixed.  :meth:`projection` turns output ``j`` into the scalar
-    ``<u, fn(inputs)_j>`` whose gradient is the vector-Jacobian product.
+    held fixed, empty ones and non-finite entries too (listed in ``skipped``).
+    An input with non-finite entries is checked through its finite entries
+    only: its parameter is the 1-d array of those, in row-major order.
+    :meth:`projection` turns output ``j`` into the scalar ``<u, fn(inputs)_j>``
+    whose gradient is the vector-Jacobian product.
     """
 
     def __init__(self, adapter: Any, fn: Callable[..., Any], inputs: tuple[Any, ...] | list[Any]) -> None:
         self.adapter = adapter
         self.fn = fn
         self.inputs = list(inputs)
-        self.floating = [
-            i
-            for i, x in enumerate(self.inputs)
-            if not isinstance(x, (int, float)) and _is_floating(adapter, x)
-        ]
-        self.params = {f"input{i}": self.inputs[i] for i in self.floating}
+        self.floating: list[int] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.masks: dict[int, np.ndarray] = {}
+        self.params: dict[str, Any] = {}
+        complex_ok = bool(getattr(adapter, "supports_complex", False))
+        for i, x in enumerate(self.inputs):
+            if isinstance(x, (int, float)):
+                continue
+            values = _floating_values(adapter, x, True)
+            if values is None:
+                continue
+            if values.dtype.kind == "c" and not complex_ok:
+                self.skipped.append((f"input{i}", f"complex inputs are not checked with {adapter.name}"))
+                continue
+            if values.size == 0:
+                self.skipped.append((f"input{i}", f"empty (shape {values.shape}): nothing to check"))
+                continue
+            finite = np.isfinite(values)
+            if not finite.all():
+                kinds = sorted({str(v) for v in values[~finite].ravel().tolist()})
+                self.skipped.append(
+                    (
+                        f"input{i}",
+                        f"{int((~finite).sum())} non-finite entries ({', '.join(kinds)}) held fixed; "
+                        f"the block lists the {int(finite.sum())} finite entries in row-major order",
+                    )
+                )
+                if not finite.any():
+                    continue
+                self.masks[i] = finite
+                self.params[f"input{i}"] = adapter.take(x, finite)
+            else:
+                self.params[f"input{i}"] = adapter.as_parameter(x)
+            self.floating.append(i)
+
+    def restrict(self, i: int, gradient: Any) -> Any:
+        """An input's gradient, restricted to the entries that are checked."""
+        mask = self.masks.get(i)
+        return gradient if mask is None else np.asarray(gradient)[mask]
+
+    def arguments(self, p: dict[str, Any]) -> list[Any]:
+        """The function's arguments with the checked inputs taken from ``p``."""
+        args = list(self.inputs)
+        for i in self.floating:
+            mask = self.masks.get(i)
+            value = p[f"input{i}"]
+            original = self.inputs[i]
+            args[i] = (
+                self.adapter.like(original, value)
+                if mask is None
+                else self.adapter.put(original, mask, value)
+            )
+        return args
 
     def projection(self, j: int, u: np.ndarray) -> Callable[[dict[str, Any]], float]:
         def phi(p: dict[str, Any]) -> float:
-            args = list(self.inputs)
-            for i in self.floating:
-                args[i] = p[f"input{i}"]
-            return float(np.sum(u * np.asarray(self.adapter.call(self.fn, args)[j], dtype=np.float64)))
+            y = np.asarray(self.adapter.call(self.fn, self.arguments(p))[j])
+            # <ur, Re y> + <ui, Im y>: the real inner product of the pairs
+            return float(np.sum(np.real(np.conj(u) * y)))
 
         return phi
 
@@ -203,8 +384,14 @@ def _check_jvps(
     rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
     adapter, inputs = fi.adapter, fi.inputs
     for i in fi.floating:
-        shape = np.shape(adapter.to_numpy(inputs[i]))
+        full = np.asarray(adapter.to_numpy(inputs[i]))
+        shape = full.shape
         v = rng.standard_normal(shape)
+        if full.dtype.kind == "c":
+            v = v + 1j * rng.standard_normal(shape)
+        mask = fi.masks.get(i)
+        if mask is not None:
+            v = np.where(mask, v, 0)
         tangents = [v if k == i else None for k in range(len(inputs))]
         try:
             out_tangents = adapter.jvp(fi.fn, inputs, tangents)
@@ -214,13 +401,17 @@ def _check_jvps(
         for j, u in enumerate(cotangents):
             if u is None:
                 continue
-            analytic = float(np.sum(u * np.asarray(out_tangents[j], dtype=np.float64)))
+            analytic = float(np.sum(np.real(np.conj(u) * np.asarray(out_tangents[j]))))
 
             with prepared(fi.projection(j, u), fi.params, opts) as (_, target, fun):
                 f0 = fun(target.flat.x0)
                 noise, _ = fd.estimate_noise(fun, target.flat.x0, f0, rng)
                 direction = np.zeros(target.flat.n)
-                direction[target.flat.leaves[fi.floating.index(i)].slice] = v.reshape(-1)
+                group = target.flat.groups[fi.floating.index(i)]
+                entries = (v if mask is None else v[mask]).reshape(-1)
+                direction[group[0].slice] = np.real(entries)
+                if len(group) == 2:
+                    direction[group[1].slice] = np.imag(entries)
                 rel = fd.relative_step("richardson", noise / abs(f0) if f0 else fd.EPS)
                 numeric, err, _ = fd.directional(
                     fun, target.flat.x0, direction, rel_step=rel, noise=noise, f0=f0
@@ -270,11 +461,13 @@ def _check_jvps(
                 )
 
 
-def _is_floating(adapter: Any, value: Any) -> bool:
+def _floating_values(adapter: Any, value: Any, complex_ok: bool) -> np.ndarray | None:
+    """``value`` as numpy if it is floating (or complex, with ``complex_ok``), else None."""
     try:
-        return np.asarray(adapter.to_numpy(value)).dtype.kind == "f"
+        array = np.asarray(adapter.to_numpy(value))
     except Exception:
-        return False
+        return None
+    return array if array.dtype.kind == "f" or (complex_ok and array.dtype.kind == "c") else None
 
 
 def merge_reports(reports: list[Report]) -> Report:
@@ -291,6 +484,7 @@ def merge_reports(reports: list[Report]) -> Report:
         Every block and finding, the worst verdict, summed evaluations and time.
     """
     blocks = [b for r in reports for b in r.blocks]
+    compared = [b.compared() for b in blocks]
     findings = [f for r in reports for f in r.findings]
     verdicts = {r.verdict for r in reports}
     verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
@@ -298,8 +492,8 @@ def merge_reports(reports: list[Report]) -> Report:
     return Report(
         verdict=verdict,
         rel_error=rel_error(
-            np.concatenate([b.compared()[0] for b in blocks]),
-            np.concatenate([b.compared()[1] for b in blocks]),
+            np.concatenate([c[0] for c in compared]) if compared else np.zeros(0),
+            np.concatenate([c[1] for c in compared]) if compared else np.zeros(0),
         ),
         blocks=blocks,
         findings=findings,

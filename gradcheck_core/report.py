@@ -37,6 +37,9 @@ FINDING_KINDS = (
     "hessian_entry",
     "batched_grad",
     "grad_dtype",
+    "method_changed",
+    "undefined_grad",
+    "nothing_checked",
 )
 
 
@@ -171,6 +174,9 @@ class Report:
     rtol: float = 0.0
     atol: float = 0.0
     what: str = "gradient"
+    #: What was left out of the check, and why: ``(what, reason)`` pairs
+    #: (an output autograd calls non-differentiable, an empty input, held-fixed entries).
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -214,6 +220,7 @@ class Report:
                 "n_params": self.n_params,
                 "blocks": [b.to_dict(arrays) for b in self.blocks],
                 "findings": [f.to_dict() for f in self.findings],
+                "skipped": [{"what": w, "reason": r} for w, r in self.skipped],
             }
         )
 
@@ -240,6 +247,9 @@ class Report:
             for f in self.findings:
                 where = f"[{f.block}] " if f.block else ""
                 lines.append(f"  - {f.kind}: {where}{f.message}")
+        if self.skipped:
+            lines.append("not checked:")
+            lines.extend(f"  - {what}: {reason}" for what, reason in self.skipped)
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -252,6 +262,7 @@ class Report:
         rows = [[_MARK.get(b.verdict, b.verdict), *block_cells(b)] for b in blocks]
         grid = table.html_table(HEADER, rows, [b.verdict for b in blocks])
         notes = [f"{f.kind}: " + (f"[{f.block}] " if f.block else "") + f.message for f in self.findings]
+        notes += [f"not checked: {what}: {reason}" for what, reason in self.skipped]
         return table.html_document(self.verdict, f"gradient check: {self.verdict.upper()}", rest, grid, notes)
 
     def __repr__(self) -> str:

@@ -35,10 +35,11 @@ from gradcheck_core.errors import InputError
 from gradcheck_core.flatten import Flat
 
 from ..base import Adapter, RngState, Target, python_rng_states, takes_argument
-from .autodiff import _gradient_of, _scalar_tensor
+from .autodiff import _gradient_of, _scalar_tensor, with_layout
 from .autodiff import call as _call
 from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import jvp as _jvp
+from .autodiff import nondifferentiable_outputs as _nondifferentiable_outputs
 from .autodiff import vjp as _vjp
 from .autodiff import vjp_function as _vjp_function
 from .batching import _Batched
@@ -52,6 +53,9 @@ class TorchAdapter(Adapter):
     """PyTorch: tensors, nn.Parameters and nn.Modules; autograd as the reference."""
 
     name = "torch"
+    #: ``.grad`` of a real loss with respect to a complex ``z`` is ``dL/dRe z + 1j * dL/dIm z``
+    #: (the conjugate Wirtinger derivative, times 2): exactly the (real, imaginary) pair.
+    supports_complex = True
     #: Evaluate the points of a sweep with ``torch.func.vmap`` where the loss allows.
     vmap = True
     #: Largest number of points one vectorised (vmap) call evaluates.
@@ -76,6 +80,8 @@ class TorchAdapter(Adapter):
                 "(module.to_empty(device='cpu') and initialise the weights, or create it on the CPU)."
             )
         t = value.detach()
+        if t._is_zerotensor():  # an efficient zero gradient (torch.sgn's backward, say) has no storage
+            return np.zeros(tuple(t.shape), dtype=_numpy_dtype(t.dtype))
         if t.layout != torch.strided:
             t = t.to_dense()
         if t.is_conj():
@@ -220,7 +226,7 @@ class TorchAdapter(Adapter):
                 return fn(p) if module is None else _module_loss(fn, module)(p)
 
         evaluate_complex = None
-        if promote:
+        if promote and not flat.has_complex:
 
             def evaluate_complex(z: np.ndarray) -> Any:
                 p = flat.unravel(z, lambda piece, o: _tensor(piece, torch.complex128, o.device))
@@ -233,7 +239,7 @@ class TorchAdapter(Adapter):
             evaluate=evaluate,
             gradient=gradient,
             call_grad=call_grad,
-            evaluate_batch=batch if batch.possible else None,
+            evaluate_batch=batch if batch.possible and not flat.has_complex else None,
             evaluate_complex=evaluate_complex,
             framework=self.name,
         )
@@ -299,6 +305,30 @@ class TorchAdapter(Adapter):
         """``fn(*inputs)`` at float64 copies of the inputs, outputs as numpy (see :func:`.autodiff.call`)."""
         return _call(self, fn, inputs)
 
+    def nondifferentiable_outputs(self, fn: Callable[..., Any], inputs: list[Any]) -> list[str | None]:
+        """Why each output is left out (None: checked); see :func:`.autodiff.nondifferentiable_outputs`."""
+        return _nondifferentiable_outputs(fn, inputs)
+
+    def as_parameter(self, value: Any) -> Any:
+        """A sparse input is perturbed as a dense copy (:meth:`like` puts its pattern back)."""
+        if isinstance(value, torch.Tensor) and value.layout != torch.strided:
+            return value.detach().to_dense()
+        return value
+
+    def like(self, original: Any, value: Any) -> Any:
+        """``value`` with ``original``'s strides and storage offset (see :func:`.autodiff.with_layout`)."""
+        return with_layout(original, value)
+
+    def take(self, value: Any, mask: np.ndarray) -> Any:
+        """The entries where ``mask`` is True, as a 1-d tensor (a copy)."""
+        return value.detach()[torch.as_tensor(mask, device=value.device)].clone()
+
+    def put(self, value: Any, mask: np.ndarray, entries: Any) -> Any:
+        """A copy of ``value`` (in the dtype of ``entries``) with ``entries`` where ``mask`` is True."""
+        out = value.detach().to(dtype=entries.dtype, copy=True)
+        out[torch.as_tensor(mask, device=value.device)] = entries
+        return out
+
     def vjp(
         self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
     ) -> list[np.ndarray]:
@@ -352,6 +382,15 @@ def _module_loss(loss: Callable[..., Any], module: torch.nn.Module) -> Callable[
         return torch.func.functional_call(wrapper, values, (), strict=False)
 
     return loss_of_values
+
+
+def _numpy_dtype(dtype: torch.dtype) -> Any:
+    """The numpy dtype a tensor of ``dtype`` converts to (bfloat16 as float32)."""
+    if dtype.is_complex:
+        return np.complex128 if dtype == torch.complex128 else np.complex64
+    if dtype.is_floating_point:
+        return np.float64 if dtype == torch.float64 else np.float32
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 def _is_sequence_skeleton(flat: Flat) -> bool:

@@ -23,7 +23,7 @@ from gradcheck_core.errors import InputError, NotTwiceDifferentiable
 from ..base import Adapter, takes_argument
 from .float64 import _promotable, _work_dtype, float64_scope
 
-__all__ = ["call", "directional_gradient", "jvp", "vjp", "vjp_function"]
+__all__ = ["call", "directional_gradient", "jvp", "nondifferentiable_outputs", "vjp", "vjp_function"]
 
 
 def _scalar_tensor(out: Any) -> torch.Tensor:
@@ -51,13 +51,18 @@ def _scalar_tensor(out: Any) -> torch.Tensor:
 
 
 def _gradient_of(out: torch.Tensor, leaves: list[torch.Tensor], adapter: Adapter) -> np.ndarray:
+    """autograd's gradient, in flatten order; a complex leaf's ``dL/dRe + 1j dL/dIm`` as its two parts."""
     grads = torch.autograd.grad(out, leaves, allow_unused=True)
     chunks = []
     for g, t in zip(grads, leaves):
         if g is None:
-            chunks.append(np.zeros(t.numel()))
+            chunks.append(np.zeros(t.numel() * (2 if t.is_complex() else 1)))
+            continue
+        array = np.asarray(adapter.to_numpy(g)).reshape(-1)
+        if t.is_complex():
+            chunks += [np.real(array).astype(np.float64), np.imag(array).astype(np.float64)]
         else:
-            chunks.append(np.asarray(adapter.to_numpy(g), dtype=np.float64).reshape(-1))
+            chunks.append(np.asarray(array, dtype=np.float64))
     return np.concatenate(chunks)
 
 
@@ -66,14 +71,67 @@ def _as_list(out: Any) -> list[Any]:
 
 
 def _inputs(inputs: Sequence[Any], requires_grad: bool) -> list[Any]:
-    """Float64 copies of the floating inputs (others as they are)."""
+    """Float64 copies of the floating inputs (others as they are), in the inputs' memory layout."""
     out = []
     for v in inputs:
         if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()):
-            t = v.detach().to(dtype=_work_dtype(v, True), copy=True)
+            t = same_layout_copy(v, _work_dtype(v, True))
             out.append(t.requires_grad_(requires_grad))
         else:
             out.append(v)
+    return out
+
+
+def _plain_layout(t: torch.Tensor) -> bool:
+    """True for a contiguous tensor that owns its whole storage from offset 0."""
+    return (
+        t.layout != torch.strided
+        or t.device.type == "meta"
+        or (
+            t.is_contiguous()
+            and t.storage_offset() == 0
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        )
+    )
+
+
+def same_layout_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A detached copy of ``t`` in ``dtype`` with the same sizes, strides and storage offset.
+
+    A view into a larger storage (what ``as_strided`` samples pass) keeps the
+    storage around it, so a function that reads through the storage
+    (``as_strided`` with an offset) sees what it would see on ``t``.
+    """
+    if _plain_layout(t):
+        return t.detach().to(dtype=dtype, copy=True)
+    n = t.untyped_storage().nbytes() // t.element_size()
+    storage = t.detach().as_strided((n,), (1,), 0).to(dtype=dtype, copy=True)
+    out = torch.empty(0, dtype=dtype, device=t.device)
+    return out.set_(storage.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
+_SPARSE = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+
+
+def with_layout(original: Any, value: Any) -> Any:
+    """``value`` (a tensor shaped like ``original``) in ``original``'s memory layout.
+
+    A sparse ``original`` gives a sparse tensor with its pattern (only its
+    specified entries vary).  Tensors with overlapping memory (expanded ones)
+    and plain tensors are returned as they are.
+    """
+    if not isinstance(original, torch.Tensor) or not isinstance(value, torch.Tensor):
+        return value
+    if original.layout in _SPARSE:
+        # the values at the original's specified entries, in its sparse layout
+        return value.reshape(original.shape).sparse_mask(original.detach().to(value.dtype))
+    if _plain_layout(original):
+        return value
+    if torch._debug_has_internal_overlap(original) != 0:
+        return value
+    out = same_layout_copy(original, value.dtype)
+    with torch.no_grad():
+        out.copy_(value.reshape(out.shape))
     return out
 
 
@@ -150,8 +208,41 @@ def vjp(
         g = by_input.get(id(x)) if isinstance(x, torch.Tensor) else None
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else np.shape(x)
         zero = g is None or g._is_zerotensor()  # a ZeroTensor: torch's symbolic zeros
-        result.append(np.zeros(shape) if zero else np.asarray(adapter.to_numpy(g), dtype=np.float64))
+        result.append(np.zeros(shape) if zero else _wide_array(adapter.to_numpy(g)))
     return result
+
+
+def _wide_array(value: Any) -> np.ndarray:
+    """float64 (complex128 for complex values) numpy copy."""
+    array = np.asarray(value)
+    return np.asarray(array, dtype=np.complex128 if array.dtype.kind == "c" else np.float64)
+
+
+def nondifferentiable_outputs(fn: Callable[..., Any], inputs: list[Any]) -> list[str | None]:
+    """Why each output of ``fn`` has no derivative autograd will give (None: it has one).
+
+    An output is non-differentiable when it is not a floating or complex
+    tensor, or when autograd does not track it although the inputs require
+    grad: ``.detach()``ed, computed under ``no_grad``, or declared so by the
+    operator (batch norm's saved mean and inverse std).
+    """
+    xs = _inputs(inputs, True)
+    with float64_scope(_promotable(xs)), torch.enable_grad():
+        outs = _as_list(fn(*xs))
+    reasons: list[str | None] = []
+    for o in outs:
+        if not isinstance(o, torch.Tensor):
+            reasons.append(f"a {type(o).__name__}, not a tensor")
+        elif not (o.is_floating_point() or o.is_complex()):
+            reasons.append(f"{str(o.dtype).replace('torch.', '')} values have no derivative")
+        elif not o.requires_grad:
+            reasons.append(
+                "autograd does not track it (requires_grad=False while the inputs require grad: "
+                "detached, computed without grad, or declared non-differentiable by the operator)"
+            )
+        else:
+            reasons.append(None)
+    return reasons
 
 
 def jvp(
@@ -188,7 +279,11 @@ def jvp(
         with _dual_level(), float64_scope(_promotable(xs)):
             duals = []
             for x, v in zip(xs, tangents):
-                if v is None or not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                if (
+                    v is None
+                    or not isinstance(x, torch.Tensor)
+                    or not (x.is_floating_point() or x.is_complex())
+                ):
                     duals.append(x)
                 else:
                     tangent = torch.as_tensor(
@@ -203,9 +298,7 @@ def jvp(
                     continue
                 tangent = fwad.unpack_dual(o).tangent
                 result.append(
-                    np.zeros(tuple(o.shape))
-                    if tangent is None
-                    else np.asarray(adapter.to_numpy(tangent), dtype=np.float64)
+                    np.zeros(tuple(o.shape)) if tangent is None else _wide_array(adapter.to_numpy(tangent))
                 )
             return result
     except (RuntimeError, NotImplementedError) as exc:

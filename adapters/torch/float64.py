@@ -361,7 +361,7 @@ def _promotable(values: Sequence[Any]) -> bool:
 def _precision(flat: Flat, float64: bool) -> list[str]:
     """Sentences (with the remedy) for parameters not evaluated in float64."""
     sentences = []
-    for leaf, t in zip(flat.leaves, flat.values):
+    for leaf, t in zip([g[0] for g in flat.groups], flat.values):
         work = _work_dtype(t, float64)
         if work in (torch.float64, torch.complex128):
             continue
