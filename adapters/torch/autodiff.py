@@ -333,13 +333,16 @@ def _projected(out: Any, leaves: list[torch.Tensor], pieces: list[np.ndarray]) -
     grads = torch.autograd.grad(scalar, leaves, create_graph=True, allow_unused=True)
     # 0 * sum(leaf) keeps the result attached to every leaf: a loss whose
     # gradient is constant has a zero Hessian, not an undifferentiable one.
-    total = sum((0.0 * t.sum() for t in leaves), torch.zeros((), dtype=scalar.dtype, device=scalar.device))
+    attached = (0.0 * (t.real.sum() if t.is_complex() else t.sum()) for t in leaves)
+    total = sum(attached, torch.zeros((), dtype=scalar.dtype, device=scalar.device))
     for g, t, piece in zip(grads, leaves, pieces):
-        if g is not None:
-            total = (
-                total
-                + (g * torch.as_tensor(piece.reshape(tuple(t.shape)), dtype=g.dtype, device=g.device)).sum()
-            )
+        if g is None:
+            continue
+        w = torch.as_tensor(piece.reshape(tuple(t.shape)), dtype=g.dtype, device=g.device)
+        if g.is_complex():  # the pair convention: <(dL/dRe, dL/dIm), (w.real, w.imag)>
+            total = total + (g.real * w.real + g.imag * w.imag).sum()
+        else:
+            total = total + (g * w).sum()
     return total
 
 
