@@ -27,6 +27,9 @@ __all__ = ["FLAT_PROBES", "REFINE_TOTAL", "run_full"]
 # Suspect coordinates looked at again with Richardson, over the whole check
 # (per parameter: Options.max_refine).
 REFINE_TOTAL = 400
+# An analytic entry below this many ulps of the loss per unit step is a zero computed with
+# cancellation (see _at_roundoff).
+ROUNDOFF_ZERO = 64.0
 # Coordinates probed for flatness (a staircase, a saturated function), over the whole check.
 FLAT_PROBES = 400
 
@@ -225,26 +228,41 @@ def _probe_flat(
     looked = ((a == 0) | (numeric == 0)) & ~broken
     looked &= (np.abs(a - numeric) > tol) | ~np.isfinite(numeric) | undecidable(a, numeric, err, scale)
     direction = np.zeros(ctx.flat.n)
+    zero = _at_roundoff(ctx, idx, a)
     for p in np.flatnonzero(looked)[:FLAT_PROBES]:
         direction[idx[p]] = 1.0
         bound = ctx.flat_slope(direction)
         direction[idx[p]] = 0.0
-        # Taken where it decides: a zero analytic entry, or one the bound is small next to.
-        if bound is not None and (a[p] == 0 or ROUNDOFF_SAFETY * bound <= 0.25 * abs(a[p])):
+        # Taken where it decides: a zero analytic entry (or one at round-off level), or one
+        # the bound is small next to.
+        if bound is not None and (zero[p] or ROUNDOFF_SAFETY * bound <= 0.25 * abs(a[p])):
             flat_at[p] = True
             numeric[p], err[p] = 0.0, ROUNDOFF_SAFETY * bound
-            if a[p] == 0:
+            if zero[p]:
                 direction[idx[p]] = 1.0
                 faint[p] = ctx.moves_faintly(direction)
                 direction[idx[p]] = 0.0
     return flat_at, faint
 
 
+def _at_roundoff(ctx: Problem, idx: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Analytic entries that are zero up to round-off: a true zero computed with cancellation.
+
+    Autodiff of a function that is constant in a coordinate (``x / |x|``, the
+    correlation of one row) often gives a few ulps instead of 0.  An entry is
+    taken as zero when it is below :data:`ROUNDOFF_ZERO` ulps of the loss per
+    unit of the coordinate (``max(1, |x|)``): far below any slope float64 could
+    resolve, and far below the smallest real gradients (1e-11 at a loss of 3).
+    """
+    scale = max(abs(ctx.f0), ctx.floor, 1e-300) / np.maximum(1.0, np.abs(ctx.flat.x0[idx]))
+    return (a == 0) | (np.abs(a) <= ROUNDOFF_ZERO * fd.EPS * scale)
+
+
 def _below_resolution(ctx: Problem, idx: np.ndarray, a: np.ndarray, flat_at: np.ndarray) -> np.ndarray:
     """Flat coordinates whose nonzero analytic slope float64 could not show (undecidable)."""
     hidden = np.zeros(len(idx), dtype=bool)
     direction = np.zeros(ctx.flat.n)
-    for p in np.flatnonzero(flat_at & (a != 0)):
+    for p in np.flatnonzero(flat_at & ~_at_roundoff(ctx, idx, a)):
         direction[idx[p]] = 1.0
         hidden[p] = ctx.below_resolution(float(a[p]), direction)
         direction[idx[p]] = 0.0
