@@ -9,6 +9,7 @@ turns into one result per parameter.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -18,7 +19,7 @@ import numpy as np
 
 from . import differences as fd
 from .counted_loss import prepared
-from .diagnose import diagnose_block
+from .diagnose import diagnose_block, saturation_finding
 from .errors import InputError
 from .fast import run_fast
 from .options import Options
@@ -55,7 +56,60 @@ def _rounding_floor(dtype: str | None, f0: float) -> float:
     return 0.5 * eps * abs(f0)
 
 
-def _analytic(grad: Any, target: Any, adapter: Any) -> np.ndarray:
+# A gradient given in a narrow float type is judged at that type's precision:
+# relative tolerance this many of its machine epsilons, plus an absolute one of
+# this many epsilons times the gradient's largest entry (for entries computed by
+# summing larger terms).
+GIVEN_RTOL_EPS = 16.0
+GIVEN_ATOL_EPS = 16.0
+
+
+def _narrowest_dtype(value: Any, adapter: Any) -> str | None:
+    """The narrowest floating dtype below float64 among the leaves of a given gradient, or None."""
+    from .flatten import leaf_items
+
+    try:
+        leaves = [leaf for _, leaf in leaf_items(adapter.collect(value), adapter.is_leaf)]
+    except Exception:
+        return None
+    narrowest: tuple[float, str] | None = None
+    for leaf in leaves:
+        dt = getattr(leaf, "dtype", None)
+        name = str(getattr(dt, "name", dt)).replace("torch.", "")
+        eps = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23}.get(name)
+        if eps is not None and (narrowest is None or eps > narrowest[0]):
+            narrowest = (eps, name)
+    return None if narrowest is None else narrowest[1]
+
+
+def _given_precision(dtype: str, analytic: np.ndarray, opts: Options) -> tuple[Options, Finding]:
+    """Options that judge a gradient given in ``dtype`` at its precision, and the finding that says so."""
+    eps = {"float16": 2.0**-10, "bfloat16": 2.0**-7}.get(dtype, 2.0**-23)
+    widened = copy.copy(opts)
+    widened.rtol = max(opts.rtol, GIVEN_RTOL_EPS * eps)
+    scale = float(np.max(np.abs(analytic))) if analytic.size else 0.0
+    widened.atol = max(opts.atol, GIVEN_ATOL_EPS * eps * scale)
+    finding = Finding(
+        "low_precision",
+        None,
+        f"the gradient was given in {dtype}, so it is only as precise as {dtype} (machine epsilon "
+        f"{eps:.2g}): it was judged at that precision (rtol {widened.rtol:.2g}, atol "
+        f"{widened.atol:.2g}) rather than float64's. Compute it in float64 (float64 parameters, "
+        "jax.config x64 mode, .double()) to check it more tightly.",
+        {"dtype": dtype, "rtol": widened.rtol, "atol": widened.atol, "reasons": [f"gradient in {dtype}"]},
+    )
+    return widened, finding
+
+
+def _clip_note(loss: Any) -> str | None:
+    """Why the loss is clipped, when an adapter can tell (Keras's crossentropies)."""
+    from .adapters import clip_note
+
+    return clip_note(loss)
+
+
+def _analytic_and_dtype(grad: Any, target: Any, adapter: Any) -> tuple[np.ndarray, str | None]:
+    """The gradient to check as a flat vector, and its dtype when it was given narrower than float64."""
     flat = target.flat
     if grad is None:
         if target.gradient is None:
@@ -68,9 +122,11 @@ def _analytic(grad: Any, target: Any, adapter: Any) -> np.ndarray:
         vec = np.asarray(target.gradient(), dtype=np.float64).reshape(-1)
         if vec.size != flat.n:
             raise InputError(f"the framework's gradient has {vec.size} entries, the parameters {flat.n}.")
-        return vec
-    value = target.call_grad(grad) if callable(grad) else grad
-    return adapter.gradient_vector(value, flat)
+        return vec, None
+    # A callable that holds arrays (an Equinox or nnx module) is the gradient itself.
+    is_function = callable(grad) and not adapter.gradient_is_values(grad)
+    value = target.call_grad(grad) if is_function else grad
+    return adapter.gradient_vector(value, flat), _narrowest_dtype(value, adapter)
 
 
 def check(
@@ -175,8 +231,11 @@ def run_check(
         f0 = fun(flat.x0)
         t_eval = time.perf_counter() - t0
         fun.replay()  # the gradient sees the same random draws as every evaluation
-        analytic = _analytic(grad, target, adapter)
+        analytic, given_dtype = _analytic_and_dtype(grad, target, adapter)
         findings: list[Finding] = []
+        if given_dtype is not None:
+            opts, given_finding = _given_precision(given_dtype, analytic, opts)
+            findings.append(given_finding)
 
         # Repeated evaluation at the same point: nondeterminism?
         f_again = [fun(flat.x0) for _ in range(2)]
@@ -261,7 +320,12 @@ def run_check(
                 full = None
                 if b.n_checked == leaf.size:
                     full = (b.analytic, b.numeric)
-                findings.extend(diagnose_block(b, x_local, full))
+                flat_finding = saturation_finding(b, _clip_note(loss))
+                # entries where the loss is flat explain the failure better than a bug pattern
+                if flat_finding is None or flat_finding.detail["n_flat"] < b.n_bad:
+                    findings.extend(diagnose_block(b, x_local, full))
+                if flat_finding is not None:
+                    findings.append(flat_finding)
         kinks = [b for b in blocks if b.n_kink]
         if kinks:
             total = sum(b.n_kink for b in kinks)
@@ -270,7 +334,7 @@ def run_check(
                     "kink",
                     kinks[0].name if len(kinks) == 1 else None,
                     f"{total} coordinate(s) sit at a kink of the loss ({', '.join(b.name for b in kinks)}): "
-                    "the slopes left and right differ (ReLU at 0, abs, max), so finite differences "
+                    "the slopes left and right differ (ReLU at 0, abs, max, the edge of a clip), so finite differences "
                     "cannot judge them; they were not counted as wrong. Move the parameters off "
                     "the kink (a small random shift) to check them too.",
                     {"blocks": {b.name: b.n_kink for b in kinks}},

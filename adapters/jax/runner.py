@@ -18,12 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradcheck_core.errors import InputError
+from gradcheck_core.errors import InputError, ReverseModeUnsupported
 from gradcheck_core.flatten import Flat
 
 from ..base import Target, python_rng_states
+from .autodiff import REVERSE_MODE_HINT, no_reverse_mode
 from .batching import BatchedEvaluation
-from .precision import narrow_operations, precision_sentence
+from .precision import located_causes, narrow_operations, precision_sentence
+from .promote import promoted
 from .x64_mode import x64
 
 __all__ = ["Runner"]
@@ -35,7 +37,9 @@ class Runner(BatchedEvaluation):
     Parameters
     ----------
     loss : callable
-        ``loss(p)`` with ``p`` shaped like the flattened parameters.
+        ``loss(p)`` with ``p`` shaped like the flattened parameters.  In
+        float64 it is evaluated with the float32 data it captures promoted
+        to float64 (:func:`.promote.promoted`).
     flat : Flat
         The flattened parameters.
     float64 : bool
@@ -50,7 +54,7 @@ class Runner(BatchedEvaluation):
     def __init__(
         self, loss: Callable[..., Any], flat: Flat, *, float64: bool, jit: bool, vectorize: bool
     ) -> None:
-        self.loss = loss
+        self.loss = promoted(loss) if float64 else loss
         self.flat = flat
         self.float64 = float64
         self.use_jit = jit
@@ -74,6 +78,7 @@ class Runner(BatchedEvaluation):
         self.noted = False
         self.out_dtype: Any = np.float64
         self.narrow_ops: list[tuple[str, str]] = []
+        self.narrow_causes: list[str] = []
 
     # -- building blocks -----------------------------------------------------
     def make(self, piece: Any, original: Any) -> Any:
@@ -124,7 +129,9 @@ class Runner(BatchedEvaluation):
                 except Exception:
                     return  # evaluated as it is, point by point
                 if self.float64:
-                    self.narrow_ops = narrow_operations(traced.jaxpr.jaxpr, [True])
+                    sources: list[Any] = []
+                    self.narrow_ops = narrow_operations(traced.jaxpr.jaxpr, [True], sources)
+                    self.narrow_causes = located_causes(sources)
                 self.traceable = True
                 if self.use_jit:
                     for r, s in states:
@@ -151,7 +158,7 @@ class Runner(BatchedEvaluation):
         self.noted = True
         self.out_dtype = getattr(out, "dtype", np.float64)
         if self.float64:
-            sentence = precision_sentence(self.loss, getattr(out, "dtype", None), self.narrow_ops)
+            sentence = precision_sentence(getattr(out, "dtype", None), self.narrow_ops, self.narrow_causes)
             if sentence:
                 self.precision.append(sentence)
         elif any(leaf.dtype != "float64" for leaf in self.flat.leaves):
@@ -196,6 +203,11 @@ class Runner(BatchedEvaluation):
             try:
                 g = grad(self.vector(self.flat.x0 if x is None else x))
             except Exception as exc:
+                if no_reverse_mode(exc) is not None:
+                    raise ReverseModeUnsupported(
+                        f"{REVERSE_MODE_HINT}: gc.check(loss, params, grad=jax.jacfwd(loss)) checks "
+                        f"the forward-mode gradient (JAX says: {exc})"
+                    ) from exc
                 raise InputError(
                     f"jax.grad could not differentiate the loss ({type(exc).__name__}: {exc}). With "
                     "grad=None the loss must be written in jax.numpy throughout (no float(), "
