@@ -292,3 +292,23 @@ def test_clipped_loss_with_unclipped_gradient_gets_a_saturation_finding():
     assert finding.detail["n_flat"] == 4
     assert finding.detail["entries"] == [(0,), (1,), (6,), (7,)]
     assert not [f for f in report.findings if f.kind == "missing_term"]
+
+
+def test_jitted_loss_with_captured_float32_data_runs_in_float64():
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 6, 6), jnp.float32)
+
+    @jax.jit
+    def loss(w):
+        return jnp.sum(jnp.tanh(jax.lax.conv(x, w, (1, 1), "SAME")) ** 2)
+
+    report = gc.check(loss, jnp.full((1, 1, 3, 3), 0.2, jnp.float32))
+    assert report.verdict == "pass" and report.rel_error < 1e-8
+
+
+def test_float32_data_out_of_reach_gets_an_error_with_the_remedy():
+    class Batch:
+        images = jnp.ones((1, 1, 5, 5), jnp.float32)
+
+    batch = Batch()
+    with pytest.raises(InputError, match=r"jnp\.asarray\(X, jnp\.float64\)"):
+        gc.check(lambda w: jnp.sum(jax.lax.conv(batch.images, w, (1, 1), "SAME")), jnp.ones((1, 1, 3, 3)))

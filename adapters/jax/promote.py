@@ -26,9 +26,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from gradcheck_core.errors import InputError
+
 from .x64_mode import x64
 
-__all__ = ["promoted"]
+__all__ = ["mixed_dtypes_error", "promoted"]
 
 #: Functions followed through global names, at most this deep.
 MAX_DEPTH = 3
@@ -133,6 +135,11 @@ def _global_names(code: types.CodeType) -> set[str]:
 
 
 def _promote(value: Any, depth: int, seen: dict[int, Any]) -> Any:
+    wrapped = getattr(value, "__wrapped__", None)
+    if type(value).__module__.startswith("jaxlib") and isinstance(wrapped, types.FunctionType):
+        # a jax.jit-compiled function: the check compiles the plain function itself
+        inner = _promote(wrapped, depth, seen)
+        return value if inner is wrapped else inner
     if isinstance(value, types.FunctionType):
         if depth > MAX_DEPTH or value.__module__ in _LIBRARY_MODULES or _is_library(value):
             return value
@@ -180,3 +187,29 @@ def promoted(fn: Callable[..., Any]) -> Callable[..., Any]:
         mode, so they stay float64 outside it too).
     """
     return _promote(fn, 0, {})
+
+
+def mixed_dtypes_error(exc: TypeError) -> InputError | None:
+    """An :class:`InputError` with the remedy, for a ``lax`` primitive that met float32 and float64.
+
+    Parameters
+    ----------
+    exc : TypeError
+        What the loss raised inside the check's 64-bit mode.
+
+    Returns
+    -------
+    InputError or None
+        None for any other error.
+    """
+    text = str(exc)
+    if "same dtypes" not in text or "float64" not in text:
+        return None
+    return InputError(
+        f"{text.splitlines()[0]} The check gives the loss float64 parameters, and the float32 "
+        "arrays in its closure and globals in float64, but this float32 array reached it another "
+        "way (an attribute of an object, a container built at call time), and lax primitives "
+        "(conv, clamp, pad) do not promote dtypes. Capture the data in the loss's closure, or "
+        "convert it inside the loss: jnp.asarray(X, jnp.float64) (with 64-bit mode on, or "
+        "X.astype(jnp.result_type(p)))."
+    )

@@ -25,7 +25,7 @@ from ..base import Target, python_rng_states
 from .autodiff import REVERSE_MODE_HINT, no_reverse_mode
 from .batching import BatchedEvaluation
 from .precision import located_causes, narrow_operations, precision_sentence
-from .promote import promoted
+from .promote import mixed_dtypes_error, promoted
 from .x64_mode import x64
 
 __all__ = ["Runner"]
@@ -172,7 +172,13 @@ class Runner(BatchedEvaluation):
     def evaluate(self, x: np.ndarray) -> Any:
         """The loss at the flat point ``x`` (compiled when it could be)."""
         with x64(self.float64):
-            out = self.single(self.compiled_input(x) if self.compiled else self.vector(x))
+            try:
+                out = self.single(self.compiled_input(x) if self.compiled else self.vector(x))
+            except TypeError as exc:
+                mixed = mixed_dtypes_error(exc) if self.float64 else None
+                if mixed is None:
+                    raise
+                raise mixed from exc
         if not self.noted:
             self._note_precision(out)
         return out
