@@ -105,11 +105,8 @@ def check_function(
     adapter = detect(arrays)
     spread = _SpreadInputs(adapter, fn, inputs)
     if spread.names is not None:  # dict / list / pytree inputs: one input per leaf
-        user_vjp = vjp
-        report = check_function(
-            spread.fn, *spread.leaves, vjp=None if user_vjp is None else spread.vjp(user_vjp), **options
-        )
-        return spread.rename(report)
+        spread_vjp = None if vjp is None else spread.vjp(vjp)
+        return spread.rename(check_function(spread.fn, *spread.leaves, vjp=spread_vjp, **options))
     if adapter.name == "numpy" and vjp is None:
         # numpy inputs to a framework function: the output says which framework
         from .adapters import get_adapter
