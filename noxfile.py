@@ -28,7 +28,7 @@ TORCH = "torch==2.13.0"
 FRAMEWORK_PACKAGES = {
     "torch": [TORCH],
     "tensorflow": ["tensorflow-cpu"],
-    "jax": ["jax[cpu]"],
+    "jax": ["jax[cpu]", "flax", "equinox", "dm-haiku"],
     "keras": ["keras>=3", "tensorflow-cpu", "jax[cpu]", TORCH],
 }
 KERAS_BACKENDS = ("tensorflow", "jax", "torch", "numpy")

@@ -24,6 +24,7 @@ from .detection import MODULES, framework_of, get_adapter, is_instance, keras_ba
 __all__ = [
     "Adapter",
     "Target",
+    "clip_note",
     "detect",
     "framework_of",
     "get_adapter",
@@ -105,3 +106,17 @@ def precision_notes(output: Any, framework: str) -> list[str]:
         return importlib.import_module(MODULES["keras"]).notes_for_output(output)
     except Exception:  # a broken Keras install must not break a check that does not use it
         return []
+
+
+def clip_note(loss: Any) -> str | None:
+    """Why a loss may be flat where its gradient is not: Keras's clip of probabilities.
+
+    Asked by the core for a failing check.  Only when Keras is loaded and the
+    loss is, or calls, a Keras crossentropy.
+    """
+    if "keras" not in sys.modules:
+        return None
+    try:
+        return importlib.import_module(MODULES["keras"] + ".notes").clip_note(loss)
+    except Exception:  # a broken Keras install must not break a check that does not use it
+        return None

@@ -145,6 +145,10 @@ class Adapter:
         """A handwritten gradient (any accepted form) as a flat float64 vector."""
         return gradient_vector(grad, flat, to_numpy=to_numpy, is_leaf=_any_array)
 
+    def gradient_is_values(self, grad: Any) -> bool:
+        """True when ``grad=`` holds the gradient's values rather than a function to call."""
+        return not callable(grad)
+
     def rng_states(self) -> list[RngState]:
         """Generators the framework's code may draw from (besides numpy/random)."""
         return []

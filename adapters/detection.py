@@ -73,7 +73,10 @@ def framework_of(value: Any) -> str | None:
 
 
 def _is_jax_pytree_node(value: Any) -> bool:
-    """A registered JAX pytree node (a dataclass, a module) holding only JAX arrays.
+    """A registered JAX pytree node (a dataclass, an Equinox or nnx module) holding JAX arrays.
+
+    Its other leaves (an activation function, integer fields) are held fixed
+    by the JAX adapter.
 
     dicts, lists, tuples and namedtuples are walked by the core itself.
     """
@@ -89,7 +92,7 @@ def _is_jax_pytree_node(value: Any) -> bool:
         return (
             bool(leaves)
             and not jax.tree_util.treedef_is_leaf(treedef)
-            and all(isinstance(leaf, jax.Array) for leaf in leaves)
+            and any(isinstance(leaf, jax.Array) for leaf in leaves)
         )
     except Exception:
         return False

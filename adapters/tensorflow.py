@@ -177,7 +177,14 @@ class TensorFlowAdapter(Adapter):
         use64 = float64
         if float64 and any(d != "float64" for d in dtypes):
             use64 = _accepts_float64(loss, flat, rngs)
-            if not use64:
+            if not use64 and _uses_ctc(loss, flat, rngs):
+                precision.append(
+                    "the loss calls tf.nn.ctc_loss, which computes in float32 whatever it is given "
+                    "(TensorFlow's CTC loss casts to float32 and fails on float64 logits), so it was "
+                    "evaluated in the parameters' own dtypes; a CTC loss can be checked in float64 "
+                    "only through a float64 implementation of the forward algorithm of your own"
+                )
+            elif not use64:
                 precision.append(
                     "the loss mixes the float64 parameter values with tensors of its own in "
                     f"{', '.join(sorted({d for d in dtypes if d != 'float64'}))} and TensorFlow does "
@@ -436,6 +443,26 @@ def _accepts_float64(loss: Callable[..., Any], flat: Any, rngs: list[RngState]) 
         for r, s in zip(rngs, saved):
             r.set(s)
     return True
+
+
+def _uses_ctc(loss: Callable[..., Any], flat: Any, rngs: list[RngState]) -> bool:
+    """True if the traced loss (in the parameters' own dtypes) holds a CTC loss.
+
+    ``tf.nn.ctc_loss`` builds its graph under a ``ctc_loss`` name scope (dense
+    labels) or calls a ``CTCLoss`` kernel (sparse labels).  The random
+    generators are put back afterwards, so the trace leaves no trace.
+    """
+    saved = [r.get() for r in rngs]
+    try:
+        specs = flat.unravel(
+            flat.x0, lambda piece, original: tf.TensorSpec(piece.shape, tf.as_dtype(original.dtype))
+        )
+        graph = tf.function(loss).get_concrete_function(specs).graph
+    except Exception:  # not traceable: no location to name
+        return False
+    finally:
+        _replay(rngs, saved)
+    return any("ctc" in op.name.lower() or "ctc" in op.type.lower() for op in graph.get_operations())
 
 
 def _replay(rngs: list[RngState], saved: list[Any]) -> None:

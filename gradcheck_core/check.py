@@ -20,7 +20,14 @@ import numpy as np
 
 from . import differences as fd
 from .counted_loss import prepared
-from .diagnose import diagnose_block, explain_verdicts, mismatch, non_finite_findings, unpermuted
+from .diagnose import (
+    diagnose_block,
+    explain_verdicts,
+    mismatch,
+    non_finite_findings,
+    saturation_finding,
+    unpermuted,
+)
 from .errors import InputError
 from .fast import confirms, run_fast
 from .options import Options
@@ -128,7 +135,60 @@ def _rounding_floor(dtype: str | None, f0: float) -> float:
     return 0.5 * eps * abs(f0)
 
 
-def _analytic(grad: Any, target: Any, adapter: Any) -> np.ndarray:
+# A gradient given in a narrow float type is judged at that type's precision:
+# relative tolerance this many of its machine epsilons, plus an absolute one of
+# this many epsilons times the gradient's largest entry (for entries computed by
+# summing larger terms).
+GIVEN_RTOL_EPS = 16.0
+GIVEN_ATOL_EPS = 16.0
+
+
+def _narrowest_dtype(value: Any, adapter: Any) -> str | None:
+    """The narrowest floating dtype below float64 among the leaves of a given gradient, or None."""
+    from .flatten import leaf_items
+
+    try:
+        leaves = [leaf for _, leaf in leaf_items(adapter.collect(value), adapter.is_leaf)]
+    except Exception:
+        return None
+    narrowest: tuple[float, str] | None = None
+    for leaf in leaves:
+        dt = getattr(leaf, "dtype", None)
+        name = str(getattr(dt, "name", dt)).replace("torch.", "")
+        eps = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23}.get(name)
+        if eps is not None and (narrowest is None or eps > narrowest[0]):
+            narrowest = (eps, name)
+    return None if narrowest is None else narrowest[1]
+
+
+def _given_precision(dtype: str, analytic: np.ndarray, opts: Options) -> tuple[Options, Finding]:
+    """Options that judge a gradient given in ``dtype`` at its precision, and the finding that says so."""
+    eps = {"float16": 2.0**-10, "bfloat16": 2.0**-7}.get(dtype, 2.0**-23)
+    widened = copy.copy(opts)
+    widened.rtol = max(opts.rtol, GIVEN_RTOL_EPS * eps)
+    scale = float(np.max(np.abs(analytic))) if analytic.size else 0.0
+    widened.atol = max(opts.atol, GIVEN_ATOL_EPS * eps * scale)
+    finding = Finding(
+        "low_precision",
+        None,
+        f"the gradient was given in {dtype}, so it is only as precise as {dtype} (machine epsilon "
+        f"{eps:.2g}): it was judged at that precision (rtol {widened.rtol:.2g}, atol "
+        f"{widened.atol:.2g}) rather than float64's. Compute it in float64 (float64 parameters, "
+        "jax.config x64 mode, .double()) to check it more tightly.",
+        {"dtype": dtype, "rtol": widened.rtol, "atol": widened.atol, "reasons": [f"gradient in {dtype}"]},
+    )
+    return widened, finding
+
+
+def _clip_note(loss: Any) -> str | None:
+    """Why the loss is clipped, when an adapter can tell (Keras's crossentropies)."""
+    from .adapters import clip_note
+
+    return clip_note(loss)
+
+
+def _analytic_and_dtype(grad: Any, target: Any, adapter: Any) -> tuple[np.ndarray, str | None]:
+    """The gradient to check as a flat vector, and its dtype when it was given narrower than float64."""
     flat = target.flat
     if grad is None:
         if target.gradient is None:
@@ -141,9 +201,11 @@ def _analytic(grad: Any, target: Any, adapter: Any) -> np.ndarray:
         vec = np.asarray(target.gradient(), dtype=np.float64).reshape(-1)
         if vec.size != flat.n:
             raise InputError(f"the framework's gradient has {vec.size} entries, the parameters {flat.n}.")
-        return vec
-    value = target.call_grad(grad) if callable(grad) else grad
-    return adapter.gradient_vector(value, flat)
+        return vec, None
+    # A callable that holds arrays (an Equinox or nnx module) is the gradient itself.
+    is_function = callable(grad) and not adapter.gradient_is_values(grad)
+    value = target.call_grad(grad) if is_function else grad
+    return adapter.gradient_vector(value, flat), _narrowest_dtype(value, adapter)
 
 
 def check(
@@ -277,7 +339,7 @@ def run_check(
         if opts.mode == "full" and opts.sample is None:
             _refuse_huge_full_sweep(flat.n, per_coord * flat.n, per_coord * flat.n * t_eval)
         fun.replay()  # the gradient sees the same random draws as every evaluation
-        analytic = _analytic(grad, target, adapter)
+        analytic, given_dtype = _analytic_and_dtype(grad, target, adapter)
         findings: list[Finding] = []
         if opts.method == "complex" and flat.has_complex:
             opts = copy.copy(opts)
@@ -292,6 +354,9 @@ def run_check(
                     {"requested": "complex", "used": "richardson"},
                 )
             )
+        if given_dtype is not None:
+            opts, given_finding = _given_precision(given_dtype, analytic, opts)
+            findings.append(given_finding)
 
         # Repeated evaluation at the same point: nondeterminism?
         f_again = [fun(flat.x0) for _ in range(2)]
@@ -375,13 +440,19 @@ def run_check(
             if b.verdict == "fail" and len(b.indices) and np.all(np.isfinite(b.analytic)):
                 leaf = flat.leaves[[lf.name for lf in flat.leaves].index(b.name)]
                 x_local = flat.x0[b.indices + leaf.offset]
-                found = diagnose_block(b, x_local, analytic[leaf.slice])
-                if mode == "fast" and found and found[0].kind == "transpose":
-                    # a few sampled entries suggested it: confirm along whole directions
-                    meant = unpermuted(analytic[leaf.slice], leaf.shape, tuple(found[0].detail["axes"]))
-                    if not confirms(ctx, leaf, meant):
-                        found = [mismatch(b)]
+                found: list[Finding] = []
+                flat_finding = saturation_finding(b, _clip_note(loss))
+                # entries where the loss is flat explain the failure better than a bug pattern
+                if flat_finding is None or flat_finding.detail["n_flat"] < b.n_bad:
+                    found = diagnose_block(b, x_local, analytic[leaf.slice])
+                    if mode == "fast" and found and found[0].kind == "transpose":
+                        # a few sampled entries suggested it: confirm along whole directions
+                        meant = unpermuted(analytic[leaf.slice], leaf.shape, tuple(found[0].detail["axes"]))
+                        if not confirms(ctx, leaf, meant):
+                            found = [mismatch(b)]
                 findings.extend(found)
+                if flat_finding is not None:
+                    findings.append(flat_finding)
         kinks = [b for b in blocks if b.n_kink]
         if kinks:
             total = sum(b.n_kink for b in kinks)
@@ -391,7 +462,7 @@ def run_check(
                     kinks[0].name if len(kinks) == 1 else None,
                     f"{total} coordinate(s) sit at a kink or a step of the loss "
                     f"({', '.join(b.name for b in kinks)}): the slopes left and right differ (ReLU at "
-                    "0, abs, max), or the loss jumps there (floor, round or sign at the edge of a "
+                    "0, abs, max, the edge of a clip), or the loss jumps there (floor, round or sign at the edge of a "
                     "stair), so finite differences cannot judge them; they were not counted as "
                     "wrong. Move the parameters off the kink (a small random shift) to check them too.",
                     {"blocks": {b.name: b.n_kink for b in kinks}},

@@ -23,6 +23,11 @@ explains (almost) all of the discrepancy ``a - n``:
 Besides, :func:`non_finite_findings` names non-finite analytic entries and
 :func:`explain_verdicts` makes sure no failing or inconclusive parameter is
 left without a finding.
+
+:func:`saturation_finding` is asked separately, for every failing block:
+``saturation`` names entries where the loss is flat (its numerical
+derivative is exactly zero) but the analytic gradient is not: a clipped or
+saturated loss (Keras's crossentropies clip probabilities at 1e-7).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ __all__ = [
     "mismatch",
     "nice_number",
     "non_finite_findings",
+    "saturation_finding",
     "unpermuted",
 ]
 
@@ -421,3 +427,55 @@ def explain_verdicts(blocks: list[BlockResult], findings: list[Finding]) -> list
                 )
             )
     return out
+
+
+def saturation_finding(block: BlockResult, clip_note: str | None = None) -> Finding | None:
+    """A ``saturation`` finding for a failing block where the loss is flat.
+
+    Entries whose numerical derivative is exactly zero (the loss did not
+    change at all when the entry moved) while the analytic one is beyond the
+    tolerance sit where the loss is clipped or saturated (a ``clip``, a
+    ``minimum``/``maximum`` against a constant, a probability clipped by a
+    crossentropy): the loss's true derivative is zero there, and a gradient
+    written from the unclipped formula disagrees.
+
+    Parameters
+    ----------
+    block : BlockResult
+        A failing block.
+    clip_note : str, optional
+        Why this loss clips (for instance Keras's crossentropy and its
+        1e-7); when given, the finding is made even without exact zeros.
+
+    Returns
+    -------
+    Finding or None
+        None when no entry is flat and no ``clip_note`` is given.
+    """
+    a, n = block.analytic, block.numeric
+    if not len(a):
+        return None
+    flat = (n == 0) & (np.abs(a - n) > block.tolerance)
+    count = int(flat.sum())
+    if count == 0 and clip_note is None:
+        return None
+    entries = [tuple(int(i) for i in np.unravel_index(int(k), block.shape)) for k in block.indices[flat][:5]]
+    parts = []
+    if count:
+        parts.append(
+            f"at {count} entr{'y' if count == 1 else 'ies'} of {block.name} "
+            f"({', '.join(map(str, entries))}{', ...' if count > 5 else ''}) the loss does not change "
+            "at all (numerical derivative exactly 0) while the analytic gradient is not 0: the loss "
+            "is clipped or saturated there (a clip, a minimum/maximum against a constant, a "
+            "probability clipped inside the loss), so its true derivative is 0 and a gradient "
+            "written from the unclipped formula disagrees"
+        )
+    if clip_note:
+        parts.append(clip_note)
+    message = "; ".join(parts)
+    return Finding(
+        "saturation",
+        block.name,
+        message[0].upper() + message[1:] + ".",
+        {"entries": entries, "n_flat": count, "clip": clip_note is not None},
+    )

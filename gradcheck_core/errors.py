@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckFailed", "GradcheckError", "InputError", "NotTwiceDifferentiable"]
+__all__ = ["CheckFailed", "GradcheckError", "InputError", "NotTwiceDifferentiable", "ReverseModeUnsupported"]
 
 
 class GradcheckError(AssertionError):
@@ -17,6 +17,13 @@ class InputError(GradcheckError, ValueError):
     """The loss, the parameters or the gradient given to a check are unusable.
 
     The message names the offending value and says how to fix it.
+    """
+
+
+class ReverseModeUnsupported(InputError):
+    """The framework cannot differentiate the function in reverse mode (a JAX ``while_loop``).
+
+    Its forward-mode derivatives may still be checked.
     """
 
 

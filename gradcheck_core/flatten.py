@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Flat", "Leaf", "flatten", "gradient_vector", "leaf_items"]
+__all__ = ["Flat", "Leaf", "flatten", "gradient_vector", "leaf_items", "split_structure"]
 
 # A node of the structure skeleton: ("leaf", i) | ("dict", type, keys, children)
 # | ("seq", type, children) | ("namedtuple", type, children).
@@ -165,6 +165,14 @@ def _is_namedtuple(value: Any) -> bool:
 
 
 def _join(prefix: str, key: Any) -> str:
+    """The name of child ``key`` of ``prefix``: ``enc.W``; an integer key is a position, ``layers[0]``.
+
+    An empty key (a wrapper node with a single ``value`` child) adds nothing.
+    """
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return f"{prefix}[{int(key)}]"
+    if isinstance(key, str) and not key:
+        return prefix
     return f"{prefix}.{key}" if prefix else str(key)
 
 
@@ -208,6 +216,30 @@ def leaf_items(value: Any, is_leaf: Callable[[Any], bool] | None = None) -> list
     out: list[tuple[str, Any]] = []
     _walk(value, "", is_leaf or (lambda v: False), out)
     return out
+
+
+def split_structure(
+    value: Any, is_leaf: Callable[[Any], bool]
+) -> tuple[list[tuple[str, Any]], Callable[[Sequence[Any]], Any]]:
+    """The ``(name, leaf)`` pairs of a structure and a function that rebuilds it from new leaves.
+
+    Parameters
+    ----------
+    value : nested dict/list/tuple
+        The structure.
+    is_leaf : callable
+        True for values that are leaves.
+
+    Returns
+    -------
+    pairs : list of (str, Any)
+        As :func:`leaf_items`.
+    rebuild : callable
+        ``rebuild(leaves)``: the structure with ``leaves`` in flatten order.
+    """
+    out: list[tuple[str, Any]] = []
+    skeleton = _walk(value, "", is_leaf, out)
+    return out, lambda pieces: _rebuild(skeleton, pieces)
 
 
 def _dtype_name(array: np.ndarray, original: Any) -> str:

@@ -18,7 +18,8 @@ import numpy as np
 from . import differences as fd
 from .check import run_check
 from .counted_loss import prepared
-from .errors import InputError
+from .errors import InputError, ReverseModeUnsupported
+from .flatten import leaf_items, split_structure
 from .options import Options
 from .problem import flat_slope
 from .report import BlockResult, Finding, Report
@@ -129,10 +130,19 @@ def check_function(
     from .adapters import framework_of
 
     # Python numbers are constants of the function, not inputs to differentiate.
-    arrays = [x for x in inputs if framework_of(x) is not None and not isinstance(x, (int, float))]
+    arrays = [
+        leaf
+        for x in inputs
+        for _, leaf in leaf_items(x, lambda v: framework_of(v) is not None)
+        if framework_of(leaf) is not None and not isinstance(leaf, (int, float))
+    ]
     if not arrays:
         raise InputError("check_function needs at least one array or tensor input to differentiate.")
     adapter = detect(arrays)
+    spread = _SpreadInputs(adapter, fn, inputs)
+    if spread.names is not None:  # dict / list / pytree inputs: one input per leaf
+        spread_vjp = None if vjp is None else spread.vjp(vjp)
+        return spread.rename(check_function(spread.fn, *spread.leaves, vjp=spread_vjp, **options))
     if adapter.name == "numpy" and vjp is None:
         # numpy inputs to a framework function: the output says which framework
         from .adapters import get_adapter
@@ -179,7 +189,10 @@ def check_function(
             g = vjp(us if len(us) > 1 else us[0], *inputs)
             g = list(g) if isinstance(g, (list, tuple)) else [g]
         else:
-            g = adapter.vjp(fn, list(inputs), us)
+            try:
+                g = adapter.vjp(fn, list(inputs), us)
+            except ReverseModeUnsupported as exc:
+                return _forward_mode_only(fi, cotangents, Options(**options), str(exc))
         if len(g) != len(inputs):
             raise InputError(
                 f"the vjp returned {len(g)} gradients for {len(inputs)} inputs; return one per input."
@@ -367,6 +380,120 @@ class _FunctionInputs:
             return float(np.sum(np.real(np.conj(u) * y)))
 
         return phi
+
+
+class _SpreadInputs:
+    """Inputs that are dicts, lists, tuples or pytree nodes, as one input per array.
+
+    ``check_function(fn, {"w": w, "b": b}, x)`` checks ``fn`` as a function of
+    ``w``, ``b`` and ``x``; its blocks are named ``input0.w``, ``input0.b``
+    and ``input1`` (``input0[0]`` for a list).  :attr:`names` is None when
+    every input is an array or a number already.
+    """
+
+    def __init__(self, adapter: Any, fn: Callable[..., Any], inputs: tuple[Any, ...]) -> None:
+        self.adapter = adapter
+        self.parts: list[tuple[int, Callable[[Any], Any]]] = []  # (leaf count, rebuild) per input
+        self.leaves: list[Any] = []
+        names: list[str] = []
+        spread = False
+        for i, x in enumerate(inputs):
+            value = adapter.collect(x) if not adapter.is_leaf(x) else x
+            if isinstance(value, (dict, list, tuple)) and not adapter.is_leaf(value):
+                pairs, rebuild = split_structure(value, adapter.is_leaf)
+                names.extend(f"input{i}.{n}" if not n.startswith("[") else f"input{i}{n}" for n, _ in pairs)
+                self.leaves.extend(v for _, v in pairs)
+                self.parts.append((len(pairs), rebuild))
+                spread = True
+            else:
+                names.append(f"input{i}")
+                self.leaves.append(x)
+                self.parts.append((1, lambda pieces: pieces[0]))
+        self.names = names if spread else None
+        self.user_fn = fn
+
+    def rebuild(self, leaves: tuple[Any, ...] | list[Any]) -> list[Any]:
+        """The user's inputs from one value per leaf."""
+        out, k = [], 0
+        for count, rebuild in self.parts:
+            out.append(rebuild(list(leaves[k : k + count])))
+            k += count
+        return out
+
+    def fn(self, *leaves: Any) -> Any:
+        """The user's function of one argument per leaf."""
+        return self.user_fn(*self.rebuild(leaves))
+
+    def vjp(self, user_vjp: Callable[..., Any]) -> Callable[..., Any]:
+        """The user's ``vjp(cotangents, *inputs)`` returning one gradient per leaf."""
+
+        def spread_vjp(cotangents: Any, *leaves: Any) -> list[Any]:
+            grads = user_vjp(cotangents, *self.rebuild(leaves))
+            grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
+            out: list[Any] = []
+            for (count, _), g in zip(self.parts, grads, strict=False):
+                if count == 1 and not isinstance(g, (dict, list, tuple)):
+                    out.append(g)
+                else:
+                    out.extend(v for _, v in leaf_items(self.adapter.collect(g), self.adapter.is_leaf))
+            return out
+
+        return spread_vjp
+
+    def rename(self, report: Report) -> Report:
+        """``input{k}`` in block names and findings becomes the leaf's name."""
+        names = self.names or []
+
+        def renamed(name: str | None) -> str | None:
+            if name is None or not name.startswith("input"):
+                return name
+            head, sep, tail = name.partition("->")
+            k = int(head[len("input") :])
+            return f"{names[k]}{sep}{tail}"
+
+        for b in report.blocks:
+            b.name = renamed(b.name) or b.name
+        for f in report.findings:
+            f.block = renamed(f.block)
+        return report
+
+
+def _forward_mode_only(
+    fi: _FunctionInputs, cotangents: list[np.ndarray | None], opts: Options, why: str
+) -> Report:
+    """The report of a function without reverse mode: its JVPs checked, and why no VJP was."""
+    report = Report(
+        verdict="pass",
+        rel_error=0.0,
+        blocks=[],
+        findings=[
+            Finding(
+                "no_reverse_mode",
+                None,
+                f"{why}; its forward-mode derivatives (JVPs) were checked instead.",
+                {},
+            )
+        ],
+        nfev=0,
+        seconds=0.0,
+        method="richardson",
+        step=0.0,
+        mode="fast",
+        framework=fi.adapter.name,
+        n_params=sum(int(np.size(fi.adapter.to_numpy(fi.inputs[i]))) for i in fi.floating),
+        rtol=opts.rtol,
+        atol=opts.atol,
+        what="function",
+    )
+    _check_jvps(fi, cotangents, report, opts)
+    if report.blocks:
+        report.rel_error = rel_error(
+            np.concatenate([b.compared()[0] for b in report.blocks]),
+            np.concatenate([b.compared()[1] for b in report.blocks]),
+        )
+    else:
+        report.verdict = "inconclusive"
+    return report
 
 
 def _check_jvps(

@@ -449,3 +449,24 @@ def test_compare_model_with_its_port_to_variables():
     assert result.passed, str(result)
     assert max(r.rel_error for r in result.rows) < 1e-10
     assert state_bytes(model) == before
+
+
+def test_keras_crossentropy_clip_is_named_when_an_unclipped_gradient_fails():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 4))
+    Y = np.eye(3)[rng.integers(0, 3, 30)]
+    W = rng.standard_normal((4, 3)) * 12  # large weights: some true-class probabilities < 1e-7
+    cce = keras.losses.CategoricalCrossentropy()
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def loss(w):
+        return cce(Y, softmax(X @ w))
+
+    assert (softmax(X @ W)[Y.astype(bool)] < 1e-7).any()
+    report = gc.check(loss, W, X.T @ (softmax(X @ W) - Y) / len(X))
+    assert report.verdict == "fail"
+    (finding,) = [f for f in report.findings if f.kind == "saturation"]
+    assert "CategoricalCrossentropy" in finding.message and "1e-07" in finding.message

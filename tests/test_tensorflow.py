@@ -305,3 +305,20 @@ def test_compare_with_a_numpy_port():
     )
     assert result.passed, str(result)
     assert bytes_of(params.values()) == before
+
+
+def test_ctc_loss_named_as_the_float32_computation():
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.standard_normal((5, 2, 4)), dtype=tf.float32)  # time, batch, classes
+    labels = tf.constant([[1, 2], [2, 3]], dtype=tf.int32)
+
+    def loss(z):
+        per_sample = tf.nn.ctc_loss(
+            labels, z, label_length=[2, 2], logit_length=[5, 5], logits_time_major=True, blank_index=0
+        )
+        return tf.reduce_sum(per_sample)
+
+    report = gc.check(loss, logits)
+    assert report.verdict == "pass"
+    (note,) = [f for f in report.findings if f.kind == "low_precision"]
+    assert "tf.nn.ctc_loss" in note.message

@@ -23,12 +23,21 @@ from gradcheck_core.errors import InputError
 from gradcheck_core.flatten import Flat
 
 from ..base import Adapter, Target, python_rng_states, takes_argument
-from .autodiff import differentiable, forget_jit, is_float0, jit_once, seed_like
+from .autodiff import (
+    differentiable,
+    float64_inputs,
+    forget_jit,
+    is_float0,
+    jit_once,
+    no_reverse_mode,
+    seed_like,
+)
 from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import hvp_function as _hvp_function
 from .autodiff import vjp_function as _vjp_function
 from .callbacks import raise_if_users
-from .pytrees import expand
+from .promote import promoted
+from .pytrees import expand, is_gradient_values
 from .runner import Runner
 from .x64_mode import x64
 
@@ -55,6 +64,10 @@ class JaxAdapter(Adapter):
     def collect(self, params: Any) -> Any:
         """``params`` with registered pytree nodes (dataclasses, modules) as named dicts."""
         return expand(params)
+
+    def gradient_is_values(self, grad: Any) -> bool:
+        """True unless ``grad`` is a function: an Equinox or nnx module given as ``grad=`` is values."""
+        return is_gradient_values(grad)
 
     def gradient_vector(self, grad: Any, flat: Flat) -> np.ndarray:
         """A handwritten gradient (pytree nodes included) as a flat float64 vector."""
@@ -108,21 +121,23 @@ class JaxAdapter(Adapter):
     def call(self, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
         """``fn(*inputs)``; every array leaf of the result, as numpy, in pytree order.
 
-        ``fn`` is compiled with :func:`jax.jit` (once per function) when it can
+        Floating inputs are given in float64 (as the derivatives see them),
+        with JAX's 64-bit mode on.  ``fn`` is compiled with :func:`jax.jit` (once per function) when it can
         be traced; otherwise it is called as it is.
         """
         with x64():
+            args = float64_inputs(inputs)
             compiled = jit_once(fn)
             out = None
             if compiled is not None:
                 try:
-                    out = compiled(*inputs)
+                    out = compiled(*args)
                 except Exception as exc:
                     raise_if_users(exc)
                     forget_jit(fn)
                     compiled = None
             if compiled is None:
-                out = fn(*inputs)
+                out = promoted(fn)(*args)
             return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(out)]
 
     def vjp(
@@ -144,10 +159,21 @@ class JaxAdapter(Adapter):
         -------
         list of numpy.ndarray
             One float64 array per input (zeros for inputs that are not floating).
+
+        Raises
+        ------
+        ReverseModeUnsupported
+            When ``fn`` holds a loop JAX cannot run backwards (``lax.while_loop``).
         """
         with x64():
             args, pos, f = differentiable(fn, inputs)
-            out, pullback = jax.vjp(f, *[args[i] for i in pos])
+            try:
+                out, pullback = jax.vjp(f, *[args[i] for i in pos])
+            except ValueError as exc:
+                unsupported = no_reverse_mode(exc)
+                if unsupported is not None:
+                    raise unsupported from exc
+                raise
             leaves, treedef = jax.tree_util.tree_flatten(out)
             if len(cotangents) != len(leaves):
                 raise InputError(f"fn has {len(leaves)} outputs but {len(cotangents)} cotangents were given.")
@@ -155,6 +181,9 @@ class JaxAdapter(Adapter):
             try:
                 grads = pullback(jax.tree_util.tree_unflatten(treedef, cts))
             except (TypeError, ValueError) as exc:
+                unsupported = no_reverse_mode(exc)
+                if unsupported is not None:
+                    raise unsupported from exc
                 raise InputError(
                     f"the backward pass of fn failed ({type(exc).__name__}: {exc}). A custom_vjp "
                     "backward rule must return a tuple with one cotangent per input of fn, each "

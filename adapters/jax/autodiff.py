@@ -19,16 +19,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradcheck_core.errors import InputError
+from gradcheck_core.errors import InputError, ReverseModeUnsupported
 from gradcheck_core.flatten import Flat
 
+from .promote import promoted
+
 __all__ = [
+    "REVERSE_MODE_HINT",
     "differentiable",
     "directional_gradient",
+    "float64_inputs",
     "forget_jit",
     "hvp_function",
     "is_float0",
     "jit_once",
+    "no_reverse_mode",
     "seed_like",
     "vjp_function",
 ]
@@ -42,7 +47,8 @@ def jit_once(fn: Callable[..., Any]) -> Callable[..., Any] | None:
     Parameters
     ----------
     fn : callable
-        The function to compile.
+        The function to compile (with the float32 data it captures in
+        float64, :func:`.promote.promoted`).
 
     Returns
     -------
@@ -52,7 +58,7 @@ def jit_once(fn: Callable[..., Any]) -> Callable[..., Any] | None:
     """
     try:
         if fn not in _COMPILED:
-            _COMPILED[fn] = jax.jit(fn)
+            _COMPILED[fn] = jax.jit(promoted(fn))
         return _COMPILED[fn]
     except TypeError:  # not weakly referenceable, or not hashable
         return None
@@ -68,6 +74,27 @@ def forget_jit(fn: Callable[..., Any]) -> None:
     """
     with contextlib.suppress(TypeError):
         _COMPILED[fn] = None
+
+
+REVERSE_MODE_HINT = (
+    "JAX cannot differentiate a lax.while_loop (or a lax.fori_loop whose bounds are traced "
+    "values) in reverse mode: the number of iterations is not known when the backward pass is "
+    "built. This is a limit of JAX, not an error in the derivative. Write the loop with lax.scan "
+    "or lax.fori_loop with Python-int bounds to get reverse mode, or check forward mode"
+)
+
+
+def no_reverse_mode(exc: BaseException) -> ReverseModeUnsupported | None:
+    """A :class:`ReverseModeUnsupported` for JAX's while_loop error, None for any other error.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What ``jax.vjp`` or ``jax.grad`` raised.
+    """
+    if isinstance(exc, ValueError) and "Reverse-mode differentiation does not work" in str(exc):
+        return ReverseModeUnsupported(f"{REVERSE_MODE_HINT} (JAX says: {str(exc).rstrip('.')})")
+    return None
 
 
 def is_float0(value: Any) -> bool:
@@ -117,6 +144,22 @@ def seed_like(value: Any, seed: np.ndarray | None) -> Any:
     return jnp.asarray(seed.reshape(np.shape(value)), dtype=value.dtype)
 
 
+def float64_inputs(inputs: list[Any]) -> list[Any]:
+    """``inputs`` with every floating array as a float64 JAX array (call with 64-bit mode on).
+
+    Parameters
+    ----------
+    inputs : list
+        Arguments of a function under check.
+
+    Returns
+    -------
+    list
+        The same arguments; integers, Python numbers and other values unchanged.
+    """
+    return [jnp.asarray(a, dtype=jnp.float64) if _is_floating(a) else a for a in inputs]
+
+
 def differentiable(
     fn: Callable[..., Any], inputs: list[Any]
 ) -> tuple[list[Any], list[int], Callable[..., Any]]:
@@ -136,15 +179,17 @@ def differentiable(
     pos : list of int
         The positions of the floating ones.
     f : callable
-        ``f(*floats)``: ``fn`` with the floating inputs replaced, the others fixed.
+        ``f(*floats)``: ``fn`` with the floating inputs replaced, the others
+        fixed, and the float32 data it captures in float64.
 
     Raises
     ------
     InputError
         When no input is floating.
     """
-    args = [jnp.asarray(a, dtype=jnp.float64) if _is_floating(a) else a for a in inputs]
+    args = float64_inputs(inputs)
     pos = [i for i, a in enumerate(args) if _is_floating(a)]
+    fn = promoted(fn)
     if not pos:
         raise InputError(
             "fn has no floating input to differentiate; pass float arrays (e.g. jnp.float32 or float64)."

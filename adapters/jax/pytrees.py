@@ -5,17 +5,25 @@ namedtuples and other registered pytree nodes (dataclasses, modules), nested.
 The core flattens and rebuilds only the containers it knows, so every other
 pytree node is shown to it as a dict of its children, which rebuilds itself
 as the user's own node type.
+
+Children of a node that hold no floating array (an Equinox module's
+activation function or integer fields, a Flax nnx module's internal state,
+its random-number keys) are held fixed, as ``eqx.filter(model,
+eqx.is_inexact_array)`` would; so are nnx variables other than
+``nnx.Param`` (batch statistics).  An nnx variable's single ``value`` child
+adds nothing to the name (``layers[0].kernel``, not ``layers[0].kernel.value``).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
 import numpy as np
 
-__all__ = ["expand"]
+__all__ = ["expand", "is_gradient_values"]
 
 
 class _PytreeNode(dict):
@@ -28,7 +36,7 @@ class _PytreeNode(dict):
     """
 
     treedef: Any = None
-    #: Positions of children that are None (kept, not parameters).
+    #: Positions of children that are held fixed (None, no floating array, not an nnx.Param).
     fixed: ClassVar[dict[int, Any]] = {}
     count: int = 0
 
@@ -47,18 +55,82 @@ class _PytreeNode(dict):
             return None
         if tu.treedef_is_leaf(treedef):
             return None
-        fixed = {i: v for i, (_, v) in enumerate(pairs) if v is None}
+        fixed = {i: v for i, (_, v) in enumerate(pairs) if _held_fixed(v)}
         sub = type(type(node).__name__, (cls,), {"treedef": treedef, "fixed": fixed, "count": len(pairs)})
         out: dict[Any, Any] = dict.__new__(sub)
-        dict.__init__(out, [(_key_name(p[-1]), expand(v)) for p, v in pairs if v is not None])
+        single = len(pairs) == 1
+        dict.__init__(
+            out, [(_key_name(p[-1], single), expand(v)) for i, (p, v) in enumerate(pairs) if i not in fixed]
+        )
         return out
 
 
-def _key_name(key: Any) -> Any:
+def _is_inexact_array(value: Any) -> bool:
+    if not isinstance(value, (jax.Array, np.ndarray)):
+        return False
+    try:
+        return bool(jax.numpy.issubdtype(value.dtype, jax.numpy.inexact))
+    except TypeError:  # PRNG key arrays and other extended dtypes
+        return False
+
+
+def _nnx_variable(value: Any) -> Any:
+    """The ``flax.nnx`` module when ``value`` is an nnx variable, else None."""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None or not isinstance(value, getattr(nnx, "Variable", ())):
+        return None
+    return nnx
+
+
+def _held_fixed(value: Any) -> bool:
+    """True for a child that is no parameter: None, no floating array, an nnx non-Param."""
+    if value is None:
+        return True
+    nnx = _nnx_variable(value)
+    if nnx is not None and not isinstance(value, nnx.Param):
+        return True
+    try:
+        leaves = jax.tree_util.tree_leaves(value)
+    except Exception:
+        return True
+    return not any(_is_inexact_array(leaf) for leaf in leaves)
+
+
+def _key_name(key: Any, single: bool) -> Any:
+    """The name part of a pytree key: attribute name, dict key or position.
+
+    The single ``value`` child of a node (an nnx variable) gets the empty
+    name, which adds nothing to the parameter's name.
+    """
+    if single and getattr(key, "name", None) == "value":
+        return ""
     for attr in ("name", "key", "idx"):
         if hasattr(key, attr):
             return getattr(key, attr)
     return str(key)
+
+
+def is_gradient_values(grad: Any) -> bool:
+    """True for a gradient that is values even though it is callable.
+
+    An Equinox or Flax nnx module is callable, but given as ``grad=`` it holds
+    the gradient (what ``eqx.filter_grad`` or ``nnx.grad`` return), so it is
+    read, not called.  A ``jax.tree_util.Partial`` stays a function.
+
+    Parameters
+    ----------
+    grad : Any
+        What was passed as ``grad=``.
+    """
+    if not callable(grad) or isinstance(grad, jax.tree_util.Partial):
+        return not callable(grad)
+    try:
+        leaves, treedef = jax.tree_util.tree_flatten(grad)
+    except Exception:
+        return False
+    if jax.tree_util.treedef_is_leaf(treedef):
+        return False
+    return any(_is_inexact_array(leaf) for leaf in leaves)
 
 
 def _is_namedtuple(value: Any) -> bool:

@@ -18,13 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradcheck_core.errors import InputError
+from gradcheck_core.errors import InputError, ReverseModeUnsupported
 from gradcheck_core.flatten import Flat
 
 from ..base import Target, python_rng_states
+from .autodiff import REVERSE_MODE_HINT, no_reverse_mode
 from .batching import BatchedEvaluation
 from .callbacks import is_tracing_error, raise_if_users
-from .precision import narrow_operations, precision_sentence
+from .precision import located_causes, narrow_operations, precision_sentence
+from .promote import mixed_dtypes_error, promoted
 from .x64_mode import x64
 
 __all__ = ["Runner"]
@@ -36,7 +38,9 @@ class Runner(BatchedEvaluation):
     Parameters
     ----------
     loss : callable
-        ``loss(p)`` with ``p`` shaped like the flattened parameters.
+        ``loss(p)`` with ``p`` shaped like the flattened parameters.  In
+        float64 it is evaluated with the float32 data it captures promoted
+        to float64 (:func:`.promote.promoted`).
     flat : Flat
         The flattened parameters.
     float64 : bool
@@ -51,7 +55,7 @@ class Runner(BatchedEvaluation):
     def __init__(
         self, loss: Callable[..., Any], flat: Flat, *, float64: bool, jit: bool, vectorize: bool
     ) -> None:
-        self.loss = loss
+        self.loss = promoted(loss) if float64 else loss
         self.flat = flat
         self.float64 = float64
         self.use_jit = jit
@@ -75,6 +79,7 @@ class Runner(BatchedEvaluation):
         self.noted = False
         self.out_dtype: Any = np.float64
         self.narrow_ops: list[tuple[str, str]] = []
+        self.narrow_causes: list[str] = []
 
     # -- building blocks -----------------------------------------------------
     def make(self, piece: Any, original: Any) -> Any:
@@ -143,7 +148,9 @@ class Runner(BatchedEvaluation):
                         raise
                     return
                 if self.float64:
-                    self.narrow_ops = narrow_operations(traced.jaxpr.jaxpr, [True])
+                    sources: list[Any] = []
+                    self.narrow_ops = narrow_operations(traced.jaxpr.jaxpr, [True], sources)
+                    self.narrow_causes = located_causes(sources)
                 self.traceable = True
                 if self.use_jit:
                     for r, s in states:
@@ -171,7 +178,7 @@ class Runner(BatchedEvaluation):
         self.noted = True
         self.out_dtype = getattr(out, "dtype", np.float64)
         if self.float64:
-            sentence = precision_sentence(self.loss, getattr(out, "dtype", None), self.narrow_ops)
+            sentence = precision_sentence(getattr(out, "dtype", None), self.narrow_ops, self.narrow_causes)
             if sentence:
                 self.precision.append(sentence)
         elif any(leaf.dtype != "float64" for leaf in self.flat.leaves):
@@ -187,6 +194,11 @@ class Runner(BatchedEvaluation):
         with x64(self.float64):
             try:
                 out = self.single(self.compiled_input(x) if self.compiled else self.vector(x))
+            except TypeError as exc:
+                mixed = mixed_dtypes_error(exc) if self.float64 else None
+                if mixed is None:
+                    raise
+                raise mixed from exc
             except Exception as exc:
                 raise_if_users(exc)  # Ctrl-C inside a callback stays a KeyboardInterrupt
                 raise
@@ -223,6 +235,11 @@ class Runner(BatchedEvaluation):
                 raise
             except Exception as exc:
                 raise_if_users(exc)
+                if no_reverse_mode(exc) is not None:
+                    raise ReverseModeUnsupported(
+                        f"{REVERSE_MODE_HINT}: gc.check(loss, params, grad=jax.jacfwd(loss)) checks "
+                        f"the forward-mode gradient (JAX says: {exc})"
+                    ) from exc
                 if not is_tracing_error(exc):
                     raise  # the loss's own exception, as it raised it
                 raise InputError(

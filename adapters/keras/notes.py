@@ -7,6 +7,7 @@ another adapter saw (a closure that may use Keras).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -122,3 +123,65 @@ def _noted(out: Any, precision: list[str], settings: Settings) -> Any:
         if dt in _NARROW:
             precision.extend(output_notes(dt, settings, inside=True))
     return out
+
+
+_CLIPPING_LOSSES = ("crossentropy", "focal")
+
+
+def _keras_crossentropy_name(value: Any) -> str | None:
+    """The name of a Keras crossentropy (a ``Loss`` object or loss function), else None."""
+    cls = type(value)
+    module = getattr(value, "__module__", None) or cls.__module__ or ""
+    name = getattr(value, "__name__", None) or cls.__name__
+    if module.startswith("keras") and any(word in name.lower() for word in _CLIPPING_LOSSES):
+        return name
+    return None
+
+
+def clip_note(loss: Any, depth: int = 0) -> str | None:
+    """A sentence about Keras's probability clip when ``loss`` is or calls a Keras crossentropy.
+
+    Keras's crossentropies (from probabilities) clip them to ``[epsilon, 1 -
+    epsilon]`` with ``epsilon = keras.config.epsilon()`` (1e-7): where a
+    predicted probability is below the clip the loss is flat, so its true
+    derivative there is zero while an unclipped formula (``softmax(z) - y``)
+    is not.  The loss's closure and the globals it names are searched, a few
+    levels deep.
+
+    Parameters
+    ----------
+    loss : callable
+        The loss of the check.
+    depth : int
+        How deep the search is already (internal).
+
+    Returns
+    -------
+    str or None
+        The sentence, or None when no Keras crossentropy is found.
+    """
+    name = _keras_crossentropy_name(loss)
+    if name is None and depth < 3 and callable(loss):
+        try:
+            found = inspect.getclosurevars(loss)
+        except (TypeError, ValueError):
+            return None
+        for value in [*found.nonlocals.values(), *found.globals.values()]:
+            if callable(value) and not isinstance(value, type):
+                note = clip_note(value, depth + 1)
+                if note is not None:
+                    return note
+        return None
+    if name is None:
+        return None
+    from keras import config
+
+    eps = config.epsilon()
+    return (
+        f"the loss is Keras's {name}, which clips predicted probabilities to [{eps:g}, 1 - {eps:g}] "
+        f"(keras.config.epsilon()): where a probability falls below {eps:g} the loss is flat, so "
+        "its derivative there is zero, while a gradient written without the clip (softmax(z) - y) "
+        "is not. If some predictions are that small, the check is right that this loss and this "
+        "gradient differ: clip the gradient the same way, or compare on a loss without the clip "
+        "(from_logits=True, or a float64 formula of your own)"
+    )
