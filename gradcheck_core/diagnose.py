@@ -6,7 +6,7 @@ values ``x`` at those entries.  A detector fires when one simple model
 explains (almost) all of the discrepancy ``a - n``:
 
 * ``zero_gradient``: ``a`` is zero where ``n`` is not.
-* ``nonzero_on_flat``: ``n`` is exactly zero (the function does not move: a
+* ``saturation``: ``n`` is exactly zero (the function does not move: a
   staircase, a clipped or saturated region) where ``a`` is not.
 * ``transpose``: ``a`` holds the entries of ``n`` under a permutation of the
   parameter's axes (any rank: ``(1, 0)`` for a matrix, ``(0, 2, 1)`` for a
@@ -207,7 +207,7 @@ def diagnose_block(block: BlockResult, x: np.ndarray, a_full: np.ndarray | None 
         where = _where(block, bad)
         return [
             Finding(
-                "nonzero_on_flat",
+                "saturation",
                 name,
                 f"{entries_text(block.n_bad, block.size, name)}: the loss does not change at all "
                 f"with them (finite differences are exactly 0 at steps down to a relative 1e-7) "

@@ -21,7 +21,6 @@ __all__ = ["HEADER", "BlockResult", "Finding", "Report", "block_cells", "sorted_
 
 FINDING_KINDS = (
     "non_finite_gradient",
-    "nonzero_on_flat",
     "mismatch",
     "scale",
     "sign",
@@ -40,6 +39,10 @@ FINDING_KINDS = (
     "method_changed",
     "undefined_grad",
     "nothing_checked",
+    "saturation",
+    "forward_mode",
+    "no_forward_mode",
+    "no_reverse_mode",
 )
 
 
@@ -53,7 +56,7 @@ class Finding:
         ``"scale"``, ``"sign"``, ``"transpose"``, ``"zero_gradient"``,
         ``"missing_term"``, ``"kink"``, ``"nondeterministic"``,
         ``"low_precision"``, ``"sparse_error"``, ``"inaccurate"``,
-        ``"non_finite_gradient"``, ``"nonzero_on_flat"``, ``"mismatch"`` (and
+        ``"non_finite_gradient"``, ``"saturation"``, ``"mismatch"`` (and
         others named by the check that adds them, e.g. ``"forward_mode"``).
     block : str or None
         The parameter it concerns, None for the whole check.
