@@ -106,6 +106,9 @@ class Target:
     framework: str = "numpy"
     #: A picklable ``worker(rows) -> losses`` for process-pool executors, if any.
     worker: Callable[[np.ndarray], np.ndarray] | None = None
+    #: False when evaluations write into shared state (variables perturbed in
+    #: place): threads of an executor then evaluate one at a time.
+    thread_safe: bool = True
 
 
 class Adapter:

@@ -165,6 +165,7 @@ class TensorFlowAdapter(Adapter):
                 precision=precision,
                 rngs=rngs,
                 framework=self.name,
+                thread_safe=False,
             )
         finally:
             put_back()
@@ -353,13 +354,18 @@ def _accepts_float64(loss: Callable[..., Any], flat: Any, rngs: list[RngState]) 
     """One trial call of ``loss(p)`` with float64 tensors; False on a dtype clash.
 
     The random generators are put back afterwards, so the trial leaves no trace.
+    Any other exception is the loss's own and reaches the caller as it is (it
+    is not retried: a loss that fails once and then works would be
+    nondeterministic).
     """
     saved = [r.get() for r in rngs]
     try:
         loss(flat.unravel(flat.x0, lambda piece, _: tf.constant(piece)))
     except _DTYPE_ERRORS as exc:
         text = str(exc).lower()
-        return not ("double" in text or "float64" in text or "dtype" in text)
+        if "double" in text or "float64" in text or "dtype" in text:
+            return False
+        raise
     finally:
         for r, s in zip(rngs, saved):
             r.set(s)

@@ -10,6 +10,7 @@ turns into one result per parameter.
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -36,6 +37,76 @@ AUTO_FULL_SECONDS = 5.0
 AUTO_FULL_SIZE = 2000
 # Relative noise above this (about 4500 x float64 round-off) is reported as low precision.
 NOISY = 1e-12
+# mode="full" is refused above this many coordinates (the sweep keeps a few
+# float64 vectors of this length per batch row)...
+FULL_MAX_SIZE = 20_000_000
+# ...or when its evaluations are estimated to take longer than this.
+FULL_MAX_SECONDS = 24 * 3600.0
+
+
+def _check_loss_callable(loss: Any) -> None:
+    """A loss must be callable as ``loss(p)`` or ``loss()``: say so before the first call."""
+    if not callable(loss):
+        raise InputError(
+            f"loss must be a function, but it is a {type(loss).__name__} ({_short(loss)}); pass "
+            "a callable such as `lambda p: ...` that returns the loss as a number."
+        )
+    try:
+        sig = inspect.signature(loss)
+    except (TypeError, ValueError):  # builtins and C extensions without a signature
+        return
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) > 1:
+        names = ", ".join(p.name for p in required)
+        raise InputError(
+            f"the loss takes {len(required)} positional arguments ({names}); it is called as "
+            "loss(p) with the parameters, or as loss() when it reads them itself. Bind the other "
+            f"arguments first, e.g. functools.partial(loss, {required[1].name}=...) or "
+            f"lambda p: loss(p, {', '.join(p.name for p in required[1:])})."
+        )
+    keyword_only = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    if keyword_only:
+        raise InputError(
+            f"the loss has a required keyword-only argument {keyword_only[0]!r}, which the check "
+            f"cannot supply; give it a default or bind it first: functools.partial(loss, "
+            f"{keyword_only[0]}=...)."
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_finite_parameters(flat: Any) -> None:
+    """NaN or inf in the parameters themselves (not at a step): name the entry."""
+    bad = np.flatnonzero(~np.isfinite(flat.x0))
+    if not bad.size:
+        return
+    b, local = flat.block_of(int(bad[0]))
+    raise InputError(
+        f"parameter {flat.leaves[b].name!r} holds {flat.x0[bad[0]]} at index {list(local)} "
+        f"({bad.size} non-finite entr{'y' if bad.size == 1 else 'ies'} in all) before any step is "
+        "taken; a gradient check needs finite parameter values: initialise them, or find where "
+        "the NaN/inf came from (a diverged training step, log(0), 0/0)."
+    )
+
+
+def _refuse_huge_full_sweep(n: int, evaluations: int, seconds: float | None) -> None:
+    too_big = n > FULL_MAX_SIZE
+    too_long = seconds is not None and seconds > FULL_MAX_SECONDS
+    if not (too_big or too_long):
+        return
+    estimate = f", about {seconds / 3600:.3g} hours at the measured time per evaluation" if seconds else ""
+    raise InputError(
+        f"mode='full' on {n:,} parameters means {evaluations:,} evaluations of the loss{estimate}, "
+        f"and vectors of {n:,} float64 values per point"
+        f"{' (more than the limit of ' + format(FULL_MAX_SIZE, ',') + ' parameters)' if too_big else ''}. "
+        "Use mode='fast' (random directions, then localisation of wrong entries) or sample= (a "
+        "number of coordinates per parameter) instead."
+    )
 
 
 def _generators(framework: str) -> str:
@@ -88,7 +159,7 @@ def check(
     seed: int | None = 0,
     float64: bool = True,
     progress: bool | None = None,
-    executor: Executor | None = None,
+    executor: Executor | str | None = None,
     directions: int = 3,
 ) -> Report:
     """Check a gradient against finite differences.
@@ -130,9 +201,11 @@ def check(
     progress : bool, optional
         Show a progress bar (default: on a terminal, when the sweep is expected
         to take more than about 2 s).
-    executor : concurrent.futures.Executor, optional
+    executor : concurrent.futures.Executor or "threads", optional
         Evaluate the sweep's points in parallel (a thread or process pool, or a
-        Dask client's executor).
+        Dask client's executor); ``"threads"``: a thread pool made for the
+        check and shut down after it.  An exception the loss raises in a
+        worker reaches the caller as it is.
     directions : int
         Random directions per parameter in fast mode.
 
@@ -169,12 +242,19 @@ def run_check(
 ) -> Report:
     """:func:`check` with validated options (``adapter``: default, the one of ``params``)."""
     start = time.perf_counter()
+    _check_loss_callable(loss)
     with prepared(loss, params, opts, adapter) as (adapter, target, fun):
         flat = target.flat
+        _check_finite_parameters(flat)
+        per_coord = fd.EVALS_PER_COORDINATE[opts.method]
+        if opts.mode == "full" and opts.sample is None:
+            _refuse_huge_full_sweep(flat.n, per_coord * flat.n, None)
         rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
         f0 = fun(flat.x0)
         t_eval = time.perf_counter() - t0
+        if opts.mode == "full" and opts.sample is None:
+            _refuse_huge_full_sweep(flat.n, per_coord * flat.n, per_coord * flat.n * t_eval)
         fun.replay()  # the gradient sees the same random draws as every evaluation
         analytic = _analytic(grad, target, adapter)
         findings: list[Finding] = []
@@ -250,7 +330,6 @@ def run_check(
             )
 
         mode = opts.mode
-        per_coord = fd.EVALS_PER_COORDINATE[opts.method]
         if mode == "auto":
             cost = per_coord * flat.n * t_eval
             mode = (

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import pickle
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import InputError
+from .interrupts import interrupts_deferred, raise_pending
 
 if TYPE_CHECKING:  # pragma: no cover
     from .options import Options
@@ -37,6 +41,7 @@ class LossFunction:
         self.out_dtype: str | None = None
         self.first_output: Any = None  # the raw first loss output, for precision notes
         self.executor = executor
+        self._serial = threading.Lock()
         self._saved = [r.get() for r in target.rngs]
         # Generators the loss actually draws from; decided after the first call.
         self._active: list[int] | None = None
@@ -68,6 +73,16 @@ class LossFunction:
             if not math.isfinite(value):
                 return self._non_finite(value, x)
             return value
+        if out is None:
+            raise InputError(
+                "the loss returned None: a missing `return`? It must return the loss as a number "
+                "(a float, or a 0-d / 1-element array or tensor)."
+            )
+        if isinstance(out, (str, bytes, bool, np.bool_)):
+            raise InputError(
+                f"the loss returned a {type(out).__name__} ({out!r}), not a number: a comparison or a "
+                "message rather than the loss value? Return the loss as a float (or a 0-d array or tensor)."
+            )
         array = np.asarray(self.adapter.to_numpy(out) if not isinstance(out, (float, int)) else out)
         if array.size != 1:
             raise InputError(
@@ -79,8 +94,16 @@ class LossFunction:
                 "the loss returned a complex number; return a real scalar (use "
                 "method='complex' only with a real loss that is evaluated on complex inputs)."
             )
-        if array.dtype.kind not in "fiub" and array.dtype.kind != "V":
-            raise InputError(f"the loss returned a {array.dtype} value; return a floating point scalar.")
+        if array.dtype.kind == "b":
+            raise InputError(
+                f"the loss returned a boolean ({type(out).__name__} {out!r}), not a number: a comparison "
+                "rather than the loss value? Return the loss as a floating point scalar."
+            )
+        if array.dtype.kind not in "fiu" and array.dtype.kind != "V":
+            raise InputError(
+                f"the loss returned a {type(out).__name__} ({_short(out)}) of dtype {array.dtype}, not a "
+                "number; return the loss as a floating point scalar (a float, or a 0-d array or tensor)."
+            )
         if self.out_dtype is None:
             self.out_dtype = str(array.dtype)
             self.first_output = out
@@ -112,6 +135,7 @@ class LossFunction:
         )
 
     def __call__(self, x: np.ndarray) -> float:
+        raise_pending()
         self.replay()
         out = self.target.evaluate(x)
         self.nfev += 1
@@ -125,6 +149,7 @@ class LossFunction:
                 f"can be evaluated on complex values; this {self.target.framework} loss cannot. "
                 "Use method='richardson' for comparable accuracy."
             )
+        raise_pending()
         self.replay()
         out = self.target.evaluate_complex(z)
         self.nfev += 1
@@ -142,6 +167,7 @@ class LossFunction:
         return self._native_batch
 
     def _native_batch(self, rows: np.ndarray) -> np.ndarray:
+        raise_pending()
         self.replay()
         out = np.asarray(self.target.evaluate_batch(rows), dtype=np.float64).reshape(-1)
         self.nfev += len(rows)
@@ -151,21 +177,15 @@ class LossFunction:
         return out
 
     def _executor_batch(self, rows: np.ndarray) -> np.ndarray:
+        raise_pending()
         worker = self.target.worker if getattr(self.target, "worker", None) is not None else self._row_values
         parts = np.array_split(rows, max(1, min(len(rows), 64)))
         executor = self.executor
         if executor is None:
             raise RuntimeError("no executor to evaluate the rows with")
-        try:
-            results = list(executor.map(worker, parts))
-        except Exception as exc:  # pickling errors and the like
-            if isinstance(exc, InputError):
-                raise
-            raise InputError(
-                f"the executor could not evaluate the loss ({type(exc).__name__}: {exc}). A process "
-                "pool needs a loss it can pickle (a module-level function, not a lambda); a "
-                "ThreadPoolExecutor or a Dask client works with any loss."
-            ) from exc
+        if isinstance(executor, ProcessPoolExecutor):
+            _require_picklable(worker)
+        results = _run_all(executor, worker, parts)
         self.nfev += len(rows)
         out = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1) for r in results])
         bad = ~np.isfinite(out)
@@ -174,7 +194,75 @@ class LossFunction:
         return out
 
     def _row_values(self, rows: np.ndarray) -> np.ndarray:
-        return np.array([self.scalar(self.target.evaluate(r), r) for r in rows])
+        # Threads evaluate at the same time only where that is safe: not when
+        # the evaluations write into the parameters, nor when the loss draws
+        # from a global generator (each evaluation must start from the replayed
+        # state).
+        serial = not getattr(self.target, "thread_safe", True) or bool(self._active)
+        if not serial:
+            return np.array([self.scalar(self.target.evaluate(r), r) for r in rows])
+        out = np.empty(len(rows))
+        for k, r in enumerate(rows):
+            with self._serial:
+                self.replay()
+                out[k] = self.scalar(self.target.evaluate(r), r)
+        return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _require_picklable(worker: Callable[..., Any]) -> None:
+    """A process pool sends the loss to its workers: say so when it cannot be pickled."""
+    try:
+        pickle.dumps(worker)
+    except Exception as exc:  # pickle raises PicklingError, TypeError or AttributeError
+        raise InputError(
+            f"a process pool cannot take this loss ({type(exc).__name__}: {exc}): it sends the loss "
+            "to its workers by pickling, which needs a module-level function, not a lambda or a "
+            "closure. Use executor='threads' (a thread pool, any loss) or a Dask client's executor."
+        ) from exc
+
+
+def _run_all(executor: Executor, worker: Callable[[np.ndarray], Any], parts: list[np.ndarray]) -> list[Any]:
+    """``worker`` on every part through ``executor``, results in order.
+
+    When any part raises (or the wait is interrupted), parts not yet started
+    are cancelled and running ones are waited for, so that no worker still
+    evaluates the loss (drawing from the random generators, writing into the
+    parameters) after the check has put everything back; then the first
+    exception is raised as the loss raised it.
+    """
+    futures: list[Future[Any]] = []
+    try:
+        for part in parts:
+            futures.append(executor.submit(worker, part))
+        return [f.result() for f in futures]
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        wait(futures)
+        for f in futures:  # the first failure in order: the loss's own exception
+            if not f.cancelled() and f.exception() is not None:
+                error = f.exception()
+                if error is not None:
+                    raise error from None
+        raise
+
+
+@contextlib.contextmanager
+def _own_executor(executor: Any) -> Iterator[Executor | None]:
+    """``executor="threads"``: a thread pool made for this check and shut down after it."""
+    if executor != "threads":
+        yield executor
+        return
+    pool = ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1), thread_name_prefix="gradcheck")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _same_state(a: Any, b: Any) -> bool:
@@ -214,8 +302,12 @@ def prepared(
     from .adapters import detect
 
     adapter = adapter if adapter is not None else detect(params)
-    with adapter.target(loss, params, float64=opts.float64) as target:
-        fun = LossFunction(target, adapter, opts.executor)
+    with (
+        interrupts_deferred(),
+        _own_executor(opts.executor) as executor,
+        adapter.target(loss, params, float64=opts.float64) as target,
+    ):
+        fun = LossFunction(target, adapter, executor)
         try:
             yield adapter, target, fun
         finally:

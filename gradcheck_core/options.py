@@ -48,7 +48,7 @@ class Options:
         seed: int | None = 0,
         float64: bool = True,
         progress: bool | None = None,
-        executor: Executor | None = None,
+        executor: Executor | str | None = None,
         directions: int = 3,
         max_refine: int = REFINE_PER_BLOCK,
     ) -> None:
@@ -72,6 +72,28 @@ class Options:
             )
         if not (isinstance(directions, int) and directions > 0):
             raise InputError(f"directions={directions!r} must be a positive whole number.")
+        if seed is not None and not (
+            isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0
+        ):
+            raise InputError(
+                f"seed={seed!r} must be a non-negative whole number (e.g. seed=0), or None for "
+                "fresh random choices each run."
+            )
+        if not isinstance(float64, (bool, np.bool_)):
+            raise InputError(
+                f"float64={float64!r} must be True or False (not a {type(float64).__name__}); "
+                "float64=True evaluates in float64 where the framework allows."
+            )
+        if progress is not None and not isinstance(progress, (bool, np.bool_)):
+            raise InputError(
+                f"progress={progress!r} must be True, False or None (a bar when the check runs long)."
+            )
+        if not (executor is None or executor == "threads" or callable(getattr(executor, "submit", None))):
+            raise InputError(
+                f"executor={executor!r} is not an executor: pass a concurrent.futures.Executor (a "
+                "ThreadPoolExecutor, a ProcessPoolExecutor, a Dask client's get_executor()), or "
+                "executor='threads' for a thread pool made for the check."
+            )
         self.mode = mode
         self.method = method
         self.step = step

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,143 @@ def test_errors_leave_arrays_untouched_for_in_place_losses() -> None:
     with pytest.raises(RuntimeError, match="7th"):
         gc.check(loss, [w], lambda: [2 * w])
     assert w.tobytes() == keep.tobytes()
+
+
+# -- what the loss returns, how it is called --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (np.bool_(True), r"bool.*True.*comparison.*float"),
+        (True, r"bool.*True.*comparison.*float"),
+        (None, r"returned None: a missing `return`\?.*number"),
+        ("0.5", r"str.*'0\.5'.*not a number.*float"),
+        (object(), r"object.*not a number.*floating point scalar"),
+    ],
+)
+def test_loss_returning_what_is_not_a_number(value: object, match: str) -> None:
+    with pytest.raises(gc.InputError, match=match):
+        gc.check(lambda p: value, {"W": W}, ok_grad)
+
+
+def test_loss_taking_two_positional_arguments() -> None:
+    def loss(p, x):
+        return float(np.sum(p["W"] * x))
+
+    with pytest.raises(gc.InputError, match=r"2 positional arguments \(p, x\).*functools\.partial"):
+        gc.check(loss, {"W": W}, ok_grad)
+
+
+def test_loss_with_a_required_keyword_only_argument() -> None:
+    def loss(p, *, scale):
+        return float(np.sum(p["W"])) * scale
+
+    with pytest.raises(gc.InputError, match=r"keyword-only argument 'scale'.*default.*partial"):
+        gc.check(loss, {"W": W}, ok_grad)
+
+
+def test_loss_that_is_not_callable() -> None:
+    with pytest.raises(gc.InputError, match=r"loss must be a function.*float.*0\.5.*callable"):
+        gc.check(0.5, {"W": W}, ok_grad)
+
+
+def test_nan_in_the_parameters_is_named_before_any_step() -> None:
+    bad = W.copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(gc.InputError, match=r"'W' holds nan at index \[1, 0\].*before any step.*finite"):
+        gc.check(ok_loss, {"W": bad}, ok_grad)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"seed": "abc"}, r"seed='abc'.*non-negative whole number"),
+        ({"seed": 1.5}, r"seed=1\.5.*non-negative whole number"),
+        ({"seed": -1}, r"seed=-1.*non-negative whole number"),
+        ({"float64": "no"}, r"float64='no'.*True or False.*str"),
+        ({"float64": 0}, r"float64=0.*True or False"),
+        ({"progress": "yes"}, r"progress='yes'.*True, False or None"),
+        ({"executor": 4}, r"executor=4.*not an executor.*'threads'"),
+    ],
+)
+def test_options_of_the_wrong_type(options: dict, match: str) -> None:
+    with pytest.raises(gc.InputError, match=match):
+        gc.check(ok_loss, {"W": W}, ok_grad, **options)
+
+
+def test_a_huge_full_sweep_is_refused_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_module = sys.modules["gradcheck_core.check"]
+
+    calls = []
+
+    def loss(p):
+        calls.append(1)
+        return float(np.sum(p["w"] ** 2))
+
+    monkeypatch.setattr(check_module, "FULL_MAX_SIZE", 1000)
+    w = np.ones(5000)
+    with pytest.raises(gc.InputError, match=r"5,000 parameters.*10,000 evaluations.*mode='fast'.*sample="):
+        gc.check(loss, {"w": w}, {"w": 2 * w}, mode="full")
+    assert not calls  # refused before the first evaluation
+
+
+def test_a_full_sweep_estimated_to_take_days_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_module = sys.modules["gradcheck_core.check"]
+
+    monkeypatch.setattr(check_module, "FULL_MAX_SECONDS", 1e-9)
+    w = np.ones(50)
+    with pytest.raises(gc.InputError, match=r"100 evaluations.*hours.*mode='fast'.*sample="):
+        gc.check(lambda p: float(np.sum(p["w"] ** 2)), {"w": w}, {"w": 2 * w}, mode="full")
+
+
+# -- torch ------------------------------------------------------------------------------
+
+
+@pytest.mark.torch
+def test_torch_tensors_on_the_meta_device() -> None:
+    import torch
+
+    with pytest.raises(gc.InputError, match=r"shape \(3, 2\).*'meta' device.*to_empty.*CPU"):
+        gc.check(lambda p: p.sum(), torch.zeros(3, 2, device="meta"))
+
+
+@pytest.mark.torch
+def test_torch_loss_returning_a_list() -> None:
+    import torch
+
+    m = torch.nn.Linear(3, 1)
+    x = torch.ones(2, 3)
+    with pytest.raises(gc.InputError, match=r"list of 2 values, not one scalar.*sum\(losses\)"):
+        gc.check(lambda: [m(x).sum(), m(x).mean()], m)
+
+
+@pytest.mark.torch
+def test_torch_gradient_list_with_one_wrong_shape_says_transposed() -> None:
+    import torch
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    x = torch.randn(4, 2)
+
+    def grad():
+        gs = torch.autograd.grad(m(x).sum(), list(m.parameters()))
+        return [gs[0].T, *gs[1:]]
+
+    with pytest.raises(gc.InputError, match=r"'0\.weight' has shape \(2, 3\).*\(3, 2\).*transposed"):
+        gc.check(lambda: m(x).sum(), m, grad)
+
+
+@pytest.mark.torch
+def test_torch_gradient_list_with_a_missing_entry() -> None:
+    import torch
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    x = torch.randn(4, 2)
+
+    def grad():
+        return list(torch.autograd.grad(m(x).sum(), list(m.parameters())))[:3]
+
+    with pytest.raises(gc.InputError, match=r"list of 3 entries.*4 parameters.*'1\.bias'.*named_parameters"):
+        gc.check(lambda: m(x).sum(), m, grad)
+    with pytest.raises(gc.InputError, match=r"None for parameter '1\.bias'.*zero tensor"):
+        gc.check(lambda: m(x).sum(), m, lambda: [*grad(), None])

@@ -24,6 +24,7 @@ from gradcheck_core.flatten import Flat
 
 from ..base import Adapter, Target, python_rng_states, takes_argument
 from .autodiff import differentiable, forget_jit, is_float0, jit_once, seed_like
+from .callbacks import raise_if_users
 from .pytrees import expand
 from .runner import Runner
 from .x64_mode import x64
@@ -113,7 +114,8 @@ class JaxAdapter(Adapter):
             if compiled is not None:
                 try:
                     out = compiled(*inputs)
-                except Exception:
+                except Exception as exc:
+                    raise_if_users(exc)
                     forget_jit(fn)
                     compiled = None
             if compiled is None:
@@ -204,6 +206,7 @@ class JaxAdapter(Adapter):
                     f"jax.jvp could not differentiate fn ({type(exc).__name__}: {exc})."
                 ) from exc
             except Exception as exc:
+                raise_if_users(exc)
                 raise InputError(
                     f"jax.jvp could not differentiate fn ({type(exc).__name__}: {exc})."
                 ) from exc

@@ -21,6 +21,7 @@ import numpy as np
 from gradcheck_core.flatten import Flat
 
 from ..base import python_rng_states
+from .callbacks import raise_if_users
 from .x64_mode import x64
 
 __all__ = ["BATCH_MEMORY", "COMPILED_RTOL", "MIN_BATCH", "PROBE_ROWS", "BatchedEvaluation"]
@@ -89,7 +90,11 @@ class BatchedEvaluation:
         with x64(self.float64):
             for start in range(len(first), len(rows), step):
                 part = rows[start : start + step]
-                out[start : start + len(part)] = self._padded(part)
+                try:
+                    out[start : start + len(part)] = self._padded(part)
+                except Exception as exc:
+                    raise_if_users(exc)  # Ctrl-C inside a callback stays a KeyboardInterrupt
+                    raise
         return out
 
     def _loop(self, rows: np.ndarray) -> np.ndarray:
@@ -138,12 +143,17 @@ class BatchedEvaluation:
                     except Exception:  # not every backend reports it
                         scratch = 0.0
                     self.max_rows = max(1, int(budget // max(scratch, 8.0 * self.flat.n)))
-            for r, s in states:
-                r.set(s)
-            want = self._loop(rows[:2])
-        except Exception:
+        except Exception as exc:
+            raise_if_users(exc)
+            if not isinstance(exc, (RuntimeError, NotImplementedError, TypeError)):
+                raise  # the loss's own exception (raised while traced for vmap), not retried
             self.vmapped = None
             return None
+        finally:
+            for r, s in states:
+                r.set(s)
+        try:  # outside the try above: the loss's own errors come through
+            want = self._loop(rows[:2])
         finally:
             for r, s in states:
                 r.set(s)

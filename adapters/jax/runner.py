@@ -23,6 +23,7 @@ from gradcheck_core.flatten import Flat
 
 from ..base import Target, python_rng_states
 from .batching import BatchedEvaluation
+from .callbacks import is_tracing_error, raise_if_users
 from .precision import narrow_operations, precision_sentence
 from .x64_mode import x64
 
@@ -121,8 +122,13 @@ class Runner(BatchedEvaluation):
                 fn = jax.jit(self.of_vector)
                 try:
                     traced = fn.trace(v0)
-                except Exception:
-                    return  # evaluated as it is, point by point
+                except Exception as exc:
+                    # Evaluated as it is, point by point, when JAX cannot trace it; an
+                    # exception of the loss's own (a ValueError) is not retried.
+                    raise_if_users(exc)
+                    if not (is_tracing_error(exc) or isinstance(exc, TypeError)):
+                        raise
+                    return
                 if self.float64:
                     self.narrow_ops = narrow_operations(traced.jaxpr.jaxpr, [True])
                 self.traceable = True
@@ -135,7 +141,8 @@ class Runner(BatchedEvaluation):
                         jax.block_until_ready(compiled(self.compiled_input(self.flat.x0)))
                         self.row_seconds = time.perf_counter() - start  # until batches are timed
                         self.single, self.compiled = compiled, True
-                    except Exception:
+                    except Exception as exc:
+                        raise_if_users(exc)
                         self.traceable = False
                     else:
                         with contextlib.suppress(Exception):  # not every backend reports it
@@ -165,7 +172,11 @@ class Runner(BatchedEvaluation):
     def evaluate(self, x: np.ndarray) -> Any:
         """The loss at the flat point ``x`` (compiled when it could be)."""
         with x64(self.float64):
-            out = self.single(self.compiled_input(x) if self.compiled else self.vector(x))
+            try:
+                out = self.single(self.compiled_input(x) if self.compiled else self.vector(x))
+            except Exception as exc:
+                raise_if_users(exc)  # Ctrl-C inside a callback stays a KeyboardInterrupt
+                raise
         if not self.noted:
             self._note_precision(out)
         return out
@@ -196,6 +207,9 @@ class Runner(BatchedEvaluation):
             try:
                 g = grad(self.vector(self.flat.x0 if x is None else x))
             except Exception as exc:
+                raise_if_users(exc)
+                if not is_tracing_error(exc):
+                    raise  # the loss's own exception, as it raised it
                 raise InputError(
                     f"jax.grad could not differentiate the loss ({type(exc).__name__}: {exc}). With "
                     "grad=None the loss must be written in jax.numpy throughout (no float(), "

@@ -143,7 +143,14 @@ class KerasAdapter(Adapter):
         self, loss: Callable[..., Any], layer: Any, flat: Flat, settings: Settings
     ) -> Iterator[Target]:
         """``loss(model)``: evaluated on a float64 copy of the model."""
-        clone, why = float64_clone(layer) if settings.float64 else (None, "")
+        # Building the copy draws seeds for its layers from Python's and numpy's
+        # generators: saved first, put back right after.
+        before = python_rng_states()
+        before_states = [r.get() for r in before]
+        try:
+            clone, why = float64_clone(layer) if settings.float64 else (None, "")
+        finally:
+            _replay(before, before_states)
         if clone is None:
             note = []
             if settings.float64 and any(leaf.dtype not in _FULL for leaf in flat.leaves):
@@ -188,6 +195,7 @@ class KerasAdapter(Adapter):
             precision=precision,
             rngs=rngs,
             framework=self.name,
+            thread_safe=False,
         )
 
     @contextlib.contextmanager
@@ -277,6 +285,7 @@ class KerasAdapter(Adapter):
                 precision=precision,
                 rngs=rngs,
                 framework=self.name,
+                thread_safe=False,
             )
         finally:
             put_back()

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradcheck_core.errors import InputError
 from gradcheck_core.flatten import Flat
 
 from ..base import Adapter, RngState, Target, python_rng_states, takes_argument
@@ -61,7 +62,18 @@ class TorchAdapter(Adapter):
 
     def to_numpy(self, value: Any) -> np.ndarray:
         if not isinstance(value, torch.Tensor):
+            if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+                raise InputError(
+                    f"the loss returned a {type(value).__name__} of {len(value)} values, not one "
+                    "scalar; return a single number, e.g. sum(losses) or torch.stack(losses).sum()."
+                )
             return np.asarray(value)
+        if value.device.type == "meta":
+            raise InputError(
+                f"a tensor of shape {tuple(value.shape)} is on the 'meta' device, which holds shapes "
+                "but no values, so there is nothing to differentiate at; materialise it first "
+                "(module.to_empty(device='cpu') and initialise the weights, or create it on the CPU)."
+            )
         t = value.detach()
         if t._is_zerotensor():  # an efficient zero gradient (torch.sgn's backward, say) has no storage
             return np.zeros(tuple(t.shape), dtype=_numpy_dtype(t.dtype))
@@ -100,14 +112,27 @@ class TorchAdapter(Adapter):
         """
         if (
             isinstance(grad, (list, tuple))
+            and not hasattr(type(grad), "_fields")
             and not _is_sequence_skeleton(flat)
-            and len(grad) == len(flat.leaves)
-            and all(
-                isinstance(g, (torch.Tensor, np.ndarray)) and tuple(g.shape) == leaf.shape
-                for g, leaf in zip(grad, flat.leaves)
-            )
+            and grad
+            and all(isinstance(g, (torch.Tensor, np.ndarray)) or g is None for g in grad)
         ):
-            grad = {leaf.name: g for leaf, g in zip(flat.leaves, grad)}
+            names = [leaf.name for leaf in flat.leaves]
+            if len(grad) != len(names):
+                raise InputError(
+                    f"the gradient is a list of {len(grad)} entries, but there are {len(names)} "
+                    f"parameters ({', '.join(map(repr, names[:6]))}{', ...' if len(names) > 6 else ''}), "
+                    "matched by position; give one gradient per parameter in named_parameters() "
+                    "order, or a dict keyed by parameter name."
+                )
+            for name, g in zip(names, grad):
+                if g is None:
+                    raise InputError(
+                        f"the gradient list has None for parameter {name!r} (a .grad that was never "
+                        "computed: the parameter does not reach the loss, or backward() was not run); "
+                        "give a zero tensor for it, or leave it out of params."
+                    )
+            grad = dict(zip(names, grad))
         return super().gradient_vector(grad, flat)
 
     def loss_closure(self, loss_fn: Callable[..., Any], y_true: Any, y_pred: Any) -> Callable[[Any], Any]:

@@ -14,6 +14,12 @@ from gradcheck_core.flatten import Flat
 from .float64 import Promotion, _tensor, float64_scope
 from .state import _Snapshot
 
+# What torch.func.vmap raises for code it cannot vectorise (an .item(), an
+# in-place write into a captured tensor, an operator without a batching rule):
+# then the points are evaluated one by one.  Any other exception (a ValueError
+# of the loss's own) is not retried: it reaches the caller as it is.
+_VMAP_FAILURES = (RuntimeError, NotImplementedError, TypeError)
+
 
 class _BatchSettings(Protocol):
     """What :class:`_Batched` reads from its adapter (a ``TorchAdapter``)."""
@@ -139,7 +145,7 @@ class _Batched:
             done = self._timed_loop(probe)
             try:
                 fast = self._vmap(probe)
-            except Exception:  # the loss cannot run under vmap: loop from now on
+            except _VMAP_FAILURES:  # the loss cannot run under vmap: loop from now on
                 self.works = False
             else:
                 scale = np.maximum(np.abs(done), 1e-300)
@@ -148,6 +154,6 @@ class _Batched:
                 return np.concatenate([done, self.loop(rows)])
         try:
             return np.concatenate([done, self.vectorised(rows)])
-        except Exception:
+        except _VMAP_FAILURES:
             self.works = False
             return np.concatenate([done, self.loop(rows)])

@@ -3,18 +3,20 @@
 During an evaluation :class:`Float64Mode`, a ``TorchFunctionMode``, turns
 float16/bfloat16/float32 tensors that the loss captured (inputs, targets,
 buffers) into float64 copies, rewrites requests for a narrower floating dtype
-(``.float()``, ``dtype=torch.float32``) into float64, and the default dtype is
-float64 so that tensors created inside the loss are float64 too
-(:func:`float64_scope`).  Here too: the dtype each parameter is evaluated
+(``.float()``, ``dtype=torch.float32``) into float64, and makes the
+floating tensors that factory functions create without a dtype
+(``torch.zeros(3)``, ``torch.tensor(0.5)``, ``nn.Linear(...)`` inside the loss)
+float64 too (:func:`float64_scope`).  torch's default dtype, a setting of the
+whole process, is never changed: a check in one thread leaves every other
+thread as it was.  Here too: the dtype each parameter is evaluated
 in, and why a parameter is not evaluated in float64 (a device without float64,
 or ``float64=False``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +77,27 @@ _UNTOUCHED = frozenset(
     }
 )
 _NARROWING_METHODS = frozenset({"float", "half", "bfloat16"})
+# Factory functions that make a tensor of the default dtype when given no dtype
+# (and floating data, for those that infer it): called again with dtype=float64.
+_FACTORIES = frozenset(
+    {
+        torch.zeros,
+        torch.ones,
+        torch.empty,
+        torch.full,
+        torch.tensor,
+        torch.as_tensor,
+        torch.asarray,
+        torch.arange,
+        torch.linspace,
+        torch.logspace,
+        torch.eye,
+        torch.scalar_tensor,
+        torch.empty_strided,
+    }
+)
+# Random factories: always floating, so asked for float64 from the start (one draw).
+_RANDOM_FACTORIES = frozenset({torch.rand, torch.randn})
 _IN_PLACE_DUNDERS = frozenset(
     {
         "__iadd__",
@@ -155,6 +178,8 @@ class Float64Mode(TorchFunctionMode):
         kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if kwargs.get("dtype") is None and (func in _FACTORIES or func in _RANDOM_FACTORIES):
+            return self._factory(func, args, kwargs)
         name = getattr(func, "__name__", "")
         if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "dtype":
             # A narrow tensor reads as float64, the dtype it is computed in
@@ -197,13 +222,29 @@ class Float64Mode(TorchFunctionMode):
             *(args if new_args is None else new_args), **(kwargs if new_kwargs is None else new_kwargs)
         )
 
+    def _factory(self, func: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """A factory called without a dtype: float64 where it would give the default dtype."""
+        wide = {**kwargs, "dtype": torch.float64}
+        if func in _RANDOM_FACTORIES:
+            self.seen = True
+            return func(*args, **wide)
+        out = func(*args, **kwargs)
+        if (
+            isinstance(out, torch.Tensor)
+            and out.dtype in _NARROW_FLOAT
+            and out.dtype == torch.get_default_dtype()
+        ):
+            self.seen = True
+            return func(*args, **wide)
+        return out
+
 
 class Promotion:
     """Whether one loss needs :class:`Float64Mode`, learnt from its first evaluation.
 
     Routing every torch call through the mode costs a few microseconds per
-    call.  A loss whose first complete evaluation (with the default dtype
-    float64) met no narrow tensor, no narrow dtype and no ``.float()`` is
+    call.  A loss whose first complete evaluation met no narrow tensor, no
+    narrow dtype, no ``.float()`` and no factory of a default-dtype tensor is
     evaluated without the mode afterwards; evaluations at nearby points take
     the same code path.
     """
@@ -212,12 +253,14 @@ class Promotion:
         self.needed: bool | None = None
 
 
-@contextlib.contextmanager
-def float64_scope(enabled: bool = True, promotion: Promotion | None = None) -> Iterator[None]:
+class float64_scope:
     """Run the enclosed torch code in float64 (see :class:`Float64Mode`).
 
-    Sets the default dtype to float64 and enters :class:`Float64Mode`;
-    both are undone on exit.  Nested scopes cost nothing.
+    Enters :class:`Float64Mode` (a setting of the calling thread only: torch's
+    process-wide default dtype is never changed, so other threads are not
+    affected) and leaves it on exit.  Nested scopes cost nothing.  Entering
+    and leaving are whole steps: the mode is on the stack exactly while
+    inside, also when the enclosed code raises or is interrupted.
 
     Parameters
     ----------
@@ -226,54 +269,67 @@ def float64_scope(enabled: bool = True, promotion: Promotion | None = None) -> I
     promotion : Promotion, optional
         Skip the mode where this loss proved not to need it.
     """
-    if not enabled or getattr(_scope, "depth", False):
-        yield
-        return
-    _default_float64.acquire()
-    _scope.depth = 1
-    try:
-        if promotion is not None and promotion.needed is False:
-            yield
-        else:
+
+    def __init__(self, enabled: bool = True, promotion: Promotion | None = None) -> None:
+        self.enabled = enabled
+        self.promotion = promotion
+        self.mode: Float64Mode | None = None
+        self.outer = False
+
+    def __enter__(self) -> None:
+        if not self.enabled or getattr(_scope, "depth", False):
+            return
+        mode = None
+        if self.promotion is None or self.promotion.needed is not False:
             mode = Float64Mode()
-            with mode:
-                yield
-            if promotion is not None and promotion.needed is None:
-                promotion.needed = mode.seen
+            torch._C._push_on_torch_function_stack(mode)
+        self.mode = mode
+        _scope.depth = True
+        self.outer = True
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: Any) -> None:
+        if not self.outer:
+            return
+        self.outer = False
+        _scope.depth = False
+        mode, self.mode = self.mode, None
+        if mode is not None:
+            _remove_mode(mode)
+            if kind is None and self.promotion is not None and self.promotion.needed is None:
+                self.promotion.needed = mode.seen
+
+
+def _remove_mode(mode: TorchFunctionMode) -> None:
+    """Take ``mode`` off this thread's torch function mode stack (modes above it stay)."""
+    above = []
+    try:
+        while torch._C._len_torch_function_stack():
+            top = torch._C._pop_torch_function_stack()
+            if top is mode:
+                break
+            above.append(top)
     finally:
-        _default_float64.release()
-        _scope.depth = 0
+        for other in reversed(above):
+            torch._C._push_on_torch_function_stack(other)
 
 
-class _DefaultFloat64:
-    """The default dtype is float64 while any thread is inside a :func:`float64_scope`.
+def mode_depth() -> int:
+    """The length of this thread's torch function mode stack."""
+    return int(torch._C._len_torch_function_stack())
 
-    The default dtype is one setting for the whole process, so threads that
-    evaluate a loss at the same time (``executor=ThreadPoolExecutor(...)``)
-    share it: the first to enter saves the user's setting, the last to leave
-    puts it back.
+
+def remove_stray_modes(depth: int) -> None:
+    """Take every :class:`Float64Mode` above ``depth`` off this thread's mode stack.
+
+    A check leaves none behind; this is the last line of defence should a
+    scope's exit not have run.
     """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.saved = torch.float32
-
-    def acquire(self) -> None:
-        with self.lock:
-            if self.users == 0:
-                self.saved = torch.get_default_dtype()
-            self.users += 1
-            torch.set_default_dtype(torch.float64)
-
-    def release(self) -> None:
-        with self.lock:
-            self.users -= 1
-            if self.users == 0:
-                torch.set_default_dtype(self.saved)
-
-
-_default_float64 = _DefaultFloat64()
+    stack = [torch._C._get_function_stack_at(k) for k in range(depth, mode_depth())]
+    for mode in stack:
+        if isinstance(mode, Float64Mode):
+            _remove_mode(mode)
+    if depth == 0:
+        _scope.depth = False
 
 
 def _has_float64(device: torch.device) -> bool:

@@ -21,6 +21,7 @@ from gradcheck_core.errors import InputError
 from gradcheck_core.flatten import Flat
 
 from ..base import RngState
+from .float64 import mode_depth, remove_stray_modes
 
 __all__ = ["torch_rng_states"]
 
@@ -91,6 +92,7 @@ class _Snapshot:
         self, tensors: list[torch.Tensor], modules: list[torch.nn.Module], rngs: list[RngState]
     ) -> None:
         self.default_dtype = torch.get_default_dtype()
+        self.mode_depth = mode_depth()
         self.grad_enabled = torch.is_grad_enabled()
         self.tensors = tensors
         self.data = [t.data for t in tensors]
@@ -140,8 +142,11 @@ class _Snapshot:
                     b.copy_(value)
         for m, flag in self.training:
             m.training = flag
-        torch.set_default_dtype(self.default_dtype)
-        torch.set_grad_enabled(self.grad_enabled)
+        remove_stray_modes(self.mode_depth)
+        if torch.get_default_dtype() != self.default_dtype:
+            torch.set_default_dtype(self.default_dtype)
+        if torch.is_grad_enabled() != self.grad_enabled:
+            torch.set_grad_enabled(self.grad_enabled)
         self.replay()
 
 
