@@ -9,11 +9,13 @@ turns into one result per parameter.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,7 @@ from .report import Finding, Report
 from .sweep import run_full
 from .tolerance import rel_error
 
-__all__ = ["assert_gradients", "check", "run_check"]
+__all__ = ["Measured", "assert_gradients", "check", "judge", "measured", "report_of", "run_check"]
 
 # mode="auto" sweeps every coordinate when that costs less than this...
 AUTO_FULL_SECONDS = 5.0
@@ -241,6 +243,38 @@ def run_check(
     loss: Any, params: Any, grad: Any, opts: Options, what: str = "gradient", adapter: Any = None
 ) -> Report:
     """:func:`check` with validated options (``adapter``: default, the one of ``params``)."""
+    with measured(loss, params, grad, opts, adapter) as m:
+        judge(m)
+    return report_of(m, what)
+
+
+@dataclass
+class Measured:
+    """A check measured but not yet swept: its :class:`Problem` and what the report needs.
+
+    ``mode`` is the requested one until :func:`judge` decides ``"auto"``;
+    :func:`judge` fills ``blocks``, ``method`` and ``step``.
+    """
+
+    ctx: Problem
+    target: Any
+    fun: Any
+    findings: list[Finding]
+    nondeterministic: bool
+    mode: str
+    start: float
+    blocks: list[Any] = field(default_factory=list)
+    method: str = ""
+    step: float = float("nan")
+
+
+@contextlib.contextmanager
+def measured(loss: Any, params: Any, grad: Any, opts: Options, adapter: Any = None) -> Iterator[Measured]:
+    """Open the loss, evaluate it at the point, its gradient, repeats and noise: a :class:`Measured`.
+
+    The loss stays open (and the random generators replayable) inside the
+    ``with`` block, where :func:`judge` sweeps it.
+    """
     start = time.perf_counter()
     _check_loss_callable(loss)
     with prepared(loss, params, opts, adapter) as (adapter, target, fun):
@@ -329,46 +363,57 @@ def run_check(
                 )
             )
 
-        mode = opts.mode
-        if mode == "auto":
-            cost = per_coord * flat.n * t_eval
-            mode = (
-                "full"
-                if (opts.sample is not None or flat.n <= AUTO_FULL_SIZE or cost <= AUTO_FULL_SECONDS)
-                else "fast"
-            )
-
         ctx = Problem(fun, flat, analytic, f0, noise, noise_rel, opts, rng, t_eval)
-        if mode == "fast":
-            blocks, method_used, step_used = run_fast(ctx)
-        else:
-            blocks, method_used, step_used = run_full(ctx)
+        yield Measured(ctx, target, fun, findings, nondeterministic, opts.mode, start)
 
-        if nondeterministic:  # no verdict either way can be trusted
-            for b in blocks:
-                b.verdict, b.passed = "inconclusive", False
+
+def judge(m: Measured) -> None:
+    """Sweep a measured check (inside its :func:`measured` block) and diagnose what fails."""
+    ctx, flat, findings, opts = m.ctx, m.ctx.flat, m.findings, m.ctx.opts
+    mode = m.mode
+    if mode == "auto":
+        cost = fd.EVALS_PER_COORDINATE[opts.method] * flat.n * ctx.t_eval
+        mode = (
+            "full"
+            if (opts.sample is not None or flat.n <= AUTO_FULL_SIZE or cost <= AUTO_FULL_SECONDS)
+            else "fast"
+        )
+    m.mode = mode
+    if mode == "fast":
+        blocks, m.method, m.step = run_fast(ctx)
+    else:
+        blocks, m.method, m.step = run_full(ctx)
+    m.blocks = blocks
+    if m.nondeterministic:  # no verdict either way can be trusted
         for b in blocks:
-            if b.verdict == "fail" and len(b.indices):
-                leaf = flat.leaves[[lf.name for lf in flat.leaves].index(b.name)]
-                x_local = flat.x0[b.indices + leaf.offset]
-                full = None
-                if b.n_checked == leaf.size:
-                    full = (b.analytic, b.numeric)
-                findings.extend(diagnose_block(b, x_local, full))
-        kinks = [b for b in blocks if b.n_kink]
-        if kinks:
-            total = sum(b.n_kink for b in kinks)
-            findings.append(
-                Finding(
-                    "kink",
-                    kinks[0].name if len(kinks) == 1 else None,
-                    f"{total} coordinate(s) sit at a kink of the loss ({', '.join(b.name for b in kinks)}): "
-                    "the slopes left and right differ (ReLU at 0, abs, max), so finite differences "
-                    "cannot judge them; they were not counted as wrong. Move the parameters off "
-                    "the kink (a small random shift) to check them too.",
-                    {"blocks": {b.name: b.n_kink for b in kinks}},
-                )
+            b.verdict, b.passed = "inconclusive", False
+    for b in blocks:
+        if b.verdict == "fail" and len(b.indices):
+            leaf = flat.leaves[[lf.name for lf in flat.leaves].index(b.name)]
+            x_local = flat.x0[b.indices + leaf.offset]
+            full = None
+            if b.n_checked == leaf.size:
+                full = (b.analytic, b.numeric)
+            findings.extend(diagnose_block(b, x_local, full))
+    kinks = [b for b in blocks if b.n_kink]
+    if kinks:
+        total = sum(b.n_kink for b in kinks)
+        findings.append(
+            Finding(
+                "kink",
+                kinks[0].name if len(kinks) == 1 else None,
+                f"{total} coordinate(s) sit at a kink of the loss ({', '.join(b.name for b in kinks)}): "
+                "the slopes left and right differ (ReLU at 0, abs, max), so finite differences "
+                "cannot judge them; they were not counted as wrong. Move the parameters off "
+                "the kink (a small random shift) to check them too.",
+                {"blocks": {b.name: b.n_kink for b in kinks}},
             )
+        )
+
+
+def report_of(m: Measured, what: str) -> Report:
+    """The report of a judged check."""
+    flat, opts, blocks = m.ctx.flat, m.ctx.opts, m.blocks
     # An empty parameter has nothing to check: left out of the table, and said so.
     skipped = [
         (leaf.name, f"empty (shape {leaf.shape}): nothing to check") for leaf in flat.leaves if not leaf.size
@@ -382,16 +427,16 @@ def run_check(
         verdict=verdict,
         rel_error=rel_error(a_all, n_all),
         blocks=blocks,
-        findings=findings,
-        nfev=fun.nfev,
-        seconds=time.perf_counter() - start,
-        method=method_used,
-        step=step_used,
-        mode=mode,
-        framework=target.framework,
+        findings=m.findings,
+        nfev=m.fun.nfev,
+        seconds=time.perf_counter() - m.start,
+        method=m.method,
+        step=m.step,
+        mode=m.mode,
+        framework=m.target.framework,
         n_params=flat.n,
-        noise=noise,
-        loss_value=f0,
+        noise=m.ctx.noise,
+        loss_value=m.ctx.f0,
         rtol=opts.rtol,
         atol=opts.atol,
         what=what,

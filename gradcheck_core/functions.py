@@ -9,6 +9,8 @@ framework has them; :func:`merge_reports` puts the pieces into one report.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from . import differences as fd
-from .check import run_check
-from .counted_loss import prepared
+from .check import Measured, judge, measured, report_of, run_check
+from .counted_loss import LossFunction, _own_executor
 from .errors import InputError
+from .interrupts import interrupts_deferred
 from .options import Options
 from .report import BlockResult, Finding, Report
+from .shared_outputs import OutputAdapter, SharedOutputs
 from .tolerance import rel_error
 
 __all__ = ["check_function", "check_loss", "merge_reports"]
@@ -154,11 +158,10 @@ def check_function(
             cotangents.append(rng.standard_normal(o.shape))
     if not fi.floating or all(u is None for u in cotangents):
         return _nothing_checked(adapter, opts, skipped, time.perf_counter() - start)
-    reports = []
+    checked = [j for j, u in enumerate(cotangents) if u is not None]
+    gradients: dict[int, list[Any]] = {}
     undefined: list[Finding] = []
-    for j, u in enumerate(cotangents):
-        if u is None:
-            continue
+    for j in checked:
         # Zeros for the other outputs (of their own dtype for a floating output left out).
         us = [
             c if k == j else np.zeros_like(c) if c is not None else _zeros_or_none(outputs[k])
@@ -173,30 +176,103 @@ def check_function(
             raise InputError(
                 f"the vjp returned {len(g)} gradients for {len(inputs)} inputs; return one per input."
             )
-        if vjp is None and check_undefined_grad and sum(c is not None for c in cotangents) > 1:
-            alone = [u if k == j else None for k in range(len(cotangents))]
+        if vjp is None and check_undefined_grad and len(checked) > 1:
+            alone = [cotangents[j] if k == j else None for k in range(len(cotangents))]
             undefined += _compare_undefined(fi, j, g, adapter.vjp(fn, list(inputs), alone))
-        report = run_check(
-            fi.projection(j, u),
-            fi.params,
-            {f"input{i}": fi.restrict(i, g[i]) for i in fi.floating},
-            opts,
-            what="function",
-        )
+        gradients[j] = g
+    reports, jvp_blocks, jvp_findings, evaluations = _check_outputs(
+        fi, cotangents, checked, gradients, opts, forward=vjp is None and hasattr(adapter, "jvp")
+    )
+    merged = merge_reports(reports)
+    merged.skipped = skipped
+    if undefined:
+        merged.findings += undefined
+        merged.verdict = "fail"
+    merged.blocks += jvp_blocks
+    merged.findings += jvp_findings
+    if any(not b.passed for b in jvp_blocks):
+        merged.verdict = "fail"
+    merged.nfev = evaluations
+    merged.seconds = time.perf_counter() - start
+    return merged
+
+
+def _check_outputs(
+    fi: _FunctionInputs,
+    cotangents: list[np.ndarray | None],
+    checked: list[int],
+    gradients: dict[int, list[Any]],
+    opts: Options,
+    forward: bool,
+) -> tuple[list[Report], list[BlockResult], list[Finding], int]:
+    """Every checked output's VJP check (and, with ``forward``, its JVP checks) from shared evaluations.
+
+    One evaluation of ``fn`` at a point gives every output's projection
+    (:class:`~gradcheck_core.shared_outputs.SharedOutputs`); the outputs'
+    sweeps take one step, the smallest any of them would choose (a smaller
+    step only adds round-off, which each output's bounds account for), so
+    they differentiate at the same points.
+
+    Returns
+    -------
+    reports, jvp_blocks, jvp_findings, evaluations
+        One report per checked output (blocks named ``input{i}->output{j}``),
+        the JVP blocks and findings, and the evaluations of ``fn`` made.
+    """
+    adapter = fi.adapter
+    us = [cotangents[j] for j in checked]
+
+    def projections(p: dict[str, Any]) -> np.ndarray:
+        ys = adapter.call(fi.fn, fi.arguments(p))
+        # <ur, Re y> + <ui, Im y>: the real inner product of the pairs
+        return np.array([np.sum(np.real(np.conj(u) * np.asarray(ys[j]))) for j, u in zip(checked, us)])
+
+    with (
+        interrupts_deferred(),
+        _own_executor(opts.executor) as executor,
+        adapter.target(projections, fi.params, float64=opts.float64) as target,
+    ):
+        shared = SharedOutputs(target, len(checked))
+        each = copy.copy(opts)
+        each.executor = executor
+        try:
+            with contextlib.ExitStack() as stack:
+                ms = []
+                for pos, (j, u) in enumerate(zip(checked, us)):
+                    g = gradients[j]
+                    ms.append(
+                        stack.enter_context(
+                            measured(
+                                fi.projection(j, u),
+                                fi.params,
+                                {f"input{i}": fi.restrict(i, g[i]) for i in fi.floating},
+                                each,
+                                adapter=OutputAdapter(adapter, shared.output_target(pos)),
+                            )
+                        )
+                    )
+                rel = min(m.ctx.rel_step(m.ctx.opts.method) for m in ms)
+                for m in ms:
+                    m.ctx.step = rel
+                    m.ctx.t_eval = ms[0].ctx.t_eval  # the others were read from memory
+                for m in ms:
+                    judge(m)
+                jvp_blocks: list[BlockResult] = []
+                jvp_findings: list[Finding] = []
+                if forward:
+                    _check_jvps(fi, checked, us, shared, ms, opts, jvp_blocks, jvp_findings)
+        finally:
+            shared.restore_rngs()
+    reports = []
+    for j, m in zip(checked, ms):
+        report = report_of(m, "function")
         for b in report.blocks:
             b.name = f"{b.name}->output{j}"
         for f in report.findings:
             if f.block:
                 f.block = f"{f.block}->output{j}"
         reports.append(report)
-    merged = merge_reports(reports)
-    merged.skipped = skipped
-    if undefined:
-        merged.findings += undefined
-        merged.verdict = "fail"
-    if vjp is None and hasattr(adapter, "jvp"):
-        _check_jvps(fi, cotangents, merged, opts)
-    return merged
+    return reports, jvp_blocks, jvp_findings, shared.evaluations
 
 
 def _zeros_or_none(output: np.ndarray) -> np.ndarray | None:
@@ -360,18 +436,29 @@ class _FunctionInputs:
 
 def _check_jvps(
     fi: _FunctionInputs,
-    cotangents: list[np.ndarray | None],
-    report: Report,
+    checked: list[int],
+    us: list[np.ndarray],
+    shared: SharedOutputs,
+    ms: list[Measured],
     opts: Options,
+    blocks: list[BlockResult],
+    findings: list[Finding],
 ) -> None:
     """Forward mode: ``<u_j, J_ij v_i>`` from the framework's JVP against finite differences.
 
-    Adds one block ``input{i}->output{j} (jvp)`` per pair.  A function without
-    forward mode (a ``custom_vjp`` rule, a torch Function without ``jvp``)
-    gets a ``no_forward_mode`` finding instead.
+    Appends one block ``input{i}->output{j} (jvp)`` per pair to ``blocks``.
+    The directional differences along ``v_i`` are taken at the same points for
+    every output (one step, the smallest any output would choose), so one
+    evaluation of ``fn`` serves all outputs; each output's value and noise
+    come from its VJP check.  A function without forward mode (a
+    ``custom_vjp`` rule, a torch Function without ``jvp``) gets a
+    ``no_forward_mode`` finding instead.
     """
     rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
     adapter, inputs = fi.adapter, fi.inputs
+    flat = ms[0].ctx.flat
+    funs = [LossFunction(shared.output_target(pos), adapter) for pos in range(len(checked))]
+    rel = min(fd.relative_step("richardson", m.ctx.noise / abs(m.ctx.f0) if m.ctx.f0 else fd.EPS) for m in ms)
     for i in fi.floating:
         full = np.asarray(adapter.to_numpy(inputs[i]))
         shape = full.shape
@@ -385,32 +472,24 @@ def _check_jvps(
         try:
             out_tangents = adapter.jvp(fi.fn, inputs, tangents)
         except InputError as exc:
-            report.findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))
+            findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))
             return
-        for j, u in enumerate(cotangents):
-            if u is None:
-                continue
+        direction = np.zeros(flat.n)
+        group = flat.groups[fi.floating.index(i)]
+        entries = (v if mask is None else v[mask]).reshape(-1)
+        direction[group[0].slice] = np.real(entries)
+        if len(group) == 2:
+            direction[group[1].slice] = np.imag(entries)
+        for j, u, m, fun in zip(checked, us, ms, funs):
             analytic = float(np.sum(np.real(np.conj(u) * np.asarray(out_tangents[j]))))
-
-            with prepared(fi.projection(j, u), fi.params, opts) as (_, target, fun):
-                f0 = fun(target.flat.x0)
-                noise, _ = fd.estimate_noise(fun, target.flat.x0, f0, rng)
-                direction = np.zeros(target.flat.n)
-                group = target.flat.groups[fi.floating.index(i)]
-                entries = (v if mask is None else v[mask]).reshape(-1)
-                direction[group[0].slice] = np.real(entries)
-                if len(group) == 2:
-                    direction[group[1].slice] = np.imag(entries)
-                rel = fd.relative_step("richardson", noise / abs(f0) if f0 else fd.EPS)
-                numeric, err, _ = fd.directional(
-                    fun, target.flat.x0, direction, rel_step=rel, noise=noise, f0=f0
-                )
-                nfev = fun.nfev
+            numeric, err, _ = fd.directional(
+                fun, flat.x0, direction, rel_step=rel, noise=m.ctx.noise, f0=m.ctx.f0
+            )
             tol = opts.atol + opts.rtol * float(np.linalg.norm(u) * np.linalg.norm(v)) + 8 * err
             ok = abs(analytic - numeric) <= tol if np.isfinite(err) else True
             verdict = "pass" if ok else "fail"
             a_arr, n_arr = np.array([analytic]), np.array([numeric])
-            report.blocks.append(
+            blocks.append(
                 BlockResult(
                     name=f"input{i}->output{j} (jvp)",
                     shape=tuple(shape),
@@ -430,10 +509,8 @@ def _check_jvps(
                     directional_numeric=n_arr,
                 )
             )
-            report.nfev += nfev
             if not ok:
-                report.verdict = "fail"
-                report.findings.append(
+                findings.append(
                     Finding(
                         "forward_mode",
                         f"input{i}->output{j} (jvp)",

@@ -1,0 +1,140 @@
+"""One evaluation of a function serves the checks of all its outputs.
+
+:func:`~gradcheck_core.functions.check_function` checks one scalar per
+output, ``phi_j(x) = <u_j, fn(x)_j>``.  Each of those checks evaluates its
+scalar at the same points (the point itself, its repeats, the noise probe's
+segment, the sweep's steps when the outputs share one step), so one call of
+``fn`` at a point gives every ``phi_j`` there: :class:`SharedOutputs`
+evaluates ``fn`` once per point, keeps the projections on every cotangent,
+and gives each output's check a :class:`~gradcheck_core.adapters.base.Target`
+that reads them.  The random generators the function draws from are found
+once, after its first call, and replayed before each call only if there are
+any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .counted_loss import _same_state
+from .interrupts import raise_pending
+
+__all__ = ["SharedOutputs"]
+
+# Points with at most this many coordinates are keyed by their bytes, longer
+# ones by a 160-bit digest of them.
+_KEY_BYTES = 512
+
+
+def _key(x: np.ndarray) -> bytes:
+    raw = np.ascontiguousarray(x).tobytes()
+    return raw if len(raw) <= _KEY_BYTES else hashlib.blake2b(raw, digest_size=20).digest()
+
+
+class SharedOutputs:
+    """All outputs' projections at a point, from one evaluation, remembered per point.
+
+    Parameters
+    ----------
+    target : Target
+        The adapter's target of a loss that returns the vector of every
+        output's projection (``k`` values).
+    k : int
+        The number of projections.
+
+    The ``n``-th evaluation of output ``j`` at a point returns the ``n``-th
+    value computed there, so repeated evaluations (which look for
+    nondeterminism) see the function's real repeats.
+    """
+
+    def __init__(self, target: Any, k: int) -> None:
+        self.target = target
+        self.k = k
+        self.evaluations = 0
+        self._values: dict[bytes, list[np.ndarray]] = {}
+        self._seen: list[dict[bytes, int]] = [{} for _ in range(k)]
+        self._lock = threading.Lock()
+        self._serial = threading.Lock()
+        self._saved = [r.get() for r in target.rngs]
+        # Generators the function draws from; decided after its first call.
+        self._active: list[int] | None = None
+
+    def _evaluate(self, x: np.ndarray) -> np.ndarray:
+        raise_pending()
+        if self._active is None or self._active or not getattr(self.target, "thread_safe", True):
+            with self._serial:
+                for k in range(len(self._saved)) if self._active is None else self._active:
+                    self.target.rngs[k].set(self._saved[k])
+                out = self.target.evaluate(x)
+                if self._active is None:
+                    self._active = [
+                        k
+                        for k, (r, s) in enumerate(zip(self.target.rngs, self._saved))
+                        if not _same_state(r.get(), s)
+                    ]
+        else:
+            out = self.target.evaluate(x)
+        self.evaluations += 1
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+    def value(self, j: int, x: np.ndarray) -> float:
+        """Output ``j``'s projection at ``x`` (evaluating ``fn`` only at a new point or repeat)."""
+        key = _key(x)
+        with self._lock:
+            n = self._seen[j].get(key, 0)
+            self._seen[j][key] = n + 1
+            values = self._values.get(key)
+            if values is not None and n < len(values):
+                return float(values[n][j])
+        out = self._evaluate(x)
+        with self._lock:
+            self._values.setdefault(key, []).append(out)
+        return float(out[j])
+
+    def function(self, j: int) -> Callable[[np.ndarray], float]:
+        """Output ``j``'s projection as a function of the point."""
+        return lambda x: self.value(j, x)
+
+    def restore_rngs(self) -> None:
+        """The random generators as they were when this was made."""
+        for r, s in zip(self.target.rngs, self._saved):
+            r.set(s)
+
+    def output_target(self, j: int) -> Any:
+        """A target whose loss is output ``j``'s projection (no generators of its own to replay)."""
+        from .adapters.base import Target
+
+        t = self.target
+        complex_eval = t.evaluate_complex
+        return Target(
+            flat=t.flat,
+            evaluate=self.function(j),
+            gradient=None,
+            call_grad=None,
+            evaluate_complex=None if complex_eval is None else lambda z: np.asarray(complex_eval(z))[j],
+            framework=t.framework,
+            precision=list(t.precision),
+            rngs=[],
+            thread_safe=True,
+        )
+
+
+class OutputAdapter:
+    """An adapter whose :meth:`target` is a prepared output's target; all else is ``adapter``'s."""
+
+    def __init__(self, adapter: Any, target: Any) -> None:
+        self._adapter = adapter
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._adapter, name)
+
+    @contextlib.contextmanager
+    def target(self, loss: Any, params: Any, *, float64: bool = True) -> Iterator[Any]:
+        yield self._target

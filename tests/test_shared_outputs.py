@@ -1,0 +1,96 @@
+"""One sweep for all outputs of check_function: evaluations, verdicts and findings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gradcheck_core as gc
+
+torch = pytest.importorskip("torch")
+
+
+class _Counted:
+    """``fn`` with k outputs ``sin((j + 1) x)``; counts its calls."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.calls = 0
+
+    def __call__(self, x: Any) -> tuple[Any, ...]:
+        self.calls += 1
+        return tuple(torch.sin((j + 1) * x) for j in range(self.k))
+
+
+def test_k_outputs_cost_about_one_sweep() -> None:
+    x = torch.linspace(-1.0, 1.0, 40, dtype=torch.float64)
+    counts = {}
+    for k in (1, 4):
+        fn = _Counted(k)
+        report = gc.check_function(fn, x)
+        assert report.verdict == "pass"
+        assert len([b for b in report.blocks if "(jvp)" not in b.name]) == k
+        counts[k] = fn.calls
+    # one sweep of 2 x 40 points (plus the point, its repeats and the noise
+    # probe) serves every output: 4 outputs cost what 1 costs, plus their VJPs
+    assert counts[1] >= 80
+    assert counts[4] <= counts[1] + 20, counts
+
+
+def test_report_counts_the_evaluations_of_fn() -> None:
+    x = torch.linspace(-1.0, 1.0, 30, dtype=torch.float64)
+    fn = _Counted(3)
+    report = gc.check_function(fn, x)
+    # the report's count is the evaluations of the sweeps, not those per output
+    assert 60 <= report.nfev <= fn.calls
+    assert report.nfev < 2 * 60
+
+
+class _WrongSecondOutput(torch.autograd.Function):
+    """Outputs ``sin(x)`` and ``x**2``; the backward of the second is 3x instead of 2x in entry 2."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Any) -> Any:
+        ctx.save_for_backward(x)
+        return torch.sin(x), x * x
+
+    @staticmethod
+    def backward(ctx: Any, g1: Any, g2: Any) -> Any:
+        (x,) = ctx.saved_tensors
+        d2 = 2 * x
+        d2[2] = 3 * x[2]
+        return g1 * torch.cos(x) + g2 * d2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_wrong_output_is_named_and_the_others_pass(seed: int) -> None:
+    x = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    report = gc.check_function(_WrongSecondOutput.apply, x, seed=seed, check_undefined_grad=False)
+    verdicts = {b.name: b.verdict for b in report.blocks if "(jvp)" not in b.name}
+    assert verdicts == {"input0->output0": "pass", "input0->output1": "fail"}
+    bad = next(b for b in report.blocks if b.name == "input0->output1")
+    assert bad.worst_index == (2,)
+    # the same verdict and findings as a check of that output alone
+    alone = gc.check_function(lambda x: _WrongSecondOutput.apply(x)[1], x, seed=seed)
+    assert [b.verdict for b in alone.blocks] == ["fail"]  # no forward mode: no JVP block
+    kinds = sorted(f.kind for f in report.findings if f.block == "input0->output1")
+    assert kinds == sorted(f.kind for f in alone.findings if f.block == "input0->output0")
+
+
+def test_numpy_outputs_with_a_handwritten_vjp_share_the_sweep() -> None:
+    calls = [0]
+
+    def fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls[0] += 1
+        return np.tanh(x), x**3
+
+    def vjp(us: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+        return us[0] * (1 - np.tanh(x) ** 2) + us[1] * 3 * x**2
+
+    x = np.linspace(-1.0, 1.0, 25)
+    report = gc.check_function(fn, x, vjp=vjp)
+    assert report.verdict == "pass"
+    assert [b.name for b in report.blocks] == ["input0->output0", "input0->output1"]
+    assert calls[0] < 2 * 2 * 25  # one sweep, not two
