@@ -30,6 +30,10 @@ __all__ = ["SharedOutputs"]
 # Points with at most this many coordinates are keyed by their bytes, longer
 # ones by a 160-bit digest of them.
 _KEY_BYTES = 512
+# What a vectorised evaluation raises where the function cannot run that way
+# (torch.func.vmap on an .item(), on random draws, on an operator without a
+# batching rule): then points are evaluated one by one.
+_VECTORISE_FAILURES = (RuntimeError, NotImplementedError, TypeError)
 
 
 def _key(x: np.ndarray) -> bytes:
@@ -47,15 +51,23 @@ class SharedOutputs:
         output's projection (``k`` values).
     k : int
         The number of projections.
+    rows : callable, optional
+        ``rows(X)`` -> the projections at the rows of ``X`` (shape (m, k)),
+        computed at once (vectorised).  Tried on the first batch against
+        point-by-point evaluations, and used only where they agree to
+        round-off and the function draws no random numbers.
 
     The ``n``-th evaluation of output ``j`` at a point returns the ``n``-th
     value computed there, so repeated evaluations (which look for
     nondeterminism) see the function's real repeats.
     """
 
-    def __init__(self, target: Any, k: int) -> None:
+    def __init__(self, target: Any, k: int, rows: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.target = target
         self.k = k
+        self.rows = rows
+        #: None until tried; False after the vectorised rows failed or disagreed.
+        self.rows_work: bool | None = None
         self.evaluations = 0
         self._values: dict[bytes, list[np.ndarray]] = {}
         self._seen: list[dict[bytes, int]] = [{} for _ in range(k)]
@@ -97,6 +109,56 @@ class SharedOutputs:
             self._values.setdefault(key, []).append(out)
         return float(out[j])
 
+    def batch(self, j: int, rows: np.ndarray) -> np.ndarray:
+        """Output ``j``'s projections at the rows of ``rows``, new points evaluated at once."""
+        keys = [_key(r) for r in rows]
+        out = np.empty(len(rows))
+        todo: list[int] = []
+        with self._lock:
+            for r, key in enumerate(keys):
+                n = self._seen[j].get(key, 0)
+                self._seen[j][key] = n + 1
+                values = self._values.get(key)
+                if values is not None and n < len(values):
+                    out[r] = values[n][j]
+                else:
+                    todo.append(r)
+        if todo:
+            fresh = self._evaluate_rows(rows[todo])
+            with self._lock:
+                for r, values in zip(todo, fresh):
+                    self._values.setdefault(keys[r], []).append(values)
+            out[todo] = fresh[:, j]
+        return out
+
+    def _evaluate_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Every projection at every row: vectorised where that works, else point by point."""
+        if self.rows is None or self.rows_work is False or self._active != []:
+            return np.array([self._evaluate(r) for r in rows]).reshape(len(rows), self.k)
+        raise_pending()
+        probe = None
+        if self.rows_work is None:
+            probe = np.array([self._evaluate(r) for r in rows[:2]])
+        try:
+            values = np.asarray(self.rows(rows), dtype=np.float64).reshape(len(rows), self.k)
+        except _VECTORISE_FAILURES:
+            self.rows_work = False
+            return (
+                np.concatenate([probe, self._evaluate_rows(rows[len(probe) :])])
+                if probe is not None
+                else (self._evaluate_rows(rows))
+            )
+        if probe is not None:
+            scale = np.maximum(np.max(np.abs(probe)), 1e-300)
+            self.rows_work = bool(np.all(np.abs(values[: len(probe)] - probe) <= 1e-13 * scale))
+            if not self.rows_work:
+                return np.concatenate([probe, self._evaluate_rows(rows[len(probe) :])])
+            values[: len(probe)] = probe
+            self.evaluations += len(rows) - len(probe)
+        else:
+            self.evaluations += len(rows)
+        return values
+
     def function(self, j: int) -> Callable[[np.ndarray], float]:
         """Output ``j``'s projection as a function of the point."""
         return lambda x: self.value(j, x)
@@ -117,6 +179,7 @@ class SharedOutputs:
             evaluate=self.function(j),
             gradient=None,
             call_grad=None,
+            evaluate_batch=None if self.rows is None else lambda rows: self.batch(j, rows),
             evaluate_complex=None if complex_eval is None else lambda z: np.asarray(complex_eval(z))[j],
             framework=t.framework,
             precision=list(t.precision),

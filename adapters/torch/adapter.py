@@ -34,6 +34,7 @@ from gradcheck_core.flatten import Flat
 from ..base import Adapter, RngState, Target, python_rng_states, takes_argument
 from .autodiff import _gradient_of, _scalar_tensor, with_layout
 from .autodiff import call as _call
+from .autodiff import call_rows as _call_rows
 from .autodiff import jvp as _jvp
 from .autodiff import nondifferentiable_outputs as _nondifferentiable_outputs
 from .autodiff import vjp as _vjp
@@ -331,6 +332,12 @@ class TorchAdapter(Adapter):
     ) -> list[np.ndarray]:
         """Jacobian-vector products ``J v`` of ``fn`` by forward-mode AD (see :func:`.autodiff.jvp`)."""
         return _jvp(self, fn, inputs, tangents)
+
+    def call_rows(
+        self, fn: Callable[..., Any], inputs: list[Any], rows: dict[int, np.ndarray]
+    ) -> list[np.ndarray]:
+        """``fn`` at many values of some inputs at once (see :func:`.autodiff.call_rows`)."""
+        return _call_rows(self, fn, inputs, rows)
 
 
 def _numpy_dtype(dtype: torch.dtype) -> Any:
