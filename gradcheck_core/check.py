@@ -269,11 +269,14 @@ class Measured:
 
 
 @contextlib.contextmanager
-def measured(loss: Any, params: Any, grad: Any, opts: Options, adapter: Any = None) -> Iterator[Measured]:
+def measured(
+    loss: Any, params: Any, grad: Any, opts: Options, adapter: Any = None, batch_probe: bool = False
+) -> Iterator[Measured]:
     """Open the loss, evaluate it at the point, its gradient, repeats and noise: a :class:`Measured`.
 
     The loss stays open (and the random generators replayable) inside the
-    ``with`` block, where :func:`judge` sweeps it.
+    ``with`` block, where :func:`judge` sweeps it.  ``batch_probe``: the noise
+    probe evaluates its points at once through the target's batch evaluation.
     """
     start = time.perf_counter()
     _check_loss_callable(loss)
@@ -326,7 +329,7 @@ def measured(loss: Any, params: Any, grad: Any, opts: Options, adapter: Any = No
             )
 
         try:
-            noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng)
+            noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng, batch=fun.batch if batch_probe else None)
         except InputError:  # the probe left the loss's domain; the sweep will say where
             noise = fd.EPS * abs(f0)
         noise = max(noise, spread, _rounding_floor(fun.out_dtype, f0))

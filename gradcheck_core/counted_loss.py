@@ -268,6 +268,13 @@ def _own_executor(executor: Any) -> Iterator[Executor | None]:
 def _same_state(a: Any, b: Any) -> bool:
     """Whether two saved generator states are equal (False when unsure)."""
     try:
+        if isinstance(a, tuple) and isinstance(b, tuple):
+            # Python's random state, (3, 625 ints, None), compares at once; a
+            # tuple holding arrays (numpy's legacy state) raises and is compared
+            # entry by entry below.
+            with contextlib.suppress(ValueError, TypeError):
+                if a == b:
+                    return True
         if isinstance(a, dict) and isinstance(b, dict):
             return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
         if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):

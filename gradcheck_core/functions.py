@@ -248,6 +248,7 @@ def _check_outputs(
                                 {f"input{i}": fi.restrict(i, g[i]) for i in fi.floating},
                                 each,
                                 adapter=OutputAdapter(adapter, shared.output_target(pos)),
+                                batch_probe=True,
                             )
                         )
                     )
@@ -516,6 +517,9 @@ def _check_jvps(
         direction[group[0].slice] = np.real(entries)
         if len(group) == 2:
             direction[group[1].slice] = np.imag(entries)
+        # the points the directional differences will evaluate, all at once
+        steps = fd.directional_steps(flat.x0, direction, rel)
+        shared.prefetch(np.array([flat.x0 + sign * s * direction for s in steps for sign in (1, -1)]))
         for j, u, m, fun in zip(checked, us, ms, funs):
             analytic = float(np.sum(np.real(np.conj(u) * np.asarray(out_tangents[j]))))
             numeric, err, _ = fd.directional(

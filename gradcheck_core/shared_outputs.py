@@ -131,6 +131,17 @@ class SharedOutputs:
             out[todo] = fresh[:, j]
         return out
 
+    def prefetch(self, rows: np.ndarray) -> None:
+        """Evaluate the rows not yet seen at once; later evaluations there read them."""
+        keys = [_key(r) for r in rows]
+        with self._lock:
+            todo = [r for r, key in enumerate(keys) if key not in self._values]
+        if todo:
+            fresh = self._evaluate_rows(rows[todo])
+            with self._lock:
+                for r, values in zip(todo, fresh):
+                    self._values.setdefault(keys[r], []).append(values)
+
     def _evaluate_rows(self, rows: np.ndarray) -> np.ndarray:
         """Every projection at every row: vectorised where that works, else point by point."""
         if self.rows is None or self.rows_work is False or self._active != []:
@@ -138,7 +149,7 @@ class SharedOutputs:
         raise_pending()
         probe = None
         if self.rows_work is None:
-            probe = np.array([self._evaluate(r) for r in rows[:2]])
+            probe = np.array([self._evaluate(rows[0])])
         try:
             values = np.asarray(self.rows(rows), dtype=np.float64).reshape(len(rows), self.k)
         except _VECTORISE_FAILURES:
