@@ -178,11 +178,17 @@ class LossFunction:
 
     def _executor_batch(self, rows: np.ndarray) -> np.ndarray:
         raise_pending()
-        worker = self.target.worker if getattr(self.target, "worker", None) is not None else self._row_values
-        parts = np.array_split(rows, max(1, min(len(rows), 64)))
         executor = self.executor
         if executor is None:
             raise RuntimeError("no executor to evaluate the rows with")
+        # Threads of this process evaluate through the target itself; other
+        # processes get the target's picklable worker, where it has one.
+        worker = getattr(self.target, "worker", None)
+        if worker is None or isinstance(executor, ThreadPoolExecutor):
+            worker = self._row_values
+        elif hasattr(worker, "draws"):
+            worker.draws = bool(self._active)
+        parts = np.array_split(rows, max(1, min(len(rows), 64)))
         if isinstance(executor, ProcessPoolExecutor):
             _require_picklable(worker)
         results = _run_all(executor, worker, parts)
@@ -221,8 +227,10 @@ def _require_picklable(worker: Callable[..., Any]) -> None:
     except Exception as exc:  # pickle raises PicklingError, TypeError or AttributeError
         raise InputError(
             f"a process pool cannot take this loss ({type(exc).__name__}: {exc}): it sends the loss "
-            "to its workers by pickling, which needs a module-level function, not a lambda or a "
-            "closure. Use executor='threads' (a thread pool, any loss) or a Dask client's executor."
+            "to its workers with the standard pickle module, which needs a module-level function, "
+            "not a lambda or a closure. Use executor='threads' (a thread pool, any loss), or a Dask "
+            "client's executor, which pickles closures (cloudpickle) but not objects that hold "
+            "locks, open files or connections."
         ) from exc
 
 

@@ -27,6 +27,7 @@ from .autodiff import differentiable, forget_jit, is_float0, jit_once, seed_like
 from .callbacks import raise_if_users
 from .pytrees import expand
 from .runner import Runner
+from .worker import RowWorker
 from .x64_mode import x64
 
 __all__ = ["ADAPTER", "JaxAdapter"]
@@ -97,6 +98,7 @@ class JaxAdapter(Adapter):
             precision=run.precision,
             rngs=python_rng_states(),
             framework=self.name,
+            worker=RowWorker(loss, flat, float64),
         )
         run.setup(target)
         yield target

@@ -41,6 +41,7 @@ from .autodiff import vjp as _vjp
 from .batching import _Batched
 from .float64 import Promotion, _has_float64, _precision, _tensor, _work_dtype, float64_scope
 from .state import _check_in_place, _contains_module, _module_params, _modules_in, _Snapshot, torch_rng_states
+from .worker import RowWorker
 
 __all__ = ["ADAPTER", "TorchAdapter"]
 
@@ -226,7 +227,11 @@ class TorchAdapter(Adapter):
                     return loss(p)
 
         batch = _Batched(self, loss, flat, evaluate, snapshot, promote, promotion)
+        worker = RowWorker(
+            loss, flat, float64, promote, shares_modules=not isinstance(lock, contextlib.nullcontext)
+        )
         return Target(
+            worker=worker,
             flat=flat,
             evaluate=evaluate,
             gradient=gradient,
