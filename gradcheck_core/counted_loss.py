@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,11 @@ from .interrupts import interrupts_deferred, raise_pending
 if TYPE_CHECKING:  # pragma: no cover
     from .options import Options
 
-__all__ = ["LossFunction", "prepared"]
+__all__ = ["PART_SECONDS", "LossFunction", "prepared"]
+
+# An executor that runs in other processes gets parts of rows worth at least
+# this many seconds of evaluations (each part carries the loss with it).
+PART_SECONDS = 0.05
 
 
 class LossFunction:
@@ -48,6 +53,8 @@ class LossFunction:
         # While True, a non-finite loss away from x0 comes back as NaN (the
         # sweep then looks closer) instead of raising.
         self.tolerate = False
+        #: Seconds the first evaluation took (None before it).
+        self.eval_seconds: float | None = None
 
     # -- RNG replay ---------------------------------------------------------
     def replay(self) -> None:
@@ -137,7 +144,12 @@ class LossFunction:
     def __call__(self, x: np.ndarray) -> float:
         raise_pending()
         self.replay()
-        out = self.target.evaluate(x)
+        if self.eval_seconds is None:
+            start = time.perf_counter()
+            out = self.target.evaluate(x)
+            self.eval_seconds = time.perf_counter() - start
+        else:
+            out = self.target.evaluate(x)
         self.nfev += 1
         self._learn_active()
         return self.scalar(out, x)
@@ -184,11 +196,19 @@ class LossFunction:
         # Threads of this process evaluate through the target itself; other
         # processes get the target's picklable worker, where it has one.
         worker = getattr(self.target, "worker", None)
+        parts_wanted = min(len(rows), 64)
         if worker is None or isinstance(executor, ThreadPoolExecutor):
             worker = self._row_values
-        elif hasattr(worker, "draws"):
-            worker.draws = bool(self._active)
-        parts = np.array_split(rows, max(1, min(len(rows), 64)))
+        else:
+            if hasattr(worker, "draws"):
+                worker.draws = bool(self._active)
+            # Each part travels to another process with the loss: parts of at
+            # least PART_SECONDS of evaluations keep that cost small.
+            if self.eval_seconds is not None:
+                parts_wanted = min(
+                    parts_wanted, max(2, math.ceil(len(rows) * self.eval_seconds / PART_SECONDS))
+                )
+        parts = np.array_split(rows, max(1, parts_wanted))
         if isinstance(executor, ProcessPoolExecutor):
             _require_picklable(worker)
         results = _run_all(executor, worker, parts)
