@@ -137,12 +137,45 @@ def check_function(
             adapter = get_adapter(fw)
     opts = Options(**options)
     start = time.perf_counter()
+    # Every call of fn (outputs, VJPs, JVPs, evaluations) starts from the
+    # generators' states at the start, so a function that draws random numbers
+    # (dropout) draws the same ones each time; the user's stream is put back.
+    from .adapters.base import python_rng_states
+
+    generators = adapter.rng_states() + python_rng_states()
+    saved = [r.get() for r in generators]
+
+    def replay() -> None:
+        for r, state in zip(generators, saved):
+            r.set(state)
+
+    try:
+        return _check(
+            fn, inputs, vjp, check_undefined_grad, adapter, opts, options.get("seed", 0), start, replay
+        )
+    finally:
+        replay()
+
+
+def _check(
+    fn: Callable[..., Any],
+    inputs: tuple[Any, ...],
+    vjp: Callable[..., Any] | None,
+    check_undefined_grad: bool,
+    adapter: Any,
+    opts: Options,
+    seed: Any,
+    start: float,
+    replay: Callable[[], None],
+) -> Report:
+    """:func:`check_function` once the adapter and options are known."""
     fi = _FunctionInputs(adapter, fn, inputs)
     if not fi.floating and not fi.skipped:
         raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
+    replay()
     outputs = adapter.call(fn, list(inputs))
+    replay()
     reasons = _output_reasons(adapter, fn, inputs, outputs)
-    seed = options.get("seed", 0)
     rng = np.random.default_rng(seed)
     cotangents: list[np.ndarray | None] = []
     skipped = list(fi.skipped)
@@ -167,6 +200,7 @@ def check_function(
             c if k == j else np.zeros_like(c) if c is not None else _zeros_or_none(outputs[k])
             for k, c in enumerate(cotangents)
         ]
+        replay()
         if vjp is not None:
             g = vjp(us if len(us) > 1 else us[0], *inputs)
             g = list(g) if isinstance(g, (list, tuple)) else [g]
@@ -178,10 +212,12 @@ def check_function(
             )
         if vjp is None and check_undefined_grad and len(checked) > 1:
             alone = [cotangents[j] if k == j else None for k in range(len(cotangents))]
+            replay()
             undefined += _compare_undefined(fi, j, g, adapter.vjp(fn, list(inputs), alone))
         gradients[j] = g
+    replay()
     reports, jvp_blocks, jvp_findings, evaluations = _check_outputs(
-        fi, cotangents, checked, gradients, opts, forward=vjp is None and hasattr(adapter, "jvp")
+        fi, cotangents, checked, gradients, opts, replay, forward=vjp is None and hasattr(adapter, "jvp")
     )
     merged = merge_reports(reports)
     merged.skipped = skipped
@@ -203,6 +239,7 @@ def _check_outputs(
     checked: list[int],
     gradients: dict[int, list[Any]],
     opts: Options,
+    replay: Callable[[], None],
     forward: bool,
 ) -> tuple[list[Report], list[BlockResult], list[Finding], int]:
     """Every checked output's VJP check (and, with ``forward``, its JVP checks) from shared evaluations.
@@ -220,7 +257,7 @@ def _check_outputs(
         the JVP blocks and findings, and the evaluations of ``fn`` made.
     """
     adapter = fi.adapter
-    us = [cotangents[j] for j in checked]
+    us = [u for j in checked if (u := cotangents[j]) is not None]
 
     def projections(p: dict[str, Any]) -> np.ndarray:
         ys = adapter.call(fi.fn, fi.arguments(p))
@@ -261,7 +298,7 @@ def _check_outputs(
                 jvp_blocks: list[BlockResult] = []
                 jvp_findings: list[Finding] = []
                 if forward:
-                    _check_jvps(fi, checked, us, shared, ms, opts, jvp_blocks, jvp_findings)
+                    _check_jvps(fi, checked, us, shared, ms, opts, replay, jvp_blocks, jvp_findings)
         finally:
             shared.restore_rngs()
     reports = []
@@ -478,6 +515,7 @@ def _check_jvps(
     shared: SharedOutputs,
     ms: list[Measured],
     opts: Options,
+    replay: Callable[[], None],
     blocks: list[BlockResult],
     findings: list[Finding],
 ) -> None:
@@ -507,6 +545,7 @@ def _check_jvps(
             v = np.where(mask, v, 0)
         tangents = [v if k == i else None for k in range(len(inputs))]
         try:
+            replay()
             out_tangents = adapter.jvp(fi.fn, inputs, tangents)
         except InputError as exc:
             findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))

@@ -189,7 +189,7 @@ class SharedOutputs:
             flat=t.flat,
             evaluate=self.function(j),
             gradient=None,
-            call_grad=None,
+            call_grad=t.call_grad,
             evaluate_batch=None if self.rows is None else lambda rows: self.batch(j, rows),
             evaluate_complex=None if complex_eval is None else lambda z: np.asarray(complex_eval(z))[j],
             framework=t.framework,

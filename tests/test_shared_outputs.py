@@ -101,3 +101,49 @@ def test_numpy_outputs_with_a_handwritten_vjp_share_the_sweep() -> None:
     assert report.verdict == "pass"
     assert [b.name for b in report.blocks] == ["input0->output0", "input0->output1"]
     assert calls[0] < 2 * 2 * 25  # one sweep, not two
+
+
+def test_a_function_that_draws_random_numbers_is_replayed_not_vectorised() -> None:
+    x = torch.linspace(-1.0, 1.0, 20, dtype=torch.float64)
+
+    def fn(x: Any) -> tuple[Any, Any]:
+        y = torch.nn.functional.dropout(x, p=0.5, training=True)
+        return y.sin(), y * y
+
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    report = gc.check_function(fn, x)
+    assert report.verdict == "pass", report
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_vectorised_and_looped_sweeps_agree(wrong: bool) -> None:
+    x = torch.linspace(0.2, 1.2, 15, dtype=torch.float64)
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any) -> Any:
+            ctx.save_for_backward(x)
+            return torch.exp(x) * x
+
+        @staticmethod
+        def backward(ctx: Any, g: Any) -> Any:
+            (x,) = ctx.saved_tensors
+            d = torch.exp(x) * (1 + x)
+            if wrong:
+                d = d.clone()
+                d[4] *= 1.001
+            return g * d
+
+    vectorised = gc.check_function(Fn.apply, x)
+
+    def looped(x: Any) -> Any:
+        if float(x.detach().sum()) > 1e9:  # a Python branch on a value: no vmap
+            return x
+        return Fn.apply(x)
+
+    plain = gc.check_function(looped, x)
+    assert vectorised.verdict == plain.verdict == ("fail" if wrong else "pass")
+    assert [b.verdict for b in vectorised.blocks] == [b.verdict for b in plain.blocks]
+    assert sorted(f.kind for f in vectorised.findings) == sorted(f.kind for f in plain.findings)
