@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -122,11 +123,16 @@ def _rounding_floor(dtype: str | None, f0: float) -> float:
     A float16 or float32 result is quantised to its last bit; a noise probe
     with small steps can miss that and underestimate the noise.
     """
+    return 0.5 * _eps_of(dtype) * abs(f0)
+
+
+@functools.lru_cache(maxsize=64)
+def _eps_of(dtype: str | None) -> float:
+    """Machine epsilon of a result type named ``dtype`` (float64's for None)."""
     try:
-        eps = float(np.finfo(np.dtype(dtype)).eps) if dtype else fd.EPS
+        return float(np.finfo(np.dtype(dtype)).eps) if dtype else fd.EPS
     except TypeError:  # bfloat16 and other extension types
-        eps = 2.0**-7 if dtype and "bfloat16" in dtype else fd.EPS
-    return 0.5 * eps * abs(f0)
+        return 2.0**-7 if dtype and "bfloat16" in dtype else fd.EPS
 
 
 def _analytic(grad: Any, target: Any, adapter: Any) -> np.ndarray:

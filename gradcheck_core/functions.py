@@ -19,7 +19,7 @@ import numpy as np
 
 from . import differences as fd
 from .check import Measured, judge, measured, report_of, run_check
-from .counted_loss import LossFunction, _own_executor
+from .counted_loss import LossFunction, _own_executor, _same_state
 from .errors import InputError
 from .interrupts import interrupts_deferred
 from .options import Options
@@ -142,19 +142,43 @@ def check_function(
     # (dropout) draws the same ones each time; the user's stream is put back.
     from .adapters.base import python_rng_states
 
-    generators = adapter.rng_states() + python_rng_states()
-    saved = [r.get() for r in generators]
-
-    def replay() -> None:
-        for r, state in zip(generators, saved):
-            r.set(state)
-
+    replay = _Generators(adapter.rng_states() + python_rng_states())
     try:
         return _check(
             fn, inputs, vjp, check_undefined_grad, adapter, opts, options.get("seed", 0), start, replay
         )
     finally:
-        replay()
+        replay.restore()
+
+
+class _Generators:
+    """The random generators' states at the start, put back before each call of ``fn``.
+
+    The generators ``fn`` draws from are found after its first call (by
+    comparing states); only those are put back before later calls.
+    """
+
+    def __init__(self, generators: list[Any]) -> None:
+        self.generators = generators
+        self.saved = [r.get() for r in generators]
+        self.calls = 0
+        self.drawn: list[int] = []
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == 1:  # nothing has run since the states were saved
+            return
+        if self.calls == 2:
+            self.drawn = [
+                k for k, (r, s) in enumerate(zip(self.generators, self.saved)) if not _same_state(r.get(), s)
+            ]
+        for k in self.drawn:
+            self.generators[k].set(self.saved[k])
+
+    def restore(self) -> None:
+        """Every generator as it was at the start."""
+        for r, s in zip(self.generators, self.saved):
+            r.set(s)
 
 
 def _check(
