@@ -31,7 +31,7 @@ __all__ = [
     "METHODS",
     "Refined",
     "directional",
-    "directional_steps",
+    "directional_points",
     "estimate_noise",
     "refine",
     "relative_step",
@@ -352,11 +352,35 @@ def estimate_noise(
     return max(sigmas[-1], min(sigmas), floor), nfev
 
 
-def directional_steps(x0: np.ndarray, v: np.ndarray, rel_step: float) -> tuple[float, float, float]:
-    """The steps ``t, t/2, t/4`` of :func:`directional` along ``v`` (it evaluates at ``x0 +- s v``)."""
-    vmax = float(np.max(np.abs(v))) or 1.0
-    t = rel_step * max(1.0, float(np.max(np.abs(x0[v != 0])) if np.any(v) else 1.0)) / vmax
+def _support(v: np.ndarray) -> slice | np.ndarray:
+    """Where ``v`` is not zero: a slice when that is one run of entries (one block), else the indices."""
+    nz = np.flatnonzero(v)
+    if len(nz) and int(nz[-1]) - int(nz[0]) + 1 == len(nz):
+        return slice(int(nz[0]), int(nz[-1]) + 1)
+    return nz
+
+
+def _steps(xs: np.ndarray, vs: np.ndarray, rel_step: float) -> tuple[float, float, float]:
+    """The steps ``t, t/2, t/4`` of :func:`directional`, from the entries of ``x0`` and ``v`` where ``v`` is not zero."""
+    vmax = float(np.max(np.abs(vs))) if len(vs) else 1.0
+    t = rel_step * max(1.0, float(np.max(np.abs(xs))) if len(xs) else 1.0) / vmax
     return (t, t / 2, t / 4)
+
+
+def directional_points(x0: np.ndarray, v: np.ndarray, rel_step: float) -> list[np.ndarray]:
+    """The points :func:`directional` evaluates, in its order: ``x0 + s v``, ``x0 - s v`` per step.
+
+    Only the entries where ``v`` is not zero move; the others are ``x0``'s own.
+    """
+    support = _support(v)
+    xs, vs = x0[support], v[support]
+    points = []
+    for s in _steps(xs, vs, rel_step):
+        for moved in (xs + s * vs, xs - s * vs):
+            x = x0.copy()
+            x[support] = moved
+            points.append(x)
+    return points
 
 
 def directional(
@@ -379,10 +403,20 @@ def directional(
     Returns the value, an error estimate (infinite where the one-sided slopes
     reveal a kink on the segment), and the evaluations used (6).
     """
-    steps = directional_steps(x0, v, rel_step)
+    # Work in proportion to the entries that move (v often covers one block
+    # of a long vector): one copy of x0, whose moving entries are rewritten.
+    support = _support(v)
+    xs, vs = x0[support], v[support]
+    steps = _steps(xs, vs, rel_step)
+    x = x0.copy()
+
+    def at(moved: np.ndarray) -> float:
+        x[support] = moved
+        return fun(x)
+
     d, gap = [], []
     for s in steps:
-        fp, fm = fun(x0 + s * v), fun(x0 - s * v)
+        fp, fm = at(xs + s * vs), at(xs - s * vs)
         d.append((fp - fm) / (2 * s))
         gap.append(((fp - f0) - (f0 - fm)) / s)  # right slope - left slope
     r1 = (4 * d[1] - d[0]) / 3

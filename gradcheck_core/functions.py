@@ -581,8 +581,7 @@ def _check_jvps(
         if len(group) == 2:
             direction[group[1].slice] = np.imag(entries)
         # the points the directional differences will evaluate, all at once
-        steps = fd.directional_steps(flat.x0, direction, rel)
-        shared.prefetch(np.array([flat.x0 + sign * s * direction for s in steps for sign in (1, -1)]))
+        shared.prefetch(np.array(fd.directional_points(flat.x0, direction, rel)))
         for j, u, m, fun in zip(checked, us, ms, funs):
             analytic = float(np.sum(np.real(np.conj(u) * np.asarray(out_tangents[j]))))
             numeric, err, _ = fd.directional(
