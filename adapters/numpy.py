@@ -38,7 +38,8 @@ class NumpyAdapter(Adapter):
         if takes_argument(loss):
 
             def evaluate(x: np.ndarray) -> Any:
-                return loss(flat.unravel(x, _float64_copy))
+                # one float64 copy of the point; the loss gets views of it
+                return loss(flat.unravel(np.array(x, dtype=np.float64), _piece))
 
             def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
                 return fn(flat.unravel(flat.x0 if x is None else x, _float64_copy))
@@ -134,6 +135,11 @@ class RowWorker:
                 raise InputError(f"the loss returned an array of shape {value.shape}, not a scalar.")
             out[k] = float(value.reshape(()).real)
         return out
+
+
+def _piece(piece: np.ndarray, original: Any) -> Any:
+    """A piece of a point the loss owns (a view of its private copy), a float for a float."""
+    return float(piece) if isinstance(original, float) else piece
 
 
 def _float64_copy(piece: np.ndarray, original: Any) -> Any:

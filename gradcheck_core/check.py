@@ -9,11 +9,14 @@ turns into one result per parameter.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,7 +40,7 @@ from .second_order import run_second_order
 from .sweep import run_full
 from .tolerance import rel_error
 
-__all__ = ["assert_gradients", "check", "run_check"]
+__all__ = ["Measured", "assert_gradients", "check", "judge", "measured", "report_of", "run_check"]
 
 # mode="auto" sweeps every coordinate when that costs less than this...
 AUTO_FULL_SECONDS = 5.0
@@ -128,11 +131,16 @@ def _rounding_floor(dtype: str | None, f0: float) -> float:
     A float16 or float32 result is quantised to its last bit; a noise probe
     with small steps can miss that and underestimate the noise.
     """
+    return 0.5 * _eps_of(dtype) * abs(f0)
+
+
+@functools.lru_cache(maxsize=64)
+def _eps_of(dtype: str | None) -> float:
+    """Machine epsilon of a result type named ``dtype`` (float64's for None)."""
     try:
-        eps = float(np.finfo(np.dtype(dtype)).eps) if dtype else fd.EPS
+        return float(np.finfo(np.dtype(dtype)).eps) if dtype else fd.EPS
     except TypeError:  # bfloat16 and other extension types
-        eps = 2.0**-7 if dtype and "bfloat16" in dtype else fd.EPS
-    return 0.5 * eps * abs(f0)
+        return 2.0**-7 if dtype and "bfloat16" in dtype else fd.EPS
 
 
 # A gradient given in a narrow float type is judged at that type's precision:
@@ -324,6 +332,42 @@ def run_check(
     """:func:`check` with validated options (``adapter``: default, the one of ``params``)."""
     if opts.order == 2:
         return run_second_order(loss, params, grad, opts, adapter, run_check)
+    with measured(loss, params, grad, opts, adapter) as m:
+        judge(m)
+    return report_of(m, what)
+
+
+@dataclass
+class Measured:
+    """A check measured but not yet swept: its :class:`Problem` and what the report needs.
+
+    ``mode`` is the requested one until :func:`judge` decides ``"auto"``;
+    :func:`judge` fills ``blocks``, ``method`` and ``step``.
+    """
+
+    ctx: Problem
+    target: Any
+    fun: Any
+    findings: list[Finding]
+    nondeterministic: bool
+    mode: str
+    start: float
+    blocks: list[Any] = field(default_factory=list)
+    method: str = ""
+    step: float = float("nan")
+    loss: Any = None
+
+
+@contextlib.contextmanager
+def measured(
+    loss: Any, params: Any, grad: Any, opts: Options, adapter: Any = None, batch_probe: bool = False
+) -> Iterator[Measured]:
+    """Open the loss, evaluate it at the point, its gradient, repeats and noise: a :class:`Measured`.
+
+    The loss stays open (and the random generators replayable) inside the
+    ``with`` block, where :func:`judge` sweeps it.  ``batch_probe``: the noise
+    probe evaluates its points at once through the target's batch evaluation.
+    """
     start = time.perf_counter()
     _check_loss_callable(loss)
     with prepared(loss, params, opts, adapter) as (adapter, target, fun):
@@ -378,7 +422,7 @@ def run_check(
             )
 
         try:
-            noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng)
+            noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng, batch=fun.batch if batch_probe else None)
         except InputError:  # the probe left the loss's domain; the sweep will say where
             noise = fd.EPS * abs(f0)
         noise = max(noise, spread, _rounding_floor(fun.out_dtype, f0))
@@ -416,64 +460,77 @@ def run_check(
                 )
             )
 
-        mode = opts.mode
-        if mode == "auto":
-            cost = per_coord * flat.n * t_eval
-            mode = (
-                "full"
-                if (opts.sample is not None or flat.n <= AUTO_FULL_SIZE or cost <= AUTO_FULL_SECONDS)
-                else "fast"
-            )
-
         floor = _rounding_floor(fun.out_dtype, f0)
         ctx = Problem(fun, flat, analytic, f0, noise, noise_rel, opts, rng, t_eval, floor)
-        if mode == "fast":
-            blocks, method_used, step_used = run_fast(ctx)
-        else:
-            blocks, method_used, step_used = run_full(ctx)
+        yield Measured(ctx, target, fun, findings, nondeterministic, opts.mode, start, loss=loss)
 
-        if nondeterministic:  # no verdict either way can be trusted
-            for b in blocks:
-                b.verdict, b.passed = "inconclusive", False
-        findings.extend(non_finite_findings(analytic, flat))
+
+def judge(m: Measured) -> None:
+    """Sweep a measured check (inside its :func:`measured` block) and diagnose what fails."""
+    ctx, flat, findings, opts = m.ctx, m.ctx.flat, m.findings, m.ctx.opts
+    analytic = ctx.analytic
+    mode = m.mode
+    if mode == "auto":
+        cost = fd.EVALS_PER_COORDINATE[opts.method] * flat.n * ctx.t_eval
+        mode = (
+            "full"
+            if (opts.sample is not None or flat.n <= AUTO_FULL_SIZE or cost <= AUTO_FULL_SECONDS)
+            else "fast"
+        )
+    m.mode = mode
+    if mode == "fast":
+        blocks, m.method, m.step = run_fast(ctx)
+    else:
+        blocks, m.method, m.step = run_full(ctx)
+    m.blocks = blocks
+    if m.nondeterministic:  # no verdict either way can be trusted
         for b in blocks:
-            if b.verdict == "fail" and len(b.indices) and np.all(np.isfinite(b.analytic)):
-                leaf = flat.leaves[[lf.name for lf in flat.leaves].index(b.name)]
-                x_local = flat.x0[b.indices + leaf.offset]
-                found: list[Finding] = []
-                flat_finding = saturation_finding(b, _clip_note(loss))
-                # entries where the loss is flat explain the failure better than a bug pattern
-                if flat_finding is None or flat_finding.detail["n_flat"] < b.n_bad:
-                    found = diagnose_block(b, x_local, analytic[leaf.slice])
-                    if mode == "fast" and found and found[0].kind == "transpose":
-                        # a few sampled entries suggested it: confirm along whole directions
-                        meant = unpermuted(analytic[leaf.slice], leaf.shape, tuple(found[0].detail["axes"]))
-                        if not confirms(ctx, leaf, meant):
-                            found = [mismatch(b)]
-                findings.extend(found)
-                if flat_finding is not None:
-                    findings.append(flat_finding)
-        kinks = [b for b in blocks if b.n_kink]
-        if kinks:
-            total = sum(b.n_kink for b in kinks)
-            findings.append(
-                Finding(
-                    "kink",
-                    kinks[0].name if len(kinks) == 1 else None,
-                    f"{total} coordinate(s) sit at a kink or a step of the loss "
-                    f"({', '.join(b.name for b in kinks)}): the slopes left and right differ (ReLU at "
-                    "0, abs, max, the edge of a clip), or the loss jumps there (floor, round or sign at the edge of a "
-                    "stair), so finite differences cannot judge them; they were not counted as "
-                    "wrong. Move the parameters off the kink (a small random shift) to check them too.",
-                    {"blocks": {b.name: b.n_kink for b in kinks}},
-                )
+            b.verdict, b.passed = "inconclusive", False
+    findings.extend(non_finite_findings(analytic, flat))
+    for b in blocks:
+        if b.verdict == "fail" and len(b.indices) and np.all(np.isfinite(b.analytic)):
+            leaf = flat.leaves[[lf.name for lf in flat.leaves].index(b.name)]
+            x_local = flat.x0[b.indices + leaf.offset]
+            found: list[Finding] = []
+            flat_finding = saturation_finding(b, _clip_note(m.loss))
+            # entries where the loss is flat explain the failure better than a bug pattern
+            if flat_finding is None or flat_finding.detail["n_flat"] < b.n_bad:
+                found = diagnose_block(b, x_local, analytic[leaf.slice])
+                if mode == "fast" and found and found[0].kind == "transpose":
+                    # a few sampled entries suggested it: confirm along whole directions
+                    meant = unpermuted(analytic[leaf.slice], leaf.shape, tuple(found[0].detail["axes"]))
+                    if not confirms(ctx, leaf, meant):
+                        found = [mismatch(b)]
+            findings.extend(found)
+            if flat_finding is not None:
+                findings.append(flat_finding)
+    kinks = [b for b in blocks if b.n_kink]
+    if kinks:
+        total = sum(b.n_kink for b in kinks)
+        findings.append(
+            Finding(
+                "kink",
+                kinks[0].name if len(kinks) == 1 else None,
+                f"{total} coordinate(s) sit at a kink or a step of the loss "
+                f"({', '.join(b.name for b in kinks)}): the slopes left and right differ (ReLU at "
+                "0, abs, max, the edge of a clip), or the loss jumps there (floor, round or sign at "
+                "the edge of a stair), so finite differences cannot judge them; they were not "
+                "counted as wrong. Move the parameters off the kink (a small random shift) to check "
+                "them too.",
+                {"blocks": {b.name: b.n_kink for b in kinks}},
             )
+        )
+
+
+def report_of(m: Measured, what: str) -> Report:
+    """The report of a judged check."""
+    flat, opts, blocks = m.ctx.flat, m.ctx.opts, m.blocks
     # An empty parameter has nothing to check: left out of the table, and said so.
     skipped = [
         (leaf.name, f"empty (shape {leaf.shape}): nothing to check") for leaf in flat.leaves if not leaf.size
     ]
     blocks = [b for b in blocks if b.size]
-    findings.extend(explain_verdicts(blocks, findings))
+    m.findings.extend(explain_verdicts(blocks, m.findings))
     verdicts = {b.verdict for b in blocks}
     verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
     a_all = np.concatenate([b.compared()[0] for b in blocks]) if blocks else np.zeros(0)
@@ -482,16 +539,16 @@ def run_check(
         verdict=verdict,
         rel_error=rel_error(a_all, n_all),
         blocks=blocks,
-        findings=findings,
-        nfev=fun.nfev,
-        seconds=time.perf_counter() - start,
-        method=method_used,
-        step=step_used,
-        mode=mode,
-        framework=target.framework,
+        findings=m.findings,
+        nfev=m.fun.nfev,
+        seconds=time.perf_counter() - m.start,
+        method=m.method,
+        step=m.step,
+        mode=m.mode,
+        framework=m.target.framework,
         n_params=flat.n,
-        noise=noise,
-        loss_value=f0,
+        noise=m.ctx.noise,
+        loss_value=m.ctx.f0,
         rtol=opts.rtol,
         atol=opts.atol,
         what=what,

@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,11 @@ from .interrupts import interrupts_deferred, raise_pending
 if TYPE_CHECKING:  # pragma: no cover
     from .options import Options
 
-__all__ = ["LossFunction", "prepared"]
+__all__ = ["PART_SECONDS", "LossFunction", "prepared"]
+
+# An executor that runs in other processes gets parts of rows worth at least
+# this many seconds of evaluations (each part carries the loss with it).
+PART_SECONDS = 0.05
 
 
 class LossFunction:
@@ -48,6 +53,8 @@ class LossFunction:
         # While True, a non-finite loss away from x0 comes back as NaN (the
         # sweep then looks closer) instead of raising.
         self.tolerate = False
+        #: Seconds the first evaluation took (None before it).
+        self.eval_seconds: float | None = None
 
     # -- RNG replay ---------------------------------------------------------
     def replay(self) -> None:
@@ -137,7 +144,12 @@ class LossFunction:
     def __call__(self, x: np.ndarray) -> float:
         raise_pending()
         self.replay()
-        out = self.target.evaluate(x)
+        if self.eval_seconds is None:
+            start = time.perf_counter()
+            out = self.target.evaluate(x)
+            self.eval_seconds = time.perf_counter() - start
+        else:
+            out = self.target.evaluate(x)
         self.nfev += 1
         self._learn_active()
         return self.scalar(out, x)
@@ -178,11 +190,25 @@ class LossFunction:
 
     def _executor_batch(self, rows: np.ndarray) -> np.ndarray:
         raise_pending()
-        worker = self.target.worker if getattr(self.target, "worker", None) is not None else self._row_values
-        parts = np.array_split(rows, max(1, min(len(rows), 64)))
         executor = self.executor
         if executor is None:
             raise RuntimeError("no executor to evaluate the rows with")
+        # Threads of this process evaluate through the target itself; other
+        # processes get the target's picklable worker, where it has one.
+        worker = getattr(self.target, "worker", None)
+        parts_wanted = min(len(rows), 64)
+        if worker is None or isinstance(executor, ThreadPoolExecutor):
+            worker = self._row_values
+        else:
+            if hasattr(worker, "draws"):
+                worker.draws = bool(self._active)
+            # Each part travels to another process with the loss: parts of at
+            # least PART_SECONDS of evaluations keep that cost small.
+            if self.eval_seconds is not None:
+                parts_wanted = min(
+                    parts_wanted, max(2, math.ceil(len(rows) * self.eval_seconds / PART_SECONDS))
+                )
+        parts = np.array_split(rows, max(1, parts_wanted))
         if isinstance(executor, ProcessPoolExecutor):
             _require_picklable(worker)
         results = _run_all(executor, worker, parts)
@@ -221,8 +247,10 @@ def _require_picklable(worker: Callable[..., Any]) -> None:
     except Exception as exc:  # pickle raises PicklingError, TypeError or AttributeError
         raise InputError(
             f"a process pool cannot take this loss ({type(exc).__name__}: {exc}): it sends the loss "
-            "to its workers by pickling, which needs a module-level function, not a lambda or a "
-            "closure. Use executor='threads' (a thread pool, any loss) or a Dask client's executor."
+            "to its workers with the standard pickle module, which needs a module-level function, "
+            "not a lambda or a closure. Use executor='threads' (a thread pool, any loss), or a Dask "
+            "client's executor, which pickles closures (cloudpickle) but not objects that hold "
+            "locks, open files or connections."
         ) from exc
 
 
@@ -268,6 +296,13 @@ def _own_executor(executor: Any) -> Iterator[Executor | None]:
 def _same_state(a: Any, b: Any) -> bool:
     """Whether two saved generator states are equal (False when unsure)."""
     try:
+        if isinstance(a, tuple) and isinstance(b, tuple):
+            # Python's random state, (3, 625 ints, None), compares at once; a
+            # tuple holding arrays (numpy's legacy state) raises and is compared
+            # entry by entry below.
+            with contextlib.suppress(ValueError, TypeError):
+                if a == b:
+                    return True
         if isinstance(a, dict) and isinstance(b, dict):
             return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
         if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):

@@ -31,6 +31,7 @@ __all__ = [
     "METHODS",
     "Refined",
     "directional",
+    "directional_points",
     "estimate_noise",
     "refine",
     "relative_step",
@@ -73,6 +74,11 @@ def taken_steps(x: np.ndarray, rel: float) -> np.ndarray:
     sign = np.where(x >= 0, 1.0, -1.0)
     h = rel * sign * np.maximum(1.0, np.abs(x))
     return (x + h) - x
+
+
+# Central differences along at most this many coordinates evaluate both
+# sides in one batch (more: one side at a time, for the progress bar).
+_BOTH_SIDES_AT_ONCE = 256
 
 
 def _evaluate_shifted(
@@ -153,8 +159,16 @@ def sweep(
         return (fp - f0) / h, 2 * noise / np.abs(h), zeros
     hm = xi - (xi - h)  # the backward step actually taken
     if method == "central":
-        fp = _evaluate_shifted(fun, batch, x0, where, h, None)
-        fm = _evaluate_shifted(fun, batch, x0, where, -hm, tick)
+        if batch is not None and len(where) <= _BOTH_SIDES_AT_ONCE:  # both sides in one batch
+            both = _evaluate_shifted(
+                fun, batch, x0, np.concatenate([where, where]), np.concatenate([h, -hm]), None
+            )
+            fp, fm = both[: len(where)], both[len(where) :]
+            if tick:
+                tick(len(where))
+        else:
+            fp = _evaluate_shifted(fun, batch, x0, where, h, None)
+            fm = _evaluate_shifted(fun, batch, x0, where, -hm, tick)
         return (fp - fm) / (h + hm), 2 * noise / np.abs(h + hm), zeros
     if method == "richardson":
         h2 = taken_steps(xi, rel_step / 2)
@@ -276,6 +290,7 @@ def estimate_noise(
     *,
     points: int = 8,
     rel_step: float = 1e-6,
+    batch: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[float, int]:
     """Round-off noise of ``fun`` near ``x0`` by ECnoise (More and Wild, 2011).
 
@@ -284,6 +299,8 @@ def estimate_noise(
     takes the noise level from the first order at which the scaled
     differences agree and change sign (where they measure noise, not the
     function's curvature).
+
+    ``batch``, where given, evaluates the points of the segment at once.
 
     Returns
     -------
@@ -305,8 +322,12 @@ def estimate_noise(
         # sits at the end of the segment, not in the middle of the table.
         ts = np.arange(0, points + 1) * scale
         values = np.empty(len(ts))
-        for k, t in enumerate(ts):
-            values[k] = f0 if t == 0 else fun(x0 + t * v)
+        if batch is not None:  # all points at once (``batch``: the values at the rows)
+            values[0] = f0
+            values[1:] = batch(x0[None, :] + ts[1:, None] * v[None, :])
+        else:
+            for k, t in enumerate(ts):
+                values[k] = f0 if t == 0 else fun(x0 + t * v)
         nfev += len(ts) - 1
         # A loss that does not move at all under these steps is quantised
         # (float32 parameters, say): look again with larger steps.
@@ -331,6 +352,37 @@ def estimate_noise(
     return max(sigmas[-1], min(sigmas), floor), nfev
 
 
+def _support(v: np.ndarray) -> slice | np.ndarray:
+    """Where ``v`` is not zero: a slice when that is one run of entries (one block), else the indices."""
+    nz = np.flatnonzero(v)
+    if len(nz) and int(nz[-1]) - int(nz[0]) + 1 == len(nz):
+        return slice(int(nz[0]), int(nz[-1]) + 1)
+    return nz
+
+
+def _steps(xs: np.ndarray, vs: np.ndarray, rel_step: float) -> tuple[float, float, float]:
+    """The steps ``t, t/2, t/4`` of :func:`directional`, from the entries of ``x0`` and ``v`` where ``v`` is not zero."""
+    vmax = float(np.max(np.abs(vs))) if len(vs) else 1.0
+    t = rel_step * max(1.0, float(np.max(np.abs(xs))) if len(xs) else 1.0) / vmax
+    return (t, t / 2, t / 4)
+
+
+def directional_points(x0: np.ndarray, v: np.ndarray, rel_step: float) -> list[np.ndarray]:
+    """The points :func:`directional` evaluates, in its order: ``x0 + s v``, ``x0 - s v`` per step.
+
+    Only the entries where ``v`` is not zero move; the others are ``x0``'s own.
+    """
+    support = _support(v)
+    xs, vs = x0[support], v[support]
+    points = []
+    for s in _steps(xs, vs, rel_step):
+        for moved in (xs + s * vs, xs - s * vs):
+            x = x0.copy()
+            x[support] = moved
+            points.append(x)
+    return points
+
+
 def directional(
     fun: Callable[[np.ndarray], float],
     x0: np.ndarray,
@@ -351,12 +403,20 @@ def directional(
     Returns the value, an error estimate (infinite where the one-sided slopes
     reveal a kink on the segment), and the evaluations used (6).
     """
-    vmax = float(np.max(np.abs(v))) or 1.0
-    t = rel_step * max(1.0, float(np.max(np.abs(x0[v != 0])) if np.any(v) else 1.0)) / vmax
-    steps = (t, t / 2, t / 4)
+    # Work in proportion to the entries that move (v often covers one block
+    # of a long vector): one copy of x0, whose moving entries are rewritten.
+    support = _support(v)
+    xs, vs = x0[support], v[support]
+    steps = _steps(xs, vs, rel_step)
+    x = x0.copy()
+
+    def at(moved: np.ndarray) -> float:
+        x[support] = moved
+        return fun(x)
+
     d, gap = [], []
     for s in steps:
-        fp, fm = fun(x0 + s * v), fun(x0 - s * v)
+        fp, fm = at(xs + s * vs), at(xs - s * vs)
         d.append((fp - fm) / (2 * s))
         gap.append(((fp - f0) - (f0 - fm)) / s)  # right slope - left slope
     r1 = (4 * d[1] - d[0]) / 3

@@ -80,6 +80,7 @@ class Flat:
 
     def __post_init__(self) -> None:
         self._cuts = [(leaf.slice, leaf.shape) for leaf in self.leaves]
+        self._real = not any(leaf.part for leaf in self.leaves)
         # One group of leaves per value: [leaf] for a real value, [real, imag] for a complex one.
         self.groups: list[list[Leaf]] = []
         for leaf in self.leaves:
@@ -107,6 +108,8 @@ class Flat:
         A complex value comes back as ``real + 1j * imag`` of its two blocks.
         """
         pieces = [vec[cut].reshape(shape) for cut, shape in self._cuts]
+        if self._real:
+            return pieces
         out, k = [], 0
         for group in self.groups:
             if len(group) == 2:

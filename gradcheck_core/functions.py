@@ -9,6 +9,8 @@ framework has them; :func:`merge_reports` puts the pieces into one report.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,14 +18,16 @@ from typing import Any
 import numpy as np
 
 from . import differences as fd
-from .check import run_check
-from .counted_loss import prepared
+from .check import Measured, judge, measured, report_of, run_check
+from .counted_loss import LossFunction, _own_executor, _same_state, prepared
 from .errors import InputError, ReverseModeUnsupported
 from .flatten import leaf_items, split_structure
+from .interrupts import interrupts_deferred
 from .options import Options
 from .problem import flat_slope
 from .report import BlockResult, Finding, Report
 from .second_order import run_function_second_order
+from .shared_outputs import OutputAdapter, SharedOutputs
 from .tolerance import rel_error
 
 __all__ = ["check_function", "check_loss", "merge_reports"]
@@ -154,12 +158,69 @@ def check_function(
             adapter = get_adapter(fw)
     opts = Options(**options)
     start = time.perf_counter()
+    # Every call of fn (outputs, VJPs, JVPs, evaluations) starts from the
+    # generators' states at the start, so a function that draws random numbers
+    # (dropout) draws the same ones each time; the user's stream is put back.
+    from .adapters.base import python_rng_states
+
+    replay = _Generators(adapter.rng_states() + python_rng_states())
+    try:
+        return _check(
+            fn, inputs, vjp, check_undefined_grad, adapter, opts, options.get("seed", 0), start, replay
+        )
+    finally:
+        replay.restore()
+
+
+class _Generators:
+    """The random generators' states at the start, put back before each call of ``fn``.
+
+    The generators ``fn`` draws from are found after its first call (by
+    comparing states); only those are put back before later calls.
+    """
+
+    def __init__(self, generators: list[Any]) -> None:
+        self.generators = generators
+        self.saved = [r.get() for r in generators]
+        self.calls = 0
+        self.drawn: list[int] = []
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == 1:  # nothing has run since the states were saved
+            return
+        if self.calls == 2:
+            self.drawn = [
+                k for k, (r, s) in enumerate(zip(self.generators, self.saved)) if not _same_state(r.get(), s)
+            ]
+        for k in self.drawn:
+            self.generators[k].set(self.saved[k])
+
+    def restore(self) -> None:
+        """Every generator as it was at the start."""
+        for r, s in zip(self.generators, self.saved):
+            r.set(s)
+
+
+def _check(
+    fn: Callable[..., Any],
+    inputs: tuple[Any, ...],
+    vjp: Callable[..., Any] | None,
+    check_undefined_grad: bool,
+    adapter: Any,
+    opts: Options,
+    seed: Any,
+    start: float,
+    replay: Callable[[], None],
+) -> Report:
+    """:func:`check_function` once the adapter and options are known."""
     fi = _FunctionInputs(adapter, fn, inputs)
     if not fi.floating and not fi.skipped:
         raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
+    replay()
     outputs = adapter.call(fn, list(inputs))
+    replay()
     reasons = _output_reasons(adapter, fn, inputs, outputs)
-    seed = options.get("seed", 0)
     rng = np.random.default_rng(seed)
     cotangents: list[np.ndarray | None] = []
     skipped = list(fi.skipped)
@@ -175,16 +236,16 @@ def check_function(
             cotangents.append(rng.standard_normal(o.shape))
     if not fi.floating or all(u is None for u in cotangents):
         return _nothing_checked(adapter, opts, skipped, time.perf_counter() - start)
-    reports = []
+    checked = [j for j, u in enumerate(cotangents) if u is not None]
+    gradients: dict[int, list[Any]] = {}
     undefined: list[Finding] = []
-    for j, u in enumerate(cotangents):
-        if u is None:
-            continue
+    for j in checked:
         # Zeros for the other outputs (of their own dtype for a floating output left out).
         us = [
             c if k == j else np.zeros_like(c) if c is not None else _zeros_or_none(outputs[k])
             for k, c in enumerate(cotangents)
         ]
+        replay()
         if vjp is not None:
             g = vjp(us if len(us) > 1 else us[0], *inputs)
             g = list(g) if isinstance(g, (list, tuple)) else [g]
@@ -192,35 +253,112 @@ def check_function(
             try:
                 g = adapter.vjp(fn, list(inputs), us)
             except ReverseModeUnsupported as exc:
-                return _forward_mode_only(fi, cotangents, Options(**options), str(exc))
+                return _forward_mode_only(fi, cotangents, opts, str(exc))
         if len(g) != len(inputs):
             raise InputError(
                 f"the vjp returned {len(g)} gradients for {len(inputs)} inputs; return one per input."
             )
-        if vjp is None and check_undefined_grad and sum(c is not None for c in cotangents) > 1:
-            alone = [u if k == j else None for k in range(len(cotangents))]
+        if vjp is None and check_undefined_grad and len(checked) > 1:
+            alone = [cotangents[j] if k == j else None for k in range(len(cotangents))]
+            replay()
             undefined += _compare_undefined(fi, j, g, adapter.vjp(fn, list(inputs), alone))
-        report = run_check(
-            fi.projection(j, u),
-            fi.params,
-            {f"input{i}": fi.restrict(i, g[i]) for i in fi.floating},
-            opts,
-            what="function",
-        )
+        gradients[j] = g
+    replay()
+    reports, jvp_blocks, jvp_findings, evaluations = _check_outputs(
+        fi, cotangents, checked, gradients, opts, replay, forward=vjp is None and hasattr(adapter, "jvp")
+    )
+    merged = merge_reports(reports)
+    merged.skipped = skipped
+    if undefined:
+        merged.findings += undefined
+        merged.verdict = "fail"
+    merged.blocks += jvp_blocks
+    merged.findings += jvp_findings
+    if any(not b.passed for b in jvp_blocks):
+        merged.verdict = "fail"
+    merged.nfev = evaluations
+    merged.seconds = time.perf_counter() - start
+    return merged
+
+
+def _check_outputs(
+    fi: _FunctionInputs,
+    cotangents: list[np.ndarray | None],
+    checked: list[int],
+    gradients: dict[int, list[Any]],
+    opts: Options,
+    replay: Callable[[], None],
+    forward: bool,
+) -> tuple[list[Report], list[BlockResult], list[Finding], int]:
+    """Every checked output's VJP check (and, with ``forward``, its JVP checks) from shared evaluations.
+
+    One evaluation of ``fn`` at a point gives every output's projection
+    (:class:`~gradcheck_core.shared_outputs.SharedOutputs`); the outputs'
+    sweeps take one step, the smallest any of them would choose (a smaller
+    step only adds round-off, which each output's bounds account for), so
+    they differentiate at the same points.
+
+    Returns
+    -------
+    reports, jvp_blocks, jvp_findings, evaluations
+        One report per checked output (blocks named ``input{i}->output{j}``),
+        the JVP blocks and findings, and the evaluations of ``fn`` made.
+    """
+    adapter = fi.adapter
+    us = [u for j in checked if (u := cotangents[j]) is not None]
+
+    def projections(p: dict[str, Any]) -> np.ndarray:
+        ys = adapter.call(fi.fn, fi.arguments(p))
+        # <ur, Re y> + <ui, Im y>: the real inner product of the pairs
+        return np.array([np.sum(np.real(np.conj(u) * np.asarray(ys[j]))) for j, u in zip(checked, us)])
+
+    with (
+        interrupts_deferred(),
+        _own_executor(opts.executor) as executor,
+        adapter.target(projections, fi.params, float64=opts.float64) as target,
+    ):
+        shared = SharedOutputs(target, len(checked), _rows_of(fi, checked, us, target.flat, opts))
+        each = copy.copy(opts)
+        each.executor = executor
+        try:
+            with contextlib.ExitStack() as stack:
+                ms = []
+                for pos, (j, u) in enumerate(zip(checked, us)):
+                    g = gradients[j]
+                    ms.append(
+                        stack.enter_context(
+                            measured(
+                                fi.projection(j, u),
+                                fi.params,
+                                {f"input{i}": fi.restrict(i, g[i]) for i in fi.floating},
+                                each,
+                                adapter=OutputAdapter(adapter, shared.output_target(pos)),
+                                batch_probe=True,
+                            )
+                        )
+                    )
+                rel = min(m.ctx.rel_step(m.ctx.opts.method) for m in ms)
+                for m in ms:
+                    m.ctx.step = rel
+                    m.ctx.t_eval = ms[0].ctx.t_eval  # the others were read from memory
+                for m in ms:
+                    judge(m)
+                jvp_blocks: list[BlockResult] = []
+                jvp_findings: list[Finding] = []
+                if forward:
+                    _check_jvps(fi, checked, us, shared, ms, opts, replay, jvp_blocks, jvp_findings)
+        finally:
+            shared.restore_rngs()
+    reports = []
+    for j, m in zip(checked, ms):
+        report = report_of(m, "function")
         for b in report.blocks:
             b.name = f"{b.name}->output{j}"
         for f in report.findings:
             if f.block:
                 f.block = f"{f.block}->output{j}"
         reports.append(report)
-    merged = merge_reports(reports)
-    merged.skipped = skipped
-    if undefined:
-        merged.findings += undefined
-        merged.verdict = "fail"
-    if vjp is None and hasattr(adapter, "jvp"):
-        _check_jvps(fi, cotangents, merged, opts)
-    return merged
+    return reports, jvp_blocks, jvp_findings, shared.evaluations
 
 
 def _zeros_or_none(output: np.ndarray) -> np.ndarray | None:
@@ -485,7 +623,7 @@ def _forward_mode_only(
         atol=opts.atol,
         what="function",
     )
-    _check_jvps(fi, cotangents, report, opts)
+    _jvps_without_vjp(fi, cotangents, report, opts)
     if report.blocks:
         report.rel_error = rel_error(
             np.concatenate([b.compared()[0] for b in report.blocks]),
@@ -496,13 +634,53 @@ def _forward_mode_only(
     return report
 
 
-def _check_jvps(
+def _rows_of(
+    fi: _FunctionInputs, checked: list[int], us: list[np.ndarray], flat: Any, opts: Options
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The projections at many points at once, where the adapter can vectorise ``fn`` (else None).
+
+    Only for real inputs checked entry by entry, in float64, with a scheme that
+    does not mix these values with a point-by-point one (forward differences
+    subtract the value at the point).
+    """
+    adapter = fi.adapter
+    if not hasattr(adapter, "call_rows") or fi.masks or flat.has_complex or not opts.float64:
+        return None
+    if opts.method == "forward":
+        return None
+    leaves = {leaf.name: leaf for leaf in flat.leaves}
+    if sorted(leaves) != sorted(f"input{i}" for i in fi.floating):
+        return None
+
+    def rows(points: np.ndarray) -> np.ndarray:
+        m = len(points)
+        values = {
+            i: points[:, leaves[f"input{i}"].slice].reshape((m, *leaves[f"input{i}"].shape))
+            for i in fi.floating
+        }
+        ys = adapter.call_rows(fi.fn, fi.inputs, values)
+        return np.stack(
+            [
+                np.sum(np.real(np.conj(u) * np.asarray(ys[j])).reshape(m, -1), axis=1)
+                for j, u in zip(checked, us)
+            ],
+            axis=1,
+        )
+
+    return rows
+
+
+def _jvps_without_vjp(
     fi: _FunctionInputs,
     cotangents: list[np.ndarray | None],
     report: Report,
     opts: Options,
 ) -> None:
-    """Forward mode: ``<u_j, J_ij v_i>`` from the framework's JVP against finite differences.
+    """Forward mode alone (no reverse mode): ``<u_j, J_ij v_i>`` against finite differences.
+
+    Used when the framework cannot run ``fn`` backwards (a JAX ``while_loop``):
+    each pair gets its own noise estimate, since there are no VJP checks to
+    share it with.
 
     Adds one block ``input{i}->output{j} (jvp)`` per pair.  A function without
     forward mode (a ``custom_vjp`` rule, a torch Function without ``jvp``)
@@ -577,6 +755,102 @@ def _check_jvps(
             if not ok:
                 report.verdict = "fail"
                 report.findings.append(
+                    Finding(
+                        "forward_mode",
+                        f"input{i}->output{j} (jvp)",
+                        f"the forward-mode derivative (JVP) of output {j} along input {i} is {analytic:.6g}, "
+                        f"finite differences give {numeric:.6g}: the jvp rule for input {i} is wrong "
+                        "(the reverse-mode rule may still be right).",
+                        {"analytic": analytic, "numeric": numeric},
+                    )
+                )
+
+
+def _check_jvps(
+    fi: _FunctionInputs,
+    checked: list[int],
+    us: list[np.ndarray],
+    shared: SharedOutputs,
+    ms: list[Measured],
+    opts: Options,
+    replay: Callable[[], None],
+    blocks: list[BlockResult],
+    findings: list[Finding],
+) -> None:
+    """Forward mode: ``<u_j, J_ij v_i>`` from the framework's JVP against finite differences.
+
+    Appends one block ``input{i}->output{j} (jvp)`` per pair to ``blocks``.
+    The directional differences along ``v_i`` are taken at the same points for
+    every output (one step, the smallest any output would choose), so one
+    evaluation of ``fn`` serves all outputs; each output's value and noise
+    come from its VJP check.  A function without forward mode (a
+    ``custom_vjp`` rule, a torch Function without ``jvp``) gets a
+    ``no_forward_mode`` finding instead.
+    """
+    rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
+    adapter, inputs = fi.adapter, fi.inputs
+    flat = ms[0].ctx.flat
+    funs = [LossFunction(shared.output_target(pos), adapter) for pos in range(len(checked))]
+    rel = min(fd.relative_step("richardson", m.ctx.noise / abs(m.ctx.f0) if m.ctx.f0 else fd.EPS) for m in ms)
+    for i in fi.floating:
+        full = np.asarray(adapter.to_numpy(inputs[i]))
+        shape = full.shape
+        v = rng.standard_normal(shape)
+        if full.dtype.kind == "c":
+            v = v + 1j * rng.standard_normal(shape)
+        mask = fi.masks.get(i)
+        if mask is not None:
+            v = np.where(mask, v, 0)
+        tangents = [v if k == i else None for k in range(len(inputs))]
+        try:
+            replay()
+            out_tangents = adapter.jvp(fi.fn, inputs, tangents)
+        except InputError as exc:
+            findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))
+            return
+        direction = np.zeros(flat.n)
+        group = flat.groups[fi.floating.index(i)]
+        entries = (v if mask is None else v[mask]).reshape(-1)
+        direction[group[0].slice] = np.real(entries)
+        if len(group) == 2:
+            direction[group[1].slice] = np.imag(entries)
+        # the points the directional differences will evaluate, all at once
+        shared.prefetch(np.array(fd.directional_points(flat.x0, direction, rel)))
+        for j, u, m, fun in zip(checked, us, ms, funs):
+            analytic = float(np.sum(np.real(np.conj(u) * np.asarray(out_tangents[j]))))
+            numeric, err, _ = fd.directional(
+                fun, flat.x0, direction, rel_step=rel, noise=m.ctx.noise, f0=m.ctx.f0
+            )
+            if 0 in (analytic, numeric):  # inside one stair of a staircase?
+                flat_bound = flat_slope(fun, flat.x0, m.ctx.f0, direction)
+                if flat_bound is not None:
+                    numeric, err = 0.0, flat_bound
+            tol = opts.atol + opts.rtol * float(np.linalg.norm(u) * np.linalg.norm(v)) + 8 * err
+            ok = abs(analytic - numeric) <= tol if np.isfinite(err) else True
+            verdict = "pass" if ok else "fail"
+            a_arr, n_arr = np.array([analytic]), np.array([numeric])
+            blocks.append(
+                BlockResult(
+                    name=f"input{i}->output{j} (jvp)",
+                    shape=tuple(shape),
+                    passed=ok,
+                    verdict=verdict,
+                    rel_error=rel_error(a_arr, n_arr),
+                    max_abs_error=abs(analytic - numeric),
+                    worst_index=None,
+                    n_checked=0,
+                    n_bad=0 if ok else 1,
+                    analytic=np.zeros(0),
+                    numeric=np.zeros(0),
+                    indices=np.zeros(0, dtype=np.int64),
+                    tolerance=np.zeros(0),
+                    checked_by="directions",
+                    directional_analytic=a_arr,
+                    directional_numeric=n_arr,
+                )
+            )
+            if not ok:
+                findings.append(
                     Finding(
                         "forward_mode",
                         f"input{i}->output{j} (jvp)",

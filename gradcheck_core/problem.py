@@ -75,6 +75,10 @@ class Problem:
     floor : float
         The rounding error of ``fun``'s own result type at ``f0`` (half an ulp):
         the resolution below which two values of ``fun`` cannot differ.
+    step : float, optional
+        The relative step of the sweep's scheme when it is chosen outside this
+        check (one step shared by the outputs of a function); default: from
+        the user's ``step`` or the noise.
     """
 
     fun: ScalarFunction
@@ -87,11 +91,14 @@ class Problem:
     rng: np.random.Generator
     t_eval: float
     floor: float = 0.0
+    step: float | None = None
 
     def rel_step(self, method: str) -> float:
         """The relative step for ``method``: the user's ``step``, else one chosen from the noise."""
         if self.opts.step is not None and method == self.opts.method:
             return float(self.opts.step)
+        if self.step is not None and method == self.opts.method:
+            return self.step
         return fd.relative_step(method, self.noise_rel)
 
     def bounds(self, roundoff: np.ndarray, trunc: np.ndarray) -> np.ndarray:

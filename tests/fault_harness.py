@@ -67,7 +67,7 @@ def _phase() -> str:
             for func, phase in _PHASES:
                 if name == func:
                     return phase
-            if name == "run_check":
+            if name in ("run_check", "measured"):
                 return "first value"
         frame = frame.f_back
     return "first value" if threading.current_thread() is threading.main_thread() else "batches"

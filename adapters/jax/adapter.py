@@ -39,6 +39,7 @@ from .callbacks import raise_if_users
 from .promote import promoted
 from .pytrees import expand, is_gradient_values
 from .runner import Runner
+from .worker import RowWorker
 from .x64_mode import x64
 
 __all__ = ["ADAPTER", "JaxAdapter"]
@@ -113,6 +114,7 @@ class JaxAdapter(Adapter):
             precision=run.precision,
             rngs=python_rng_states(),
             framework=self.name,
+            worker=RowWorker(loss, flat, float64),
         )
         run.setup(target)
         yield target

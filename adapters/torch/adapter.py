@@ -37,6 +37,7 @@ from gradcheck_core.flatten import Flat
 from ..base import Adapter, RngState, Target, python_rng_states, takes_argument
 from .autodiff import _gradient_of, _scalar_tensor, with_layout
 from .autodiff import call as _call
+from .autodiff import call_rows as _call_rows
 from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import jvp as _jvp
 from .autodiff import nondifferentiable_outputs as _nondifferentiable_outputs
@@ -45,6 +46,7 @@ from .autodiff import vjp_function as _vjp_function
 from .batching import _Batched
 from .float64 import Promotion, _has_float64, _precision, _tensor, _work_dtype, float64_scope
 from .state import _check_in_place, _contains_module, _module_params, _modules_in, _Snapshot, torch_rng_states
+from .worker import RowWorker
 
 __all__ = ["ADAPTER", "TorchAdapter"]
 
@@ -234,7 +236,11 @@ class TorchAdapter(Adapter):
                     return loss(p)
 
         batch = _Batched(self, loss, flat, evaluate, snapshot, promote, promotion)
+        worker = RowWorker(
+            loss, flat, float64, promote, shares_modules=not isinstance(lock, contextlib.nullcontext)
+        )
         return Target(
+            worker=worker,
             flat=flat,
             evaluate=evaluate,
             gradient=gradient,
@@ -382,6 +388,12 @@ def _module_loss(loss: Callable[..., Any], module: torch.nn.Module) -> Callable[
         return torch.func.functional_call(wrapper, values, (), strict=False)
 
     return loss_of_values
+
+    def call_rows(
+        self, fn: Callable[..., Any], inputs: list[Any], rows: dict[int, np.ndarray]
+    ) -> list[np.ndarray]:
+        """``fn`` at many values of some inputs at once (see :func:`.autodiff.call_rows`)."""
+        return _call_rows(self, fn, inputs, rows)
 
 
 def _numpy_dtype(dtype: torch.dtype) -> Any:

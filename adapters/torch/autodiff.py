@@ -23,7 +23,15 @@ from gradcheck_core.errors import InputError, NotTwiceDifferentiable
 from ..base import Adapter, takes_argument
 from .float64 import _promotable, _work_dtype, float64_scope
 
-__all__ = ["call", "directional_gradient", "jvp", "nondifferentiable_outputs", "vjp", "vjp_function"]
+__all__ = [
+    "call",
+    "call_rows",
+    "directional_gradient",
+    "jvp",
+    "nondifferentiable_outputs",
+    "vjp",
+    "vjp_function",
+]
 
 
 def _scalar_tensor(out: Any) -> torch.Tensor:
@@ -158,6 +166,59 @@ def call(adapter: Adapter, fn: Callable[..., Any], inputs: list[Any]) -> list[np
     xs = _inputs(inputs, True)
     with float64_scope(_promotable(xs)), torch.enable_grad():
         outs = _as_list(fn(*xs))
+    return [np.asarray(adapter.to_numpy(o)) for o in outs]
+
+
+def call_rows(
+    adapter: Adapter, fn: Callable[..., Any], inputs: list[Any], rows: dict[int, np.ndarray]
+) -> list[np.ndarray]:
+    """``fn`` at many values of some inputs at once, through ``torch.func.vmap``.
+
+    Parameters
+    ----------
+    adapter : Adapter
+        Converts the outputs to numpy (the torch adapter).
+    fn : callable
+        ``fn(*inputs)`` returning a tensor or a tuple of tensors.
+    inputs : list
+        The inputs; those not in ``rows`` are held fixed (float64 copies).
+    rows : dict
+        Input position -> real values with a leading axis of points, for
+        inputs that are plain (contiguous, dense, real) tensors.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One array per output, with the leading axis of points.
+
+    Raises
+    ------
+    NotImplementedError
+        Where an input in ``rows`` is not a plain real tensor; RuntimeError,
+        TypeError where ``fn`` cannot run under vmap (it draws random numbers,
+        calls ``.item()``, an operator has no batching rule).
+    """
+    for i in rows:
+        x = inputs[i]
+        if (
+            not isinstance(x, torch.Tensor)
+            or x.is_complex()
+            or not _plain_layout(x)
+            or x.layout != torch.strided
+        ):
+            raise NotImplementedError("only plain real tensors are evaluated in rows")
+    xs = _inputs(inputs, False)
+    order = sorted(rows)
+    points = [torch.as_tensor(rows[i], dtype=xs[i].dtype, device=xs[i].device) for i in order]
+
+    def one(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        args = list(xs)
+        for i, v in zip(order, values):
+            args[i] = v
+        return tuple(_as_list(fn(*args)))
+
+    with float64_scope(_promotable(xs)):
+        outs = torch.func.vmap(one, randomness="error")(*points)
     return [np.asarray(adapter.to_numpy(o)) for o in outs]
 
 

@@ -1,0 +1,269 @@
+"""Speed of gradcheck-core against the other tools, row by row of the speed table.
+
+Each row is measured against the other side in the same run, with one
+BLAS/torch/XLA thread for both sides; every figure is the median of
+``--repeats`` runs (3 by default, wall time).  The machine may be shared:
+the medians damp, but do not remove, the noise of other programs.
+
+Rows (``--rows``, comma separated; default all):
+
+* ``function``: ``gc.check_function`` against ``torch.autograd.gradcheck``
+  (slow mode) on ``sin``, ``matmul`` and ``softmax`` at 10, 100 and 1,000
+  elements; the ratio is gc's time over gradcheck's;
+* ``outputs``: ``gc.check_function`` on a function with k = 1, 2, 4, 8
+  outputs: evaluations of ``fn`` and time, against k = 1;
+* ``numpy``: a numpy full sweep, library time per evaluation on top of the
+  loss's own time;
+* ``dask``: a 5 ms torch loss, full sweep, serial against a Dask
+  ``LocalCluster`` of 2 worker processes (the speed-up);
+* ``mlp``: a full sweep of a 6,010-parameter torch MLP (``loss()`` over the
+  module, and a functional ``loss(p)``) against gradcheck's slow mode.
+
+Run: ``python benchmarks/speed.py [--quick] [--rows function,outputs] [--repeats N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+import numpy as np
+
+import gradcheck_core as gc
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
+    """``fn()`` (its last result) and the median wall time of ``repeats`` runs."""
+    times = []
+    out = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
+
+
+def row_function(repeats: int, quick: bool) -> list[str]:
+    """check_function against torch.autograd.gradcheck (slow mode)."""
+    import torch
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    lines = [
+        "| function | n | gradcheck (s) | check_function (s) | ratio | verdicts |",
+        "|---|---|---|---|---|---|",
+    ]
+    sizes = (10, 100) if quick else (10, 100, 1000)
+    for n in sizes:
+        m = round(n**0.5)
+        cases: dict[str, tuple[Callable[..., Any], tuple[torch.Tensor, ...]]] = {
+            "sin": (torch.sin, (torch.randn(n, dtype=torch.float64, generator=g),)),
+            "matmul": (
+                torch.matmul,
+                (
+                    torch.randn(m, n // m, dtype=torch.float64, generator=g),
+                    torch.randn(n // m, 3, dtype=torch.float64, generator=g),
+                ),
+            ),
+            "softmax": (lambda x: torch.softmax(x, -1), (torch.randn(n, dtype=torch.float64, generator=g),)),
+        }
+        for name, (fn, xs) in cases.items():
+            args = tuple(x.clone().requires_grad_(True) for x in xs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ok, t_ref = median_time(
+                    lambda fn=fn, args=args: torch.autograd.gradcheck(fn, args, raise_exception=False),
+                    repeats,
+                )
+            rep, t_gc = median_time(lambda fn=fn, xs=xs: gc.check_function(fn, *xs), repeats)
+            lines.append(
+                f"| {name} | {n} | {t_ref:.4f} | {t_gc:.4f} | {t_gc / t_ref:.2f} x | "
+                f"{'pass' if ok else 'fail'} / {rep.verdict} |"
+            )
+    return lines
+
+
+class _Outputs:
+    """k outputs ``sin((j + 1) x)``; counts its calls."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.calls = 0
+
+    def __call__(self, x: Any) -> tuple[Any, ...]:
+        import torch
+
+        self.calls += 1
+        return tuple(torch.sin((j + 1) * x) for j in range(self.k))
+
+
+def row_outputs(repeats: int, quick: bool) -> list[str]:
+    """Evaluations and time of check_function against the number of outputs."""
+    import torch
+
+    torch.set_num_threads(1)
+    x = torch.linspace(-1.0, 1.0, 50, dtype=torch.float64)
+    lines = [
+        "| outputs k | fn evaluations | time (s) | evaluations / k=1 | time / k=1 |",
+        "|---|---|---|---|---|",
+    ]
+    base: tuple[int, float] | None = None
+    for k in (1, 2, 4) if quick else (1, 2, 4, 8):
+        fn = _Outputs(k)
+
+        def run(fn: _Outputs = fn) -> int:
+            fn.calls = 0
+            gc.check_function(fn, x)
+            return fn.calls
+
+        count, t = median_time(run, repeats)
+        base = base or (count, t)
+        lines.append(f"| {k} | {count} | {t:.4f} | {count / base[0]:.2f} | {t / base[1]:.2f} |")
+    return lines
+
+
+def row_numpy(repeats: int, quick: bool) -> list[str]:
+    """Library time per evaluation of a numpy full sweep, on top of the loss's own time."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 50))
+    params = {"W": rng.standard_normal((50, 20)), "b": rng.standard_normal(20)}
+
+    def loss(p: dict[str, np.ndarray]) -> float:
+        return float(np.sum(np.tanh(x @ p["W"] + p["b"]) ** 2))
+
+    def grad(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = np.tanh(x @ p["W"] + p["b"])
+        d = 2 * t * (1 - t * t)
+        return {"W": x.T @ d, "b": d.sum(0)}
+
+    per_loss, per_eval = [], []
+    for _ in range(repeats):
+        _, t = median_time(lambda: [loss(params) for _ in range(2000)], 3)
+        report, total = median_time(lambda: gc.check(loss, params, grad, mode="full"), 1)
+        per_loss.append(t / 2000)
+        per_eval.append(total / report.nfev)
+    t_loss, t_eval = statistics.median(per_loss), statistics.median(per_eval)
+    return [
+        "| parameters | loss (us) | check per evaluation (us) | library on top (us) | evaluations |",
+        "|---|---|---|---|---|",
+        f"| {report.n_params} | {t_loss * 1e6:.2f} | {t_eval * 1e6:.2f} | {(t_eval - t_loss) * 1e6:.2f} | {report.nfev} |",
+    ]
+
+
+def _slow_loss(p: Any) -> Any:
+    """About 5 ms of single-threaded torch work, then a smooth scalar of ``p``.
+
+    The Python branch on a value keeps it from being vectorised (vmap), as
+    many real losses are.
+    """
+    import torch
+
+    a = torch.ones(200, 200, dtype=torch.float64)
+    for _ in range(12):
+        a = torch.tanh(a @ a / 200)
+    scale = 1.0 if float(p[0].detach()) < 10 else 2.0
+    return scale * (torch.sin(p) * p).sum() + 0.0 * a.sum()
+
+
+def row_dask(repeats: int, quick: bool) -> list[str]:
+    """A 5 ms torch loss, full sweep: serial against a Dask LocalCluster of 2 worker processes."""
+    import torch
+    from distributed import Client, LocalCluster
+
+    torch.set_num_threads(1)
+    p = torch.linspace(-1.0, 1.0, 20 if quick else 40, dtype=torch.float64)
+    _, t_loss = median_time(lambda: _slow_loss(p), 5)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+    )
+    client = Client(cluster)
+    try:
+        executor = client.get_executor()
+        gc.check(_slow_loss, p, mode="full", executor=executor)  # workers import torch
+        serial, t_serial = median_time(lambda: gc.check(_slow_loss, p, mode="full"), repeats)
+        spread, t_dask = median_time(lambda: gc.check(_slow_loss, p, mode="full", executor=executor), repeats)
+    finally:
+        client.close()
+        cluster.close()
+    return [
+        "| loss (ms) | evaluations | serial (s) | Dask, 2 processes (s) | speed-up | verdicts |",
+        "|---|---|---|---|---|---|",
+        f"| {t_loss * 1e3:.1f} | {serial.nfev} | {t_serial:.3f} | {t_dask:.3f} | {t_serial / t_dask:.2f} x | "
+        f"{serial.verdict} / {spread.verdict} |",
+    ]
+
+
+def row_mlp(repeats: int, quick: bool) -> list[str]:
+    """Full sweep of a 64-80-10 torch MLP (6,010 parameters) against gradcheck's slow mode."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 64, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 10, (32,), generator=g)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 80), nn.Tanh(), nn.Linear(80, 10)).double()
+    names = [name for name, _ in net.named_parameters()]
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(torch.func.functional_call(net, p, (x,)), y)
+
+    def loss_of_tensors(*tensors: torch.Tensor) -> torch.Tensor:
+        return loss(dict(zip(names, tensors)))
+
+    inputs = tuple(p.detach().clone().requires_grad_(True) for p in net.parameters())
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    runs = 1 if quick else repeats
+    ok, t_ref = median_time(
+        lambda: torch.autograd.gradcheck(loss_of_tensors, inputs, raise_exception=False), runs
+    )
+    module, t_module = median_time(
+        lambda: gc.check(lambda: F.cross_entropy(net(x), y), net, mode="full", progress=False), runs
+    )
+    functional, t_functional = median_time(lambda: gc.check(loss, params, mode="full", progress=False), runs)
+    return [
+        "| loss | gradcheck slow (s) | gc full sweep (s) | ratio | verdicts |",
+        "|---|---|---|---|---|",
+        f"| loss() over the module | {t_ref:.2f} | {t_module:.2f} | {t_module / t_ref:.2f} x | "
+        f"{'pass' if ok else 'fail'} / {module.verdict} |",
+        f"| functional loss(p) | {t_ref:.2f} | {t_functional:.2f} | {t_functional / t_ref:.2f} x | "
+        f"{'pass' if ok else 'fail'} / {functional.verdict} |",
+    ]
+
+
+ROWS = {
+    "function": row_function,
+    "outputs": row_outputs,
+    "numpy": row_numpy,
+    "dask": row_dask,
+    "mlp": row_mlp,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer sizes, for a first look")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma separated, of {', '.join(ROWS)}")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print("Medians of", args.repeats, "runs, wall time, one thread per framework (a shared machine: noisy).")
+    gc.check_function(lambda x: x * x, np.ones(3), vjp=lambda u, x: 2 * x * u)  # imports, first calls
+    for name in args.rows.split(","):
+        print(f"\n### {name}\n")
+        print("\n".join(ROWS[name](args.repeats, args.quick)))
+
+
+if __name__ == "__main__":
+    main()

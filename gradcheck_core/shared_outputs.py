@@ -1,0 +1,214 @@
+"""One evaluation of a function serves the checks of all its outputs.
+
+:func:`~gradcheck_core.functions.check_function` checks one scalar per
+output, ``phi_j(x) = <u_j, fn(x)_j>``.  Each of those checks evaluates its
+scalar at the same points (the point itself, its repeats, the noise probe's
+segment, the sweep's steps when the outputs share one step), so one call of
+``fn`` at a point gives every ``phi_j`` there: :class:`SharedOutputs`
+evaluates ``fn`` once per point, keeps the projections on every cotangent,
+and gives each output's check a :class:`~gradcheck_core.adapters.base.Target`
+that reads them.  The random generators the function draws from are found
+once, after its first call, and replayed before each call only if there are
+any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .counted_loss import _same_state
+from .interrupts import raise_pending
+
+__all__ = ["SharedOutputs"]
+
+# Points with at most this many coordinates are keyed by their bytes, longer
+# ones by a 160-bit digest of them.
+_KEY_BYTES = 512
+# What a vectorised evaluation raises where the function cannot run that way
+# (torch.func.vmap on an .item(), on random draws, on an operator without a
+# batching rule): then points are evaluated one by one.
+_VECTORISE_FAILURES = (RuntimeError, NotImplementedError, TypeError)
+
+
+def _key(x: np.ndarray) -> bytes:
+    raw = np.ascontiguousarray(x).tobytes()
+    return raw if len(raw) <= _KEY_BYTES else hashlib.blake2b(raw, digest_size=20).digest()
+
+
+class SharedOutputs:
+    """All outputs' projections at a point, from one evaluation, remembered per point.
+
+    Parameters
+    ----------
+    target : Target
+        The adapter's target of a loss that returns the vector of every
+        output's projection (``k`` values).
+    k : int
+        The number of projections.
+    rows : callable, optional
+        ``rows(X)`` -> the projections at the rows of ``X`` (shape (m, k)),
+        computed at once (vectorised).  Tried on the first batch against
+        point-by-point evaluations, and used only where they agree to
+        round-off and the function draws no random numbers.
+
+    The ``n``-th evaluation of output ``j`` at a point returns the ``n``-th
+    value computed there, so repeated evaluations (which look for
+    nondeterminism) see the function's real repeats.
+    """
+
+    def __init__(self, target: Any, k: int, rows: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.target = target
+        self.k = k
+        self.rows = rows
+        #: None until tried; False after the vectorised rows failed or disagreed.
+        self.rows_work: bool | None = None
+        self.evaluations = 0
+        self._values: dict[bytes, list[np.ndarray]] = {}
+        self._seen: list[dict[bytes, int]] = [{} for _ in range(k)]
+        self._lock = threading.Lock()
+        self._serial = threading.Lock()
+        self._saved = [r.get() for r in target.rngs]
+        # Generators the function draws from; decided after its first call.
+        self._active: list[int] | None = None
+
+    def _evaluate(self, x: np.ndarray) -> np.ndarray:
+        raise_pending()
+        if self._active is None or self._active or not getattr(self.target, "thread_safe", True):
+            with self._serial:
+                for k in range(len(self._saved)) if self._active is None else self._active:
+                    self.target.rngs[k].set(self._saved[k])
+                out = self.target.evaluate(x)
+                if self._active is None:
+                    self._active = [
+                        k
+                        for k, (r, s) in enumerate(zip(self.target.rngs, self._saved))
+                        if not _same_state(r.get(), s)
+                    ]
+        else:
+            out = self.target.evaluate(x)
+        self.evaluations += 1
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+    def value(self, j: int, x: np.ndarray) -> float:
+        """Output ``j``'s projection at ``x`` (evaluating ``fn`` only at a new point or repeat)."""
+        key = _key(x)
+        with self._lock:
+            n = self._seen[j].get(key, 0)
+            self._seen[j][key] = n + 1
+            values = self._values.get(key)
+            if values is not None and n < len(values):
+                return float(values[n][j])
+        out = self._evaluate(x)
+        with self._lock:
+            self._values.setdefault(key, []).append(out)
+        return float(out[j])
+
+    def batch(self, j: int, rows: np.ndarray) -> np.ndarray:
+        """Output ``j``'s projections at the rows of ``rows``, new points evaluated at once."""
+        keys = [_key(r) for r in rows]
+        out = np.empty(len(rows))
+        todo: list[int] = []
+        with self._lock:
+            for r, key in enumerate(keys):
+                n = self._seen[j].get(key, 0)
+                self._seen[j][key] = n + 1
+                values = self._values.get(key)
+                if values is not None and n < len(values):
+                    out[r] = values[n][j]
+                else:
+                    todo.append(r)
+        if todo:
+            fresh = self._evaluate_rows(rows[todo])
+            with self._lock:
+                for r, values in zip(todo, fresh):
+                    self._values.setdefault(keys[r], []).append(values)
+            out[todo] = fresh[:, j]
+        return out
+
+    def prefetch(self, rows: np.ndarray) -> None:
+        """Evaluate the rows not yet seen at once; later evaluations there read them."""
+        keys = [_key(r) for r in rows]
+        with self._lock:
+            todo = [r for r, key in enumerate(keys) if key not in self._values]
+        if todo:
+            fresh = self._evaluate_rows(rows[todo])
+            with self._lock:
+                for r, values in zip(todo, fresh):
+                    self._values.setdefault(keys[r], []).append(values)
+
+    def _evaluate_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Every projection at every row: vectorised where that works, else point by point."""
+        if self.rows is None or self.rows_work is False or self._active != []:
+            return np.array([self._evaluate(r) for r in rows]).reshape(len(rows), self.k)
+        raise_pending()
+        probe = None
+        if self.rows_work is None:
+            probe = np.array([self._evaluate(rows[0])])
+        try:
+            values = np.asarray(self.rows(rows), dtype=np.float64).reshape(len(rows), self.k)
+        except _VECTORISE_FAILURES:
+            self.rows_work = False
+            return (
+                np.concatenate([probe, self._evaluate_rows(rows[len(probe) :])])
+                if probe is not None
+                else (self._evaluate_rows(rows))
+            )
+        if probe is not None:
+            scale = np.maximum(np.max(np.abs(probe)), 1e-300)
+            self.rows_work = bool(np.all(np.abs(values[: len(probe)] - probe) <= 1e-13 * scale))
+            if not self.rows_work:
+                return np.concatenate([probe, self._evaluate_rows(rows[len(probe) :])])
+            values[: len(probe)] = probe
+            self.evaluations += len(rows) - len(probe)
+        else:
+            self.evaluations += len(rows)
+        return values
+
+    def function(self, j: int) -> Callable[[np.ndarray], float]:
+        """Output ``j``'s projection as a function of the point."""
+        return lambda x: self.value(j, x)
+
+    def restore_rngs(self) -> None:
+        """The random generators as they were when this was made."""
+        for r, s in zip(self.target.rngs, self._saved):
+            r.set(s)
+
+    def output_target(self, j: int) -> Any:
+        """A target whose loss is output ``j``'s projection (no generators of its own to replay)."""
+        from .adapters.base import Target
+
+        t = self.target
+        complex_eval = t.evaluate_complex
+        return Target(
+            flat=t.flat,
+            evaluate=self.function(j),
+            gradient=None,
+            call_grad=t.call_grad,
+            evaluate_batch=None if self.rows is None else lambda rows: self.batch(j, rows),
+            evaluate_complex=None if complex_eval is None else lambda z: np.asarray(complex_eval(z))[j],
+            framework=t.framework,
+            precision=list(t.precision),
+            rngs=[],
+            thread_safe=True,
+        )
+
+
+class OutputAdapter:
+    """An adapter whose :meth:`target` is a prepared output's target; all else is ``adapter``'s."""
+
+    def __init__(self, adapter: Any, target: Any) -> None:
+        self._adapter = adapter
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._adapter, name)
+
+    @contextlib.contextmanager
+    def target(self, loss: Any, params: Any, *, float64: bool = True) -> Iterator[Any]:
+        yield self._target
