@@ -23,7 +23,15 @@ from gradcheck_core.errors import InputError
 from gradcheck_core.flatten import Flat
 
 from ..base import Adapter, Target, python_rng_states, takes_argument
-from .autodiff import differentiable, forget_jit, is_float0, jit_once, seed_like
+from .autodiff import (
+    as_pair_gradient,
+    differentiable,
+    forget_jit,
+    jit_once,
+    jvp_tangent,
+    seed_like,
+    vjp_cotangent,
+)
 from .callbacks import raise_if_users
 from .pytrees import expand
 from .runner import Runner
@@ -36,6 +44,9 @@ class JaxAdapter(Adapter):
     """Gradient checks for JAX: ``jax.grad`` against finite differences in float64."""
 
     name = "jax"
+    #: Complex values are checked as (real part, imaginary part); :mod:`.autodiff`
+    #: converts JAX's convention (jax.grad gives the conjugate of that pair).
+    supports_complex = True
     #: Compile the single evaluation with ``jax.jit`` when the loss allows it.
     jit: bool = True
     #: Evaluate blocks of points with ``jax.jit(jax.vmap(...))`` when the loss allows it.
@@ -135,12 +146,16 @@ class JaxAdapter(Adapter):
         inputs : list
             Its arguments; floating arrays are differentiated, others held fixed.
         cotangents : list of numpy arrays or None
-            One per output leaf (pytree order); None means zero.
+            One per output leaf (pytree order); None means zero.  A complex
+            cotangent ``u`` of a complex output ``y`` stands for the real
+            scalar ``sum(Re(conj(u) * y))``.
 
         Returns
         -------
         list of numpy.ndarray
-            One float64 array per input (zeros for inputs that are not floating).
+            One float64 array per input (zeros for inputs that are not
+            floating); for a complex input the complex128 pair
+            ``dphi/dRe + 1j dphi/dIm`` (the conjugate of JAX's own convention).
         """
         with x64():
             args, pos, f = differentiable(fn, inputs)
@@ -148,7 +163,7 @@ class JaxAdapter(Adapter):
             leaves, treedef = jax.tree_util.tree_flatten(out)
             if len(cotangents) != len(leaves):
                 raise InputError(f"fn has {len(leaves)} outputs but {len(cotangents)} cotangents were given.")
-            cts = [seed_like(leaf, u) for leaf, u in zip(leaves, cotangents, strict=True)]
+            cts = [vjp_cotangent(leaf, u) for leaf, u in zip(leaves, cotangents, strict=True)]
             try:
                 grads = pullback(jax.tree_util.tree_unflatten(treedef, cts))
             except (TypeError, ValueError) as exc:
@@ -159,7 +174,7 @@ class JaxAdapter(Adapter):
                 ) from exc
             result = [np.zeros(np.shape(a)) for a in inputs]
             for i, g in zip(pos, grads, strict=False):
-                result[i] = np.asarray(g, dtype=np.float64)
+                result[i] = as_pair_gradient(g)
             return result
 
     def jvp(
@@ -174,12 +189,14 @@ class JaxAdapter(Adapter):
         inputs : list
             Its arguments; floating arrays get tangents, others held fixed.
         tangents : list of numpy arrays or None
-            One per input; None (or a non-floating input) means zero.
+            One per input; None (or a non-floating input) means zero.  A
+            complex input's tangent is complex: the direction (Re, Im).
 
         Returns
         -------
         list of numpy.ndarray
-            One float64 output tangent per output leaf (pytree order).
+            One float64 output tangent per output leaf (pytree order),
+            complex128 for a complex output.
 
         Raises
         ------
@@ -210,10 +227,7 @@ class JaxAdapter(Adapter):
                 raise InputError(
                     f"jax.jvp could not differentiate fn ({type(exc).__name__}: {exc})."
                 ) from exc
-            return [
-                np.zeros(np.shape(t)) if is_float0(t) else np.asarray(t, dtype=np.float64)
-                for t in jax.tree_util.tree_leaves(out_tangents)
-            ]
+            return [jvp_tangent(t) for t in jax.tree_util.tree_leaves(out_tangents)]
 
 
 ADAPTER = JaxAdapter()

@@ -21,7 +21,16 @@ import numpy as np
 
 from gradcheck_core.errors import InputError
 
-__all__ = ["differentiable", "forget_jit", "is_float0", "jit_once", "seed_like"]
+__all__ = [
+    "as_pair_gradient",
+    "differentiable",
+    "forget_jit",
+    "is_float0",
+    "jit_once",
+    "jvp_tangent",
+    "seed_like",
+    "vjp_cotangent",
+]
 
 _COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -72,8 +81,76 @@ def is_float0(value: Any) -> bool:
 
 
 def _is_floating(value: Any) -> bool:
+    """True for real floating and complex arrays: the values JAX differentiates."""
     dtype = getattr(value, "dtype", None)
-    return dtype is not None and bool(jnp.issubdtype(dtype, jnp.floating))
+    return dtype is not None and bool(jnp.issubdtype(dtype, jnp.inexact))
+
+
+def _is_complex(value: Any) -> bool:
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and bool(jnp.issubdtype(dtype, jnp.complexfloating))
+
+
+def _wide(value: Any) -> Any:
+    """A floating array in float64, a complex one in complex128."""
+    return jnp.asarray(value, dtype=jnp.complex128 if _is_complex(value) else jnp.float64)
+
+
+# Complex values.  The core's convention for a real scalar ``phi`` of a complex
+# value ``z = x + iy`` is the pair ``dphi/dx + 1j dphi/dy``; a complex output
+# ``y`` with cotangent ``u`` stands for ``phi = sum(Re(conj(u) * y))``.  JAX's
+# reverse mode transposes the linear map ``t -> a t + b conj(t)`` without
+# conjugating, so its pullback of ``c`` is ``a c + conj(b c)``, and jax.grad of
+# a real loss is ``dphi/dx - 1j dphi/dy``, the conjugate of the pair (see the
+# JAX FAQ on complex differentiation).  Hence: seed the pullback with ``conj(u)``
+# and conjugate what it returns.  Forward mode needs no conversion: a complex
+# tangent ``v`` is the direction ``(Re v, Im v)`` and ``jax.jvp`` returns the
+# output's derivative along it.
+def vjp_cotangent(output: Any, u: np.ndarray | None) -> Any:
+    """The cotangent to hand ``jax.vjp``'s pullback for the core's cotangent ``u`` of ``output``.
+
+    Parameters
+    ----------
+    output : array
+        The output the cotangent belongs to.
+    u : numpy.ndarray or None
+        The core's cotangent (None: zero).
+
+    Returns
+    -------
+    array
+        ``conj(u)`` in ``output``'s dtype (``float0`` zeros for an integer output).
+    """
+    return seed_like(output, None if u is None else np.conj(u))
+
+
+def as_pair_gradient(g: Any) -> np.ndarray:
+    """A pullback's result for one input in the core's convention, as float64 or complex128.
+
+    Parameters
+    ----------
+    g : array
+        What ``jax.vjp``'s pullback returned for that input (seeded by
+        :func:`vjp_cotangent`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``conj(g)``: ``dphi/dx + 1j dphi/dy`` for a complex input, the
+        real gradient for a real one.
+    """
+    array = np.asarray(g)
+    if array.dtype.kind == "c":
+        return np.conj(array).astype(np.complex128)
+    return np.asarray(array, dtype=np.float64)
+
+
+def jvp_tangent(t: Any) -> np.ndarray:
+    """An output tangent of ``jax.jvp`` as float64 (complex128 for a complex output; zeros for float0)."""
+    if is_float0(t):
+        return np.zeros(np.shape(t))
+    array = np.asarray(t)
+    return array.astype(np.complex128 if array.dtype.kind == "c" else np.float64)
 
 
 def seed_like(value: Any, seed: np.ndarray | None) -> Any:
@@ -89,8 +166,8 @@ def seed_like(value: Any, seed: np.ndarray | None) -> Any:
     Returns
     -------
     array
-        ``float0`` zeros for a value that is not floating, else a JAX array
-        of ``value``'s shape and dtype.
+        ``float0`` zeros for a value that is neither floating nor complex,
+        else a JAX array of ``value``'s shape and dtype.
 
     Raises
     ------
@@ -122,9 +199,10 @@ def differentiable(
     Returns
     -------
     args : list
-        ``inputs`` with every floating array converted to float64.
+        ``inputs`` with every floating array converted to float64 (complex
+        ones to complex128).
     pos : list of int
-        The positions of the floating ones.
+        The positions of the floating and complex ones.
     f : callable
         ``f(*floats)``: ``fn`` with the floating inputs replaced, the others fixed.
 
@@ -133,7 +211,7 @@ def differentiable(
     InputError
         When no input is floating.
     """
-    args = [jnp.asarray(a, dtype=jnp.float64) if _is_floating(a) else a for a in inputs]
+    args = [_wide(a) if _is_floating(a) else a for a in inputs]
     pos = [i for i, a in enumerate(args) if _is_floating(a)]
     if not pos:
         raise InputError(
