@@ -237,3 +237,29 @@ def test_wrong_rule_with_minus_inf_entries_fails() -> None:
     report = gc.check_function(softmax, jnp.array([0.1, -jnp.inf, 0.5, 2.0]))
     assert report.verdict == "fail"
     assert report.failed_blocks == ["input0->output0"]
+
+
+def _loop(step: object) -> object:
+    def fn(x: jax.Array) -> jax.Array:
+        def body(state: tuple) -> tuple:
+            i, v = state
+            return i + 1, step(v)
+
+        return jax.lax.while_loop(lambda s: s[0] < 3, body, (0, x))[1]
+
+    return fn
+
+
+def test_forward_only_function_gets_its_vjps_from_forward_mode() -> None:
+    # lax.while_loop has no reverse mode: the products come from jax.jvp, and are still checked.
+    assert gc.check_function(_loop(lambda v: jnp.sin(v) * 1.1), _X).verdict == "pass"
+    assert gc.check_function(_loop(lambda v: jnp.exp(1j * v) * v), _Z).verdict == "pass"
+
+    @jax.custom_jvp
+    def wrong_sin(v: jax.Array) -> jax.Array:
+        return jnp.sin(v)
+
+    wrong_sin.defjvp(lambda p, t: (jnp.sin(p[0]), 1.3 * jnp.cos(p[0]) * t[0]))
+    report = gc.check_function(_loop(wrong_sin), _X)
+    assert report.verdict == "fail"
+    assert "input0->output0" in report.failed_blocks

@@ -29,7 +29,9 @@ from .autodiff import (
     forget_jit,
     jit_once,
     jvp_tangent,
+    no_reverse_mode,
     seed_like,
+    vjp_by_forward_mode,
     vjp_cotangent,
 )
 from .callbacks import raise_if_users
@@ -156,6 +158,9 @@ class JaxAdapter(Adapter):
             One float64 array per input (zeros for inputs that are not
             floating); for a complex input the complex128 pair
             ``dphi/dRe + 1j dphi/dIm`` (the conjugate of JAX's own convention).
+            For a function JAX differentiates in forward mode only
+            (``lax.while_loop``) the products come from ``jax.jvp``, one per
+            input coordinate.
         """
         with x64():
             args, pos, f = differentiable(fn, inputs)
@@ -167,6 +172,13 @@ class JaxAdapter(Adapter):
             try:
                 grads = pullback(jax.tree_util.tree_unflatten(treedef, cts))
             except (TypeError, ValueError) as exc:
+                if no_reverse_mode(exc):
+                    # forward mode only (lax.while_loop): the same products from jax.jvp
+                    grads = vjp_by_forward_mode(f, [args[i] for i in pos], cotangents)
+                    result = [np.zeros(np.shape(a)) for a in inputs]
+                    for i, g in zip(pos, grads, strict=True):
+                        result[i] = g
+                    return result
                 raise InputError(
                     f"the backward pass of fn failed ({type(exc).__name__}: {exc}). A custom_vjp "
                     "backward rule must return a tuple with one cotangent per input of fn, each "

@@ -28,7 +28,9 @@ __all__ = [
     "is_float0",
     "jit_once",
     "jvp_tangent",
+    "no_reverse_mode",
     "seed_like",
+    "vjp_by_forward_mode",
     "vjp_cotangent",
 ]
 
@@ -143,6 +145,58 @@ def as_pair_gradient(g: Any) -> np.ndarray:
     if array.dtype.kind == "c":
         return np.conj(array).astype(np.complex128)
     return np.asarray(array, dtype=np.float64)
+
+
+def no_reverse_mode(exc: BaseException) -> bool:
+    """True when JAX says the function has forward mode only (``lax.while_loop``)."""
+    return isinstance(exc, ValueError) and "Reverse-mode differentiation does not work" in str(exc)
+
+
+def vjp_by_forward_mode(
+    f: Callable[..., Any], primals: list[Any], cotangents: list[np.ndarray | None]
+) -> list[np.ndarray]:
+    """``u^T J`` from forward mode, one ``jax.jvp`` per input coordinate (batched with ``jax.vmap``).
+
+    For functions JAX differentiates in forward mode only (``lax.while_loop``
+    with a value-dependent stop): the derivative of ``sum(Re(conj(u) * y))``
+    along every coordinate (real and imaginary parts of a complex input).
+
+    Parameters
+    ----------
+    f : callable
+        ``f(*primals)``, as from :func:`differentiable`.
+    primals : list of arrays
+        Its floating (and complex) arguments.
+    cotangents : list of numpy.ndarray or None
+        One per output leaf (pytree order); None means zero.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One per primal, in the core's convention (complex128 pairs for complex primals).
+    """
+    result = []
+    for i, x in enumerate(primals):
+        n = int(np.size(x))
+        eye = np.eye(n).reshape((n, *np.shape(x)))
+        parts = [eye, 1j * eye] if _is_complex(x) else [eye]
+        columns = []
+        for basis in parts:
+
+            def along(t: Any, i: int = i) -> Any:
+                tangents = [jnp.zeros_like(p) if k != i else t.astype(p.dtype) for k, p in enumerate(primals)]
+                return jax.jvp(f, tuple(primals), tuple(tangents))[1]
+
+            out = jax.tree_util.tree_leaves(jax.vmap(along)(jnp.asarray(basis)))
+            total = np.zeros(n)
+            for t, u in zip(out, cotangents, strict=True):
+                if u is None or is_float0(t):
+                    continue
+                t = np.asarray(t).reshape(n, -1)
+                total += np.real(np.conj(np.asarray(u).reshape(1, -1)) * t).sum(axis=1)
+            columns.append(total.reshape(np.shape(x)))
+        result.append(columns[0] + 1j * columns[1] if len(columns) == 2 else columns[0])
+    return result
 
 
 def jvp_tangent(t: Any) -> np.ndarray:
