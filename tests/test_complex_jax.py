@@ -263,3 +263,12 @@ def test_forward_only_function_gets_its_vjps_from_forward_mode() -> None:
     report = gc.check_function(_loop(wrong_sin), _X)
     assert report.verdict == "fail"
     assert "input0->output0" in report.failed_blocks
+
+
+def test_minus_inf_entries_held_fixed_reach_fn_as_jax_arrays() -> None:
+    def masked(x: jax.Array) -> jax.Array:
+        return jax.nn.softmax(x.at[0].multiply(2.0))
+
+    report = gc.check_function(masked, jnp.array([0.3, -jnp.inf, 1.5, 0.2], dtype=jnp.float32))
+    assert report.verdict == "pass", report
+    assert report.blocks[0].shape == (3,)
