@@ -19,7 +19,7 @@ and every sample where they disagree, with the reason.
 
 Usage::
 
-    python benchmarks/jax_functions.py                  # float64 and float32
+    python benchmarks/jax_functions.py                  # float64, then float32 (one process each)
     python benchmarks/jax_functions.py --dtype float64 --only "jnp.sort;jnp.cumsum"
     python benchmarks/jax_functions.py --json out.json
 """
@@ -31,8 +31,11 @@ import contextlib
 import json
 import platform
 import signal
+import subprocess
 import sys
+import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -531,6 +534,10 @@ def run_check_grads(case: Case, args: list[np.ndarray], dtype: str, limit: float
 
 def _assertion_reason(exc: AssertionError) -> str:
     text = str(exc)
+    if not text.strip():
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
+        return f"an assert without a message in {frame.name} ({where}): {frame.line}"
     for line in text.splitlines():
         if "Mismatched elements" in line or "Max relative difference" in line or "dtype" in line.lower():
             return first_line(f"{first_line(text, 120)} / {line.strip()}")
@@ -579,6 +586,40 @@ def run(cases: list[Case], dtype: str, limit: float, rows: list[Row], out: Any =
     return rows
 
 
+def _each_dtype_in_its_own_process(args: argparse.Namespace) -> int:
+    """Run float64, then float32, each in a fresh interpreter.
+
+    JAX keeps compiled programs across its 64-bit mode switches, so a
+    float32 ``check_grads`` after a float64 one can be handed an executable
+    compiled for int64 indices; separate processes keep the two runs apart.
+    """
+    rows: list[dict[str, Any]] = []
+    code = 0
+    stopped = False
+    signal.signal(signal.SIGTERM, _on_term)
+    for dtype in ("float64", "float32"):
+        if stopped:
+            break
+        with tempfile.TemporaryDirectory() as tmp:
+            out = f"{tmp}/rows.json"
+            command = [sys.executable, __file__, "--dtype", dtype, "--limit", str(args.limit), "--json", out]
+            if args.only:
+                command += ["--only", args.only]
+            child = subprocess.Popen(command)
+            try:
+                code = max(code, child.wait())
+            except (Stopped, KeyboardInterrupt):
+                child.terminate()  # it prints and writes what it measured
+                child.wait()
+                stopped = True
+            with contextlib.suppress(FileNotFoundError), open(out) as fh:
+                rows += json.load(fh)["rows"]
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"jax": jax.__version__, "gradcheck_core": gc.__version__, "rows": rows}, fh, indent=1)
+    return code
+
+
 class Stopped(Exception):
     """SIGTERM (``timeout``) arrived: report what was measured so far."""
 
@@ -598,7 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(";"))
         cases = [c for c in CASES if c.name in wanted]
-    dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
+    if args.dtype == "both":
+        return _each_dtype_in_its_own_process(args)
+    dtypes = [args.dtype]
     print(
         f"jax {jax.__version__}, gradcheck-core {gc.__version__}, Python {platform.python_version()}, "
         f"{len(cases)} functions, {', '.join(dtypes)}",
