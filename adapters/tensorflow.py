@@ -64,6 +64,11 @@ class TensorFlowAdapter(Adapter):
     """TensorFlow: eager tensors, variables and modules, differentiated by ``GradientTape``."""
 
     name = "tensorflow"
+    #: Complex values are checked as (real part, imaginary part).  TensorFlow's
+    #: gradient of a real loss with respect to ``z = x + iy`` is already
+    #: ``dL/dx + 1j dL/dy`` (as in PyTorch), and a complex ``output_gradients``
+    #: ``u`` of an output ``y`` stands for ``sum(Re(conj(u) * y))``: no conversion.
+    supports_complex = True
 
     # -- values -----------------------------------------------------------------
     def is_leaf(self, value: Any) -> bool:
@@ -150,7 +155,7 @@ class TensorFlowAdapter(Adapter):
                 out = loss()
             _require_tensor(out)
             grads = tape.gradient(out, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return _flat_gradient(grads)
+            return _flat_gradient(grads, variables)
 
         def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
             at(x)
@@ -218,7 +223,7 @@ class TensorFlowAdapter(Adapter):
                 out = loss(p)
             _require_tensor(out)
             grads = tape.gradient(out, made, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return _flat_gradient(grads)
+            return _flat_gradient(grads, made)
 
         def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
             _replay(rngs, saved_rngs)
@@ -258,7 +263,7 @@ class TensorFlowAdapter(Adapter):
         xs = [_float64_tensor(x) for x in inputs]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             for x in xs:
-                if x.dtype.is_floating:
+                if _differentiable(x):
                     tape.watch(x)
             out = fn(*xs)
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
@@ -275,9 +280,42 @@ class TensorFlowAdapter(Adapter):
             targets, xs, output_gradients=weights, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
         return [
-            np.asarray(g.numpy(), dtype=np.float64) if x.dtype.is_floating else np.zeros(x.shape)
+            _wide_array(tf.convert_to_tensor(g)) if _differentiable(x) else np.zeros(x.shape)
             for g, x in zip(grads, xs)
         ]
+
+    def nondifferentiable_outputs(self, fn: Callable[..., Any], inputs: list[Any]) -> list[str | None]:
+        """Why each output of ``fn`` has no derivative the tape will give (None: it has one).
+
+        An output is left out when it is not a tensor, not floating or
+        complex (integers, booleans), or when no floating input reaches it
+        through the tape (ops registered without a gradient such as
+        ``tf.floor``, ``tf.stop_gradient``, a constant, a detour through
+        numpy): TensorFlow's gradient is then undefined (None), not zero.
+        """
+        xs = [_float64_tensor(x) for x in inputs]
+        watched = [x for x in xs if _differentiable(x)]
+        with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+            for x in watched:
+                tape.watch(x)
+            out = fn(*xs)
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        reasons: list[str | None] = []
+        for o in outs:
+            if not isinstance(o, (tf.Tensor, tf.Variable)):
+                reasons.append(f"a {type(o).__name__}, not a tensor")
+            elif not _differentiable(o):
+                reasons.append(f"{o.dtype.name} values have no derivative")
+            elif all(g is None for g in tape.gradient(o, watched)):
+                reasons.append(
+                    "TensorFlow's gradient of it is None (undefined): no floating input reaches it "
+                    "on the gradient tape (ops TensorFlow registers without a gradient such as "
+                    "tf.floor and tf.round, tf.stop_gradient, a constant, or a detour through numpy)"
+                )
+            else:
+                reasons.append(None)
+        del tape
+        return reasons
 
     def jvp(
         self, fn: Callable[..., Any], inputs: list[Any], tangents: list[np.ndarray | None]
@@ -289,12 +327,12 @@ class TensorFlowAdapter(Adapter):
         xs = [_float64_tensor(x) for x in inputs]
         primals, ts = [], []
         for x, t in zip(xs, tangents):
-            if not x.dtype.is_floating:
+            if not _differentiable(x):
                 continue
             primals.append(x)
             shape = tuple(x.shape)
             ts.append(
-                tf.constant(np.zeros(shape) if t is None else np.asarray(t, dtype=np.float64).reshape(shape))
+                tf.constant(np.zeros(shape) if t is None else np.asarray(t).reshape(shape), dtype=x.dtype)
             )
         try:
             with tf.autodiff.ForwardAccumulator(primals, ts) as acc:
@@ -303,7 +341,7 @@ class TensorFlowAdapter(Adapter):
             result = []
             for o in outs:
                 t = acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                result.append(np.asarray(t.numpy(), dtype=np.float64))
+                result.append(_wide_array(t))
         except (LookupError, NotImplementedError) as exc:
             raise InputError(
                 f"TensorFlow has no forward mode for this function ({type(exc).__name__}: {exc}); "
@@ -414,12 +452,14 @@ def module_variables(module: tf.Module) -> dict[str, tf.Variable]:
 
 
 def _float64_tensor(value: Any) -> tf.Tensor:
-    """An input of ``check_function`` as a tensor, floating ones in float64."""
+    """An input of ``check_function`` as a tensor, floating ones in float64, complex in complex128."""
     if isinstance(value, tf.Variable):
         value = value.read_value()
     t = tf.convert_to_tensor(value)
     if t.dtype.is_floating:
         return tf.cast(t, tf.float64)
+    if t.dtype.is_complex:
+        return tf.cast(t, tf.complex128)
     return t
 
 
@@ -480,13 +520,29 @@ def _require_tensor(out: Any) -> None:
         )
 
 
-def _flat_gradient(grads: list[Any]) -> np.ndarray:
+def _flat_gradient(grads: list[Any], wrt: list[Any]) -> np.ndarray:
+    """The tape's gradients in flatten order; a complex value's as its real, then imaginary part."""
     parts = []
-    for g in grads:
+    for g, x in zip(grads, wrt):
         if isinstance(g, tf.IndexedSlices):
             g = tf.convert_to_tensor(g)
-        parts.append(np.asarray(g.numpy(), dtype=np.float64).reshape(-1))
+        array = np.asarray(g.numpy()).reshape(-1)
+        if x.dtype.is_complex:
+            parts += [np.real(array).astype(np.float64), np.imag(array).astype(np.float64)]
+        else:
+            parts.append(np.asarray(array, dtype=np.float64))
     return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _differentiable(t: Any) -> bool:
+    """True for floating and complex tensors (the ones the tape differentiates)."""
+    return bool(t.dtype.is_floating or t.dtype.is_complex)
+
+
+def _wide_array(t: tf.Tensor) -> np.ndarray:
+    """A tensor as float64 numpy (complex128 for a complex one)."""
+    array = np.asarray(t.numpy())
+    return array.astype(np.complex128 if array.dtype.kind == "c" else np.float64)
 
 
 ADAPTER = TensorFlowAdapter()

@@ -24,13 +24,16 @@ from gradcheck_core.flatten import Flat
 
 from ..base import Adapter, Target, python_rng_states, takes_argument
 from .autodiff import (
+    as_pair_gradient,
     differentiable,
     float64_inputs,
     forget_jit,
-    is_float0,
     jit_once,
+    jvp_tangent,
     no_reverse_mode,
     seed_like,
+    vjp_by_forward_mode,
+    vjp_cotangent,
 )
 from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import hvp_function as _hvp_function
@@ -49,6 +52,9 @@ class JaxAdapter(Adapter):
     """Gradient checks for JAX: ``jax.grad`` against finite differences in float64."""
 
     name = "jax"
+    #: Complex values are checked as (real part, imaginary part); :mod:`.autodiff`
+    #: converts JAX's convention (jax.grad gives the conjugate of that pair).
+    supports_complex = True
     #: Compile the single evaluation with ``jax.jit`` when the loss allows it.
     jit: bool = True
     #: Evaluate blocks of points with ``jax.jit(jax.vmap(...))`` when the loss allows it.
@@ -155,17 +161,19 @@ class JaxAdapter(Adapter):
         inputs : list
             Its arguments; floating arrays are differentiated, others held fixed.
         cotangents : list of numpy arrays or None
-            One per output leaf (pytree order); None means zero.
+            One per output leaf (pytree order); None means zero.  A complex
+            cotangent ``u`` of a complex output ``y`` stands for the real
+            scalar ``sum(Re(conj(u) * y))``.
 
         Returns
         -------
         list of numpy.ndarray
-            One float64 array per input (zeros for inputs that are not floating).
-
-        Raises
-        ------
-        ReverseModeUnsupported
-            When ``fn`` holds a loop JAX cannot run backwards (``lax.while_loop``).
+            One float64 array per input (zeros for inputs that are not
+            floating); for a complex input the complex128 pair
+            ``dphi/dRe + 1j dphi/dIm`` (the conjugate of JAX's own convention).
+            For a function JAX differentiates in forward mode only
+            (``lax.while_loop``) the products come from ``jax.jvp``, one per
+            input coordinate.
         """
         with x64():
             args, pos, f = differentiable(fn, inputs)
@@ -179,13 +187,17 @@ class JaxAdapter(Adapter):
             leaves, treedef = jax.tree_util.tree_flatten(out)
             if len(cotangents) != len(leaves):
                 raise InputError(f"fn has {len(leaves)} outputs but {len(cotangents)} cotangents were given.")
-            cts = [seed_like(leaf, u) for leaf, u in zip(leaves, cotangents, strict=True)]
+            cts = [vjp_cotangent(leaf, u) for leaf, u in zip(leaves, cotangents, strict=True)]
             try:
                 grads = pullback(jax.tree_util.tree_unflatten(treedef, cts))
             except (TypeError, ValueError) as exc:
-                unsupported = no_reverse_mode(exc)
-                if unsupported is not None:
-                    raise unsupported from exc
+                if no_reverse_mode(exc):
+                    # forward mode only (lax.while_loop): the same products from jax.jvp
+                    grads = vjp_by_forward_mode(f, [args[i] for i in pos], cotangents)
+                    result = [np.zeros(np.shape(a)) for a in inputs]
+                    for i, g in zip(pos, grads, strict=True):
+                        result[i] = g
+                    return result
                 raise InputError(
                     f"the backward pass of fn failed ({type(exc).__name__}: {exc}). A custom_vjp "
                     "backward rule must return a tuple with one cotangent per input of fn, each "
@@ -193,7 +205,7 @@ class JaxAdapter(Adapter):
                 ) from exc
             result = [np.zeros(np.shape(a)) for a in inputs]
             for i, g in zip(pos, grads, strict=False):
-                result[i] = np.asarray(g, dtype=np.float64)
+                result[i] = as_pair_gradient(g)
             return result
 
     def jvp(
@@ -208,12 +220,14 @@ class JaxAdapter(Adapter):
         inputs : list
             Its arguments; floating arrays get tangents, others held fixed.
         tangents : list of numpy arrays or None
-            One per input; None (or a non-floating input) means zero.
+            One per input; None (or a non-floating input) means zero.  A
+            complex input's tangent is complex: the direction (Re, Im).
 
         Returns
         -------
         list of numpy.ndarray
-            One float64 output tangent per output leaf (pytree order).
+            One float64 output tangent per output leaf (pytree order),
+            complex128 for a complex output.
 
         Raises
         ------
@@ -244,10 +258,7 @@ class JaxAdapter(Adapter):
                 raise InputError(
                     f"jax.jvp could not differentiate fn ({type(exc).__name__}: {exc})."
                 ) from exc
-            return [
-                np.zeros(np.shape(t)) if is_float0(t) else np.asarray(t, dtype=np.float64)
-                for t in jax.tree_util.tree_leaves(out_tangents)
-            ]
+            return [jvp_tangent(t) for t in jax.tree_util.tree_leaves(out_tangents)]
 
     # -- second order ----------------------------------------------------------
     def directional_gradient(

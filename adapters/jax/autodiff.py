@@ -26,6 +26,7 @@ from .promote import promoted
 
 __all__ = [
     "REVERSE_MODE_HINT",
+    "as_pair_gradient",
     "differentiable",
     "directional_gradient",
     "float64_inputs",
@@ -33,8 +34,11 @@ __all__ = [
     "hvp_function",
     "is_float0",
     "jit_once",
+    "jvp_tangent",
     "no_reverse_mode",
     "seed_like",
+    "vjp_by_forward_mode",
+    "vjp_cotangent",
     "vjp_function",
 ]
 
@@ -109,8 +113,128 @@ def is_float0(value: Any) -> bool:
 
 
 def _is_floating(value: Any) -> bool:
+    """True for real floating and complex arrays: the values JAX differentiates."""
     dtype = getattr(value, "dtype", None)
-    return dtype is not None and bool(jnp.issubdtype(dtype, jnp.floating))
+    return dtype is not None and bool(jnp.issubdtype(dtype, jnp.inexact))
+
+
+def _is_complex(value: Any) -> bool:
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and bool(jnp.issubdtype(dtype, jnp.complexfloating))
+
+
+def _wide(value: Any) -> Any:
+    """A floating array in float64, a complex one in complex128."""
+    return jnp.asarray(value, dtype=jnp.complex128 if _is_complex(value) else jnp.float64)
+
+
+# Complex values.  The core's convention for a real scalar ``phi`` of a complex
+# value ``z = x + iy`` is the pair ``dphi/dx + 1j dphi/dy``; a complex output
+# ``y`` with cotangent ``u`` stands for ``phi = sum(Re(conj(u) * y))``.  JAX's
+# reverse mode transposes the linear map ``t -> a t + b conj(t)`` without
+# conjugating, so its pullback of ``c`` is ``a c + conj(b c)``, and jax.grad of
+# a real loss is ``dphi/dx - 1j dphi/dy``, the conjugate of the pair (see the
+# JAX FAQ on complex differentiation).  Hence: seed the pullback with ``conj(u)``
+# and conjugate what it returns.  Forward mode needs no conversion: a complex
+# tangent ``v`` is the direction ``(Re v, Im v)`` and ``jax.jvp`` returns the
+# output's derivative along it.
+def vjp_cotangent(output: Any, u: np.ndarray | None) -> Any:
+    """The cotangent to hand ``jax.vjp``'s pullback for the core's cotangent ``u`` of ``output``.
+
+    Parameters
+    ----------
+    output : array
+        The output the cotangent belongs to.
+    u : numpy.ndarray or None
+        The core's cotangent (None: zero).
+
+    Returns
+    -------
+    array
+        ``conj(u)`` in ``output``'s dtype (``float0`` zeros for an integer output).
+    """
+    return seed_like(output, None if u is None else np.conj(u))
+
+
+def as_pair_gradient(g: Any) -> np.ndarray:
+    """A pullback's result for one input in the core's convention, as float64 or complex128.
+
+    Parameters
+    ----------
+    g : array
+        What ``jax.vjp``'s pullback returned for that input (seeded by
+        :func:`vjp_cotangent`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``conj(g)``: ``dphi/dx + 1j dphi/dy`` for a complex input, the
+        real gradient for a real one.
+    """
+    array = np.asarray(g)
+    if array.dtype.kind == "c":
+        return np.conj(array).astype(np.complex128)
+    return np.asarray(array, dtype=np.float64)
+
+
+def no_reverse_mode(exc: BaseException) -> bool:
+    """True when JAX says the function has forward mode only (``lax.while_loop``)."""
+    return isinstance(exc, ValueError) and "Reverse-mode differentiation does not work" in str(exc)
+
+
+def vjp_by_forward_mode(
+    f: Callable[..., Any], primals: list[Any], cotangents: list[np.ndarray | None]
+) -> list[np.ndarray]:
+    """``u^T J`` from forward mode, one ``jax.jvp`` per input coordinate (batched with ``jax.vmap``).
+
+    For functions JAX differentiates in forward mode only (``lax.while_loop``
+    with a value-dependent stop): the derivative of ``sum(Re(conj(u) * y))``
+    along every coordinate (real and imaginary parts of a complex input).
+
+    Parameters
+    ----------
+    f : callable
+        ``f(*primals)``, as from :func:`differentiable`.
+    primals : list of arrays
+        Its floating (and complex) arguments.
+    cotangents : list of numpy.ndarray or None
+        One per output leaf (pytree order); None means zero.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One per primal, in the core's convention (complex128 pairs for complex primals).
+    """
+    result = []
+    for i, x in enumerate(primals):
+        n = int(np.size(x))
+        eye = np.eye(n).reshape((n, *np.shape(x)))
+        parts = [eye, 1j * eye] if _is_complex(x) else [eye]
+        columns = []
+        for basis in parts:
+
+            def along(t: Any, i: int = i) -> Any:
+                tangents = [jnp.zeros_like(p) if k != i else t.astype(p.dtype) for k, p in enumerate(primals)]
+                return jax.jvp(f, tuple(primals), tuple(tangents))[1]
+
+            out = jax.tree_util.tree_leaves(jax.vmap(along)(jnp.asarray(basis)))
+            total = np.zeros(n)
+            for t, u in zip(out, cotangents, strict=True):
+                if u is None or is_float0(t):
+                    continue
+                t = np.asarray(t).reshape(n, -1)
+                total += np.real(np.conj(np.asarray(u).reshape(1, -1)) * t).sum(axis=1)
+            columns.append(total.reshape(np.shape(x)))
+        result.append(columns[0] + 1j * columns[1] if len(columns) == 2 else columns[0])
+    return result
+
+
+def jvp_tangent(t: Any) -> np.ndarray:
+    """An output tangent of ``jax.jvp`` as float64 (complex128 for a complex output; zeros for float0)."""
+    if is_float0(t):
+        return np.zeros(np.shape(t))
+    array = np.asarray(t)
+    return array.astype(np.complex128 if array.dtype.kind == "c" else np.float64)
 
 
 def seed_like(value: Any, seed: np.ndarray | None) -> Any:
@@ -126,8 +250,8 @@ def seed_like(value: Any, seed: np.ndarray | None) -> Any:
     Returns
     -------
     array
-        ``float0`` zeros for a value that is not floating, else a JAX array
-        of ``value``'s shape and dtype.
+        ``float0`` zeros for a value that is neither floating nor complex,
+        else a JAX array of ``value``'s shape and dtype.
 
     Raises
     ------
@@ -145,7 +269,7 @@ def seed_like(value: Any, seed: np.ndarray | None) -> Any:
 
 
 def float64_inputs(inputs: list[Any]) -> list[Any]:
-    """``inputs`` with every floating array as a float64 JAX array (call with 64-bit mode on).
+    """``inputs`` with every floating array as float64 (complex128 if complex) (call with 64-bit mode on).
 
     Parameters
     ----------
@@ -157,7 +281,7 @@ def float64_inputs(inputs: list[Any]) -> list[Any]:
     list
         The same arguments; integers, Python numbers and other values unchanged.
     """
-    return [jnp.asarray(a, dtype=jnp.float64) if _is_floating(a) else a for a in inputs]
+    return [_wide(a) if _is_floating(a) else a for a in inputs]
 
 
 def differentiable(
@@ -175,9 +299,10 @@ def differentiable(
     Returns
     -------
     args : list
-        ``inputs`` with every floating array converted to float64.
+        ``inputs`` with every floating array converted to float64 (complex
+        ones to complex128).
     pos : list of int
-        The positions of the floating ones.
+        The positions of the floating and complex ones.
     f : callable
         ``f(*floats)``: ``fn`` with the floating inputs replaced, the others
         fixed, and the float32 data it captures in float64.
