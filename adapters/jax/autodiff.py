@@ -177,11 +177,6 @@ def as_pair_gradient(g: Any) -> np.ndarray:
     return np.asarray(array, dtype=np.float64)
 
 
-def no_reverse_mode(exc: BaseException) -> bool:
-    """True when JAX says the function has forward mode only (``lax.while_loop``)."""
-    return isinstance(exc, ValueError) and "Reverse-mode differentiation does not work" in str(exc)
-
-
 def vjp_by_forward_mode(
     f: Callable[..., Any], primals: list[Any], cotangents: list[np.ndarray | None]
 ) -> list[np.ndarray]:
