@@ -19,8 +19,8 @@ import numpy as np
 
 from . import differences as fd
 from .check import Measured, judge, measured, report_of, run_check
-from .counted_loss import LossFunction, _own_executor, _same_state, prepared
-from .errors import InputError, ReverseModeUnsupported
+from .counted_loss import LossFunction, _own_executor, _same_state
+from .errors import InputError
 from .flatten import leaf_items, split_structure
 from .interrupts import interrupts_deferred
 from .options import Options
@@ -250,10 +250,7 @@ def _check(
             g = vjp(us if len(us) > 1 else us[0], *inputs)
             g = list(g) if isinstance(g, (list, tuple)) else [g]
         else:
-            try:
-                g = adapter.vjp(fn, list(inputs), us)
-            except ReverseModeUnsupported as exc:
-                return _forward_mode_only(fi, cotangents, opts, str(exc))
+            g = adapter.vjp(fn, list(inputs), us)
         if len(g) != len(inputs):
             raise InputError(
                 f"the vjp returned {len(g)} gradients for {len(inputs)} inputs; return one per input."
@@ -596,44 +593,6 @@ class _SpreadInputs:
         return report
 
 
-def _forward_mode_only(
-    fi: _FunctionInputs, cotangents: list[np.ndarray | None], opts: Options, why: str
-) -> Report:
-    """The report of a function without reverse mode: its JVPs checked, and why no VJP was."""
-    report = Report(
-        verdict="pass",
-        rel_error=0.0,
-        blocks=[],
-        findings=[
-            Finding(
-                "no_reverse_mode",
-                None,
-                f"{why}; its forward-mode derivatives (JVPs) were checked instead.",
-                {},
-            )
-        ],
-        nfev=0,
-        seconds=0.0,
-        method="richardson",
-        step=0.0,
-        mode="fast",
-        framework=fi.adapter.name,
-        n_params=sum(int(np.size(fi.adapter.to_numpy(fi.inputs[i]))) for i in fi.floating),
-        rtol=opts.rtol,
-        atol=opts.atol,
-        what="function",
-    )
-    _jvps_without_vjp(fi, cotangents, report, opts)
-    if report.blocks:
-        report.rel_error = rel_error(
-            np.concatenate([b.compared()[0] for b in report.blocks]),
-            np.concatenate([b.compared()[1] for b in report.blocks]),
-        )
-    else:
-        report.verdict = "inconclusive"
-    return report
-
-
 def _rows_of(
     fi: _FunctionInputs, checked: list[int], us: list[np.ndarray], flat: Any, opts: Options
 ) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -668,102 +627,6 @@ def _rows_of(
         )
 
     return rows
-
-
-def _jvps_without_vjp(
-    fi: _FunctionInputs,
-    cotangents: list[np.ndarray | None],
-    report: Report,
-    opts: Options,
-) -> None:
-    """Forward mode alone (no reverse mode): ``<u_j, J_ij v_i>`` against finite differences.
-
-    Used when the framework cannot run ``fn`` backwards (a JAX ``while_loop``):
-    each pair gets its own noise estimate, since there are no VJP checks to
-    share it with.
-
-    Adds one block ``input{i}->output{j} (jvp)`` per pair.  A function without
-    forward mode (a ``custom_vjp`` rule, a torch Function without ``jvp``)
-    gets a ``no_forward_mode`` finding instead.
-    """
-    rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
-    adapter, inputs = fi.adapter, fi.inputs
-    for i in fi.floating:
-        full = np.asarray(adapter.to_numpy(inputs[i]))
-        shape = full.shape
-        v = rng.standard_normal(shape)
-        if full.dtype.kind == "c":
-            v = v + 1j * rng.standard_normal(shape)
-        mask = fi.masks.get(i)
-        if mask is not None:
-            v = np.where(mask, v, 0)
-        tangents = [v if k == i else None for k in range(len(inputs))]
-        try:
-            out_tangents = adapter.jvp(fi.fn, inputs, tangents)
-        except InputError as exc:
-            report.findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))
-            return
-        for j, u in enumerate(cotangents):
-            if u is None:
-                continue
-            analytic = float(np.sum(np.real(np.conj(u) * np.asarray(out_tangents[j]))))
-
-            with prepared(fi.projection(j, u), fi.params, opts) as (_, target, fun):
-                f0 = fun(target.flat.x0)
-                noise, _ = fd.estimate_noise(fun, target.flat.x0, f0, rng)
-                direction = np.zeros(target.flat.n)
-                group = target.flat.groups[fi.floating.index(i)]
-                entries = (v if mask is None else v[mask]).reshape(-1)
-                direction[group[0].slice] = np.real(entries)
-                if len(group) == 2:
-                    direction[group[1].slice] = np.imag(entries)
-                rel = fd.relative_step("richardson", noise / abs(f0) if f0 else fd.EPS)
-                numeric, err, _ = fd.directional(
-                    fun, target.flat.x0, direction, rel_step=rel, noise=noise, f0=f0
-                )
-                flat_bound = (
-                    flat_slope(fun, target.flat.x0, f0, direction) if 0 in (analytic, numeric) else None
-                )
-                if flat_bound is not None:  # inside one stair of a staircase
-                    numeric, err = 0.0, flat_bound
-                nfev = fun.nfev
-            tol = opts.atol + opts.rtol * float(np.linalg.norm(u) * np.linalg.norm(v)) + 8 * err
-            ok = abs(analytic - numeric) <= tol if np.isfinite(err) else True
-            verdict = "pass" if ok else "fail"
-            a_arr, n_arr = np.array([analytic]), np.array([numeric])
-            report.blocks.append(
-                BlockResult(
-                    name=f"input{i}->output{j} (jvp)",
-                    shape=tuple(shape),
-                    passed=ok,
-                    verdict=verdict,
-                    rel_error=rel_error(a_arr, n_arr),
-                    max_abs_error=abs(analytic - numeric),
-                    worst_index=None,
-                    n_checked=0,
-                    n_bad=0 if ok else 1,
-                    analytic=np.zeros(0),
-                    numeric=np.zeros(0),
-                    indices=np.zeros(0, dtype=np.int64),
-                    tolerance=np.zeros(0),
-                    checked_by="directions",
-                    directional_analytic=a_arr,
-                    directional_numeric=n_arr,
-                )
-            )
-            report.nfev += nfev
-            if not ok:
-                report.verdict = "fail"
-                report.findings.append(
-                    Finding(
-                        "forward_mode",
-                        f"input{i}->output{j} (jvp)",
-                        f"the forward-mode derivative (JVP) of output {j} along input {i} is {analytic:.6g}, "
-                        f"finite differences give {numeric:.6g}: the jvp rule for input {i} is wrong "
-                        "(the reverse-mode rule may still be right).",
-                        {"analytic": analytic, "numeric": numeric},
-                    )
-                )
 
 
 def _check_jvps(

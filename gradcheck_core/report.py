@@ -42,7 +42,6 @@ FINDING_KINDS = (
     "saturation",
     "forward_mode",
     "no_forward_mode",
-    "no_reverse_mode",
 )
 
 

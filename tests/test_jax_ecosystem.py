@@ -257,11 +257,11 @@ def _grow(x):
 
 
 def test_while_loop_function_gets_its_forward_mode_checked():
+    # reverse mode is unsupported: the VJPs come from jax.jvp, and the JVPs are checked too
     report = gc.check_function(_grow, jnp.array([1.0, 2.0]))
     assert report.verdict == "pass"
-    assert [b.name for b in report.blocks] == ["input0->output0 (jvp)"]
-    (finding,) = [f for f in report.findings if f.kind == "no_reverse_mode"]
-    assert "lax.scan" in finding.message and "custom_vjp" not in finding.message
+    assert [b.name for b in report.blocks] == ["input0->output0", "input0->output0 (jvp)"]
+    assert not [f for f in report.findings if "custom_vjp" in f.message]
 
 
 def test_while_loop_loss_says_what_is_wrong_and_how_to_check_forward_mode():
