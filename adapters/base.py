@@ -190,6 +190,9 @@ class Adapter:
         out[mask] = np.asarray(entries)
         return out
 
+    def forget_compilations(self) -> None:
+        """Drop what the framework compiled during a check, where keeping it could harm the user."""
+
     def call(self, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
         """Evaluate ``fn(*inputs)`` and return its outputs as numpy arrays."""
         out = fn(*inputs)

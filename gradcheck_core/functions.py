@@ -170,6 +170,7 @@ def check_function(
         )
     finally:
         replay.restore()
+        adapter.forget_compilations()
 
 
 class _Generators:

@@ -272,3 +272,16 @@ def test_minus_inf_entries_held_fixed_reach_fn_as_jax_arrays() -> None:
     report = gc.check_function(masked, jnp.array([0.3, -jnp.inf, 1.5, 0.2], dtype=jnp.float32))
     assert report.verdict == "pass", report
     assert report.blocks[0].shape == (3,)
+
+
+def test_the_users_32_bit_jax_still_runs_after_a_check() -> None:
+    # JAX keys some compiled programs without the 64-bit switch: a check must not leave
+    # the user's 32-bit call of the same function running a 64-bit program.
+    index = np.array([2, 0, 3, 3, 1])
+
+    def take(x):  # type: ignore[no-untyped-def]
+        return jnp.take(x, index)
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(6).astype(np.float32))
+    assert gc.check_function(take, x).passed
+    np.testing.assert_array_equal(np.asarray(take(x)), np.asarray(x)[index])

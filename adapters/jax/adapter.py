@@ -122,8 +122,24 @@ class JaxAdapter(Adapter):
             framework=self.name,
             worker=RowWorker(loss, flat, float64),
         )
-        run.setup(target)
-        yield target
+        try:
+            run.setup(target)
+            yield target
+        finally:
+            self.forget_compilations()
+
+    def forget_compilations(self) -> None:
+        """Drop what JAX compiled during the check, when the user's JAX runs in 32-bit mode.
+
+        JAX keys some compiled programs without the 64-bit switch: a function
+        traced under the check's scoped 64-bit mode (``jnp.take`` with a numpy
+        index array, say) is later run by the user's 32-bit code with int64
+        buffers and fails (``RuntimeProgramInputMismatch``).  Clearing JAX's
+        caches after the check costs the user one recompilation, not a wrong
+        program.
+        """
+        if not bool(jax.config.read("jax_enable_x64")):
+            jax.clear_caches()
 
     # -- check_function ------------------------------------------------------
     def call(self, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
