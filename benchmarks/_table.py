@@ -1,14 +1,19 @@
-"""The comparison table the benchmarks print: one row per sample, two tools side by side.
+"""What the side-by-side benchmarks share: one row per sample, two tools, a time limit.
 
 Each tool's outcome on a sample is an :class:`Outcome`; :func:`summary` prints
 the verdict counts, the time and the evaluations of each tool, and how the
-disagreements split.  The layout is the one of ``benchmarks/torch_opinfo.py``.
+disagreements split; :func:`time_limit` stops a tool that runs too long on one
+sample.  Used by ``torch_opinfo.py`` and ``jax_functions.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 VERDICTS = ("pass", "fail", "inconclusive", "error", "timeout")
 
@@ -76,3 +81,23 @@ def disagreement_line(row: Row, other_short: str) -> str:
         f"{' (' + o.reason + ')' if o.reason else ''} | gc {c.verdict}"
         f"{' (' + c.reason + ')' if c.reason else ''}"
     )
+
+
+class SampleTimeout(Exception):
+    """A tool ran past the per-sample time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`SampleTimeout` in the main thread after ``seconds`` (SIGALRM)."""
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise SampleTimeout(f"ran past the {seconds:.0f} s limit")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

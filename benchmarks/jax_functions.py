@@ -37,7 +37,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ import gradcheck_core as gc
 from gradcheck_core.adapters.jax import x64
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _table import Outcome, Row, disagreement_line, first_line, summary
+from _table import Outcome, Row, SampleTimeout, disagreement_line, first_line, summary, time_limit
 
 # -- input domains --------------------------------------------------------------------------
 
@@ -481,26 +481,6 @@ CASES: list[Case] = [
 
 
 # -- running the tools ------------------------------------------------------------------------
-
-
-class SampleTimeout(Exception):
-    """A tool ran past the per-sample time limit."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`SampleTimeout` in the main thread after ``seconds`` (SIGALRM)."""
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise SampleTimeout(f"ran past the {seconds:.0f} s limit")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _counted(fn: Callable[..., Any]) -> tuple[Callable[..., Any], list[int]]:

@@ -26,16 +26,14 @@ Needs ``expecttest`` (imported by ``torch.testing._internal``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import signal
 import sys
 import time
 import warnings
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from itertools import chain
 from typing import Any
 
@@ -44,53 +42,11 @@ from torch.autograd.gradcheck import GradcheckError
 
 import gradcheck_core as gc
 
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _table import Outcome, Row, SampleTimeout, disagreement_line, first_line, summary, time_limit
+
 MAX_ELEMENTS = 2000
 SAMPLES_PER_OP = 3
-
-
-@dataclass
-class Outcome:
-    """What one tool said about one sample."""
-
-    verdict: str  # pass | fail | inconclusive | error | timeout
-    seconds: float
-    nfev: int
-    reason: str = ""
-
-
-@dataclass
-class Row:
-    op: str
-    dtype: str
-    sample: int
-    shapes: list[list[int]]
-    gradcheck: Outcome
-    gc: Outcome
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def disagree(self) -> bool:
-        return self.gradcheck.verdict != self.gc.verdict
-
-
-class SampleTimeout(Exception):
-    """A tool ran past the per-sample time limit."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`SampleTimeout` in the main thread after ``seconds`` (SIGALRM)."""
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise SampleTimeout(f"ran past the {seconds:.0f} s limit")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _is_tensor_list(value: Any) -> bool:
@@ -151,12 +107,6 @@ def _counted(fn: Callable[..., Any]) -> tuple[Callable[..., Any], list[int]]:
     return counted, calls
 
 
-def _first_line(text: str, width: int = 300) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    line = lines[0] if lines else ""
-    return line[:width]
-
-
 def run_gradcheck(op: Any, fn: Callable[..., Any], args: tuple, limit: float) -> Outcome:
     counted, calls = _counted(fn)
     start = time.perf_counter()
@@ -172,12 +122,12 @@ def run_gradcheck(op: Any, fn: Callable[..., Any], args: tuple, limit: float) ->
             )
         return Outcome("pass", time.perf_counter() - start, calls[0])
     except GradcheckError as exc:
-        return Outcome("fail", time.perf_counter() - start, calls[0], _first_line(exc))
+        return Outcome("fail", time.perf_counter() - start, calls[0], first_line(exc))
     except SampleTimeout as exc:
         return Outcome("timeout", time.perf_counter() - start, calls[0], str(exc))
     except Exception as exc:
         return Outcome(
-            "error", time.perf_counter() - start, calls[0], f"{type(exc).__name__}: {_first_line(exc)}"
+            "error", time.perf_counter() - start, calls[0], f"{type(exc).__name__}: {first_line(exc)}"
         )
 
 
@@ -191,13 +141,13 @@ def run_gc(fn: Callable[..., Any], args: tuple, limit: float) -> tuple[Outcome, 
         return Outcome("timeout", time.perf_counter() - start, 0, str(exc)), []
     except Exception as exc:
         return Outcome(
-            "error", time.perf_counter() - start, 0, f"{type(exc).__name__}: {_first_line(exc)}"
+            "error", time.perf_counter() - start, 0, f"{type(exc).__name__}: {first_line(exc)}"
         ), []
     reason = ""
     if report.verdict != "pass":
         blocks = [f"{b.name} {b.verdict}" for b in report.blocks if b.verdict != "pass"]
         findings = [
-            f"{f.kind}: {f.block or ''} {_first_line(f.message, 200)}"
+            f"{f.kind}: {f.block or ''} {first_line(f.message, 200)}"
             for f in report.findings
             if f.kind != "no_forward_mode"
         ]
@@ -272,39 +222,8 @@ def run(
             row = Row(_full_name(op), str(dtype).replace("torch.", ""), k, shapes, g_out, c_out, skipped)
             rows.append(row)
             if row.disagree:
-                print(
-                    f"  {row.op} #{k} {shapes}: gradcheck {g_out.verdict}"
-                    f"{' (' + g_out.reason + ')' if g_out.reason else ''} | gc {c_out.verdict}"
-                    f"{' (' + c_out.reason + ')' if c_out.reason else ''}",
-                    file=out,
-                    flush=True,
-                )
+                print(disagreement_line(row, "gradcheck"), file=out, flush=True)
     return rows
-
-
-VERDICTS = ("pass", "fail", "inconclusive", "error", "timeout")
-
-
-def summary(rows: list[Row], dtype: str) -> str:
-    """The table: verdict counts, time and evaluations per tool, and the disagreements."""
-    lines = [f"{len(rows)} samples of {len({r.op for r in rows})} ops, {dtype}"]
-    lines.append(
-        f"{'tool':<30}" + "".join(f"{v:>13}" for v in VERDICTS) + f"{'seconds':>10}{'evaluations':>13}"
-    )
-    for tool in ("gradcheck", "gc"):
-        outcomes = [getattr(r, tool) for r in rows]
-        counts = Counter(o.verdict for o in outcomes)
-        name = "torch.autograd.gradcheck" if tool == "gradcheck" else "gc.check_function"
-        lines.append(
-            f"{name:<30}"
-            + "".join(f"{counts.get(v, 0):>13}" for v in VERDICTS)
-            + f"{sum(o.seconds for o in outcomes):>10.1f}{sum(o.nfev for o in outcomes):>13}"
-        )
-    both = Counter((r.gradcheck.verdict, r.gc.verdict) for r in rows if r.disagree)
-    lines.append(f"disagreements: {sum(both.values())}")
-    for (g, c), n in sorted(both.items()):
-        lines.append(f"  gradcheck {g:<12} gc {c:<12} {n}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Stopped, KeyboardInterrupt):
         complete = False
         print(f"stopped early: {len(rows)} samples measured, up to {rows[-1].op if rows else '-'}")
-    print(summary(rows, args.dtype))
+    print(summary(rows, args.dtype, "torch.autograd.gradcheck"))
     print(f"wall time {time.perf_counter() - start:.0f} s")
     if args.json:
         with open(args.json, "w") as fh:
