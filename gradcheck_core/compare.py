@@ -311,6 +311,16 @@ def _scalar(adapter: Any, out: Any) -> tuple[float, str]:
 # Tolerances for a candidate whose loss does not come out in float64.
 LOW_PRECISION_RTOL = 1e-3
 LOW_PRECISION_LOSS_RTOL = 1e-5
+# An entry near zero inherits the round-off of the larger terms summed into it: it is
+# judged against this many units in the last place of its tensor's largest entry as well.
+ROUNDOFF_ULPS = 64
+
+
+def _entry_floor(a: np.ndarray, b: np.ndarray, low: bool) -> float:
+    if a.size == 0:
+        return 0.0
+    eps = float(np.finfo(np.float32 if low else np.float64).eps)
+    return ROUNDOFF_ULPS * eps * float(max(np.abs(a).max(), np.abs(b).max()))
 
 
 def _low_precision_note(name: str, dtype: str, target: Any) -> str:
@@ -365,7 +375,10 @@ def compare(
         ``"transposed"``, ``"OIHW->HWIO"``, ``"HWIO->OIHW"``); with more than
         two candidates, one such dict per other candidate, keyed by its name.
     rtol, atol : float
-        Per-entry tolerance on gradient differences.
+        Per-entry tolerance on gradient differences. An entry also passes within
+        64 units in the last place (of float64, or of float32 for a candidate that
+        computes in float32) of its tensor's largest entry: the round-off that an
+        entry near zero inherits from the larger terms summed into it.
     loss_rtol : float
         Relative tolerance on loss values.
     float64 : bool
@@ -433,7 +446,8 @@ def compare(
                 a = g_ref[r.slice].reshape(r.shape)
                 b = _to_reference(g[o.slice].reshape(o.shape), layout)
                 diff = np.abs(a - b)
-                ok_entries = diff <= atol + own_rtol * np.maximum(np.abs(a), np.abs(b))
+                floor = atol + _entry_floor(a, b, low)
+                ok_entries = diff <= floor + own_rtol * np.maximum(np.abs(a), np.abs(b))
                 denom = np.linalg.norm(a) + np.linalg.norm(b)
                 worst = (
                     tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), r.shape))

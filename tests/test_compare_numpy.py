@@ -136,3 +136,37 @@ def test_bad_candidates() -> None:
         gc.compare({"a": (loss_in_out, REF, grad_in_out)})
     with pytest.raises(gc.GradcheckError, match="no autodiff"):
         gc.compare({"a": (loss_in_out, REF, grad_in_out), "b": (loss_out_in, OTHER)})
+
+
+def _linear_candidate(weights, dtype, gradient_error):
+    weights = np.asarray(weights)
+
+    def loss(p):
+        return (np.asarray(p["b"], dtype=dtype) @ weights.astype(dtype)).astype(dtype)
+
+    def grad(p):
+        return {"b": weights + np.asarray(gradient_error)}
+
+    return loss, {"b": np.ones(len(weights))}, grad
+
+
+@pytest.mark.parametrize(
+    ("dtype", "error", "agree"),
+    [
+        ("float32", [0.0, 3e-8, 0.0], True),  # round-off of a float32 sum landing on an exact zero
+        ("float32", [0.0, 1e-3, 0.0], False),  # far above float32 round-off: a real difference
+        ("float64", [0.0, 3e-8, 0.0], False),  # the same 3e-8 is no round-off in float64
+    ],
+)
+def test_entry_near_zero_is_judged_against_round_off_of_its_tensor(dtype, error, agree) -> None:
+    weights = [0.5, 0.0, -2.0]
+    result = gc.compare(
+        {
+            "reference": _linear_candidate(weights, "float64", [0.0, 0.0, 0.0]),
+            "other": _linear_candidate(weights, dtype, error),
+        }
+    )
+    assert result.passed is agree, str(result)
+    assert result.rows[0].passed is agree
+    if dtype == "float32":
+        assert any("float32" in m for m in result.messages)
