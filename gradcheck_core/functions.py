@@ -225,16 +225,26 @@ def _check(
     rng = np.random.default_rng(seed)
     cotangents: list[np.ndarray | None] = []
     skipped = list(fi.skipped)
+    undefined_outputs: dict[int, str] = {}  # output -> its non-finite entries, described
     for j, (o, why) in enumerate(zip(outputs, reasons)):
         if why is None and o.size == 0:
             why = f"empty (shape {tuple(o.shape)}): nothing to check"
+        finite = np.isfinite(o) if why is None else None
+        if finite is not None and not finite.all():
+            undefined_outputs[j] = _non_finite_entries(o, finite)
+            if not finite.any():
+                why = f"{undefined_outputs[j]} at the given inputs: no entry has a derivative to check"
         if why is not None:
             skipped.append((f"output{j}", why))
             cotangents.append(None)
-        elif o.dtype.kind == "c":
-            cotangents.append(rng.standard_normal(o.shape) + 1j * rng.standard_normal(o.shape))
-        else:
-            cotangents.append(rng.standard_normal(o.shape))
+            continue
+        u = rng.standard_normal(o.shape)
+        if o.dtype.kind == "c":
+            u = u + 1j * rng.standard_normal(o.shape)
+        # A zero cotangent entry leaves that output entry out of every projection.
+        cotangents.append(u if finite is None or finite.all() else np.where(finite, u, 0))
+    if fi.floating and undefined_outputs and all(u is None for u in cotangents):
+        return _nothing_checked(adapter, opts, skipped, time.perf_counter() - start, undefined=True)
     if not fi.floating or all(u is None for u in cotangents):
         return _nothing_checked(adapter, opts, skipped, time.perf_counter() - start)
     checked = [j for j, u in enumerate(cotangents) if u is not None]
@@ -242,8 +252,15 @@ def _check(
     undefined: list[Finding] = []
     for j in checked:
         # Zeros for the other outputs (of their own dtype for a floating output left out).
+        # (none for an output that is non-finite everywhere: a zero cotangent would bring its 0 * nan)
         us = [
-            c if k == j else np.zeros_like(c) if c is not None else _zeros_or_none(outputs[k])
+            c
+            if k == j
+            else np.zeros_like(c)
+            if c is not None
+            else None
+            if k in undefined_outputs
+            else _zeros_or_none(outputs[k])
             for k, c in enumerate(cotangents)
         ]
         replay()
@@ -261,6 +278,31 @@ def _check(
             replay()
             undefined += _compare_undefined(fi, j, g, adapter.vjp(fn, list(inputs), alone))
         gradients[j] = g
+    for j in list(checked) if undefined_outputs else []:
+        carried = [
+            i for i in fi.floating if not np.isfinite(np.asarray(fi.restrict(i, gradients[j][i]))).all()
+        ]
+        own = undefined_outputs.get(j)
+        if carried:
+            # 0 * nan in the backward pass: the derivative cannot be separated from the non-finite entries
+            names = ", ".join(f"input{i}" for i in carried)
+            which = (
+                f"{own} at the given inputs" if own else "other outputs are non-finite at the given inputs"
+            )
+            skipped.append(
+                (
+                    f"output{j}",
+                    f"{which}, and the VJP carries them into the gradient of {names} even where their "
+                    "cotangent is zero (0 * nan): its finite entries cannot be checked apart from them",
+                )
+            )
+            checked.remove(j)
+            cotangents[j] = None
+            del gradients[j]
+        elif own:
+            skipped.append((f"output{j}", f"{own} left out; its finite entries are checked"))
+    if not checked:
+        return _nothing_checked(adapter, opts, skipped, time.perf_counter() - start, undefined=True)
     replay()
     reports, jvp_blocks, jvp_findings, evaluations = _check_outputs(
         fi, cotangents, checked, gradients, opts, replay, forward=vjp is None and hasattr(adapter, "jvp")
@@ -308,7 +350,7 @@ def _check_outputs(
     def projections(p: dict[str, Any]) -> np.ndarray:
         ys = adapter.call(fi.fn, fi.arguments(p))
         # <ur, Re y> + <ui, Im y>: the real inner product of the pairs
-        return np.array([np.sum(np.real(np.conj(u) * np.asarray(ys[j]))) for j, u in zip(checked, us)])
+        return np.array([project(u, ys[j]) for j, u in zip(checked, us)])
 
     with (
         interrupts_deferred(),
@@ -383,22 +425,45 @@ def _output_reasons(
     return reasons
 
 
-def _nothing_checked(adapter: Any, opts: Options, skipped: list[tuple[str, str]], seconds: float) -> Report:
-    """A pass that says nothing was checked, and why (every input or output left out)."""
+def _non_finite_entries(output: np.ndarray, finite: np.ndarray) -> str:
+    """``"3 of 25 entries are non-finite (nan)"``, for an output with non-finite entries."""
+    kinds = sorted({str(v) for v in output[~finite].ravel().tolist()})
+    return f"{int((~finite).sum())} of {finite.size} entries are non-finite ({', '.join(kinds)})"
+
+
+def _nothing_checked(
+    adapter: Any, opts: Options, skipped: list[tuple[str, str]], seconds: float, undefined: bool = False
+) -> Report:
+    """A report that says nothing was checked, and why (every input or output left out).
+
+    Empty or non-differentiable inputs and outputs make it a pass (there is
+    nothing to get wrong); outputs that are non-finite at the given inputs
+    make it inconclusive (``non_finite_output``): the function is undefined
+    there, so its derivative cannot be checked at this point.
+    """
     what = ", ".join(w for w, _ in skipped)
+    if undefined:
+        finding = Finding(
+            "non_finite_output",
+            None,
+            f"nothing could be checked: the outputs are NaN or infinite at the given inputs ({what} left "
+            "out; see 'not checked'), so the function has no derivative there. Check it at inputs inside "
+            "its domain (a negative base to a fractional power, log of a negative number, 0/0 give NaN).",
+            {"skipped": [list(s) for s in skipped]},
+        )
+    else:
+        finding = Finding(
+            "nothing_checked",
+            None,
+            f"nothing was checked: {what} were left out (the reasons are listed under "
+            "'not checked'), and no non-empty floating input reaches a differentiable output.",
+            {"skipped": [list(s) for s in skipped]},
+        )
     return Report(
-        verdict="pass",
-        rel_error=0.0,
+        verdict="inconclusive" if undefined else "pass",
+        rel_error=float("nan") if undefined else 0.0,
         blocks=[],
-        findings=[
-            Finding(
-                "nothing_checked",
-                None,
-                f"nothing was checked: {what} were left out (the reasons are listed under "
-                "'not checked'), and no non-empty floating input reaches a differentiable output.",
-                {"skipped": [list(s) for s in skipped]},
-            )
-        ],
+        findings=[finding],
         nfev=0,
         seconds=seconds,
         method=opts.method,
@@ -511,9 +576,7 @@ class _FunctionInputs:
 
     def projection(self, j: int, u: np.ndarray) -> Callable[[dict[str, Any]], float]:
         def phi(p: dict[str, Any]) -> float:
-            y = np.asarray(self.adapter.call(self.fn, self.arguments(p))[j])
-            # <ur, Re y> + <ui, Im y>: the real inner product of the pairs
-            return float(np.sum(np.real(np.conj(u) * y)))
+            return project(u, self.adapter.call(self.fn, self.arguments(p))[j])
 
         return phi
 
@@ -621,7 +684,7 @@ def _rows_of(
         ys = adapter.call_rows(fi.fn, fi.inputs, values)
         return np.stack(
             [
-                np.sum(np.real(np.conj(u) * np.asarray(ys[j])).reshape(m, -1), axis=1)
+                np.sum(np.where(u != 0, np.real(np.conj(u) * np.asarray(ys[j])), 0.0).reshape(m, -1), axis=1)
                 for j, u in zip(checked, us)
             ],
             axis=1,
@@ -681,7 +744,7 @@ def _check_jvps(
         # the points the directional differences will evaluate, all at once
         shared.prefetch(np.array(fd.directional_points(flat.x0, direction, rel)))
         for j, u, m, fun in zip(checked, us, ms, funs):
-            analytic = float(np.sum(np.real(np.conj(u) * np.asarray(out_tangents[j]))))
+            analytic = project(u, out_tangents[j])
             numeric, err, _ = fd.directional(
                 fun, flat.x0, direction, rel_step=rel, noise=m.ctx.noise, f0=m.ctx.f0
             )
@@ -724,6 +787,15 @@ def _check_jvps(
                         {"analytic": analytic, "numeric": numeric},
                     )
                 )
+
+
+def project(u: np.ndarray, y: Any) -> float:
+    """``<ur, Re y> + <ui, Im y>``, the real inner product of the pairs, over the entries where ``u != 0``.
+
+    An output entry whose cotangent is exactly zero (one that is non-finite at
+    the given inputs) takes no part, whatever its value.
+    """
+    return float(np.sum(np.real(np.conj(u) * np.asarray(y)), where=u != 0))
 
 
 def _floating_values(adapter: Any, value: Any, complex_ok: bool) -> np.ndarray | None:

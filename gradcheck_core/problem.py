@@ -31,6 +31,10 @@ TRUNCATION_SAFETY = 2.0
 # Relative steps of the flatness probe (:meth:`Problem.flat_slope`): above float32
 # resolution, so that a float32 input does not look flat merely by rounding.
 FLAT_STEPS = (1e-5, 1e-7)
+# A function that moves by at most this many ulps of its value, at steps up to its
+# coordinate's size, and no more at the largest step than at the smallest, is constant
+# up to rounding (Problem.rounding_only).
+ROUNDING_ULPS = 64.0
 
 
 class ScalarFunction(Protocol):
@@ -132,6 +136,30 @@ class Problem:
             if change > 0:
                 return bool(change <= 1e3 * ulp)
         return False
+
+    def rounding_only(self, direction: np.ndarray) -> bool:
+        """Whether ``fun`` moves along ``direction`` by its rounding only, even at large steps.
+
+        Steps of a relative 1e-2, 1e-1 and 1.  A slope ``s``, however small,
+        moves ``fun`` by ``s t``: a hundred times more at the largest step than
+        at the smallest.  A function that is constant up to its rounding (the
+        correlation of two observations, +-1 up to ulps) moves by a few ulps of
+        ``f0`` at every step, without growing: its derivative is zero.
+        """
+        x0 = self.flat.x0
+        moved = direction != 0
+        span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
+        ulp = max(self.floor, 0.5 * fd.EPS * abs(self.f0), 1e-300)
+        changes = []
+        for rel in (1e-2, 1e-1, 1.0):
+            t = rel * span
+            change = max(
+                abs(self.fun(x0 + t * direction) - self.f0), abs(self.fun(x0 - t * direction) - self.f0)
+            )
+            if not np.isfinite(change):
+                return False
+            changes.append(change)
+        return changes[-1] <= ROUNDING_ULPS * ulp and changes[-1] <= 4 * max(changes[0], ulp)
 
     def below_resolution(self, slope: float, direction: np.ndarray) -> bool:
         """Whether ``slope`` along ``direction`` moves ``fun`` too little for float64 to show.

@@ -39,6 +39,7 @@ FINDING_KINDS = (
     "method_changed",
     "undefined_grad",
     "nothing_checked",
+    "non_finite_output",
     "saturation",
     "forward_mode",
     "no_forward_mode",

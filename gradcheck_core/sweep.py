@@ -30,6 +30,9 @@ REFINE_TOTAL = 400
 # An analytic entry below this many ulps of the loss per unit step is a zero computed with
 # cancellation (see _at_roundoff).
 ROUNDOFF_ZERO = 64.0
+# Zero (round-off) analytic entries whose finite differences see no slope are probed at
+# large steps for a function constant up to rounding, at most this many per check.
+ROUNDING_PROBES = 64
 # Coordinates probed for flatness (a staircase, a saturated function), over the whole check.
 FLAT_PROBES = 400
 
@@ -136,6 +139,9 @@ def _judge(
                 clear = faint[kept] & (numeric[kept] != 0) & (err[kept] <= 0.25 * np.abs(numeric[kept]))
                 flat_at[kept[clear]] = False
                 faint[kept[clear]] = False
+                # No slope at the larger steps either: if the function moves by its rounding
+                # only, even at steps of its coordinate's size, its zero derivative is right.
+                faint[kept[~clear]] &= ~_rounding_only(ctx, idx, kept[~clear])
                 keep = kept[~clear]
                 numeric[keep], err[keep] = saved[0][~clear], saved[1][~clear]
     kink = np.zeros(len(idx), dtype=bool)
@@ -183,7 +189,14 @@ def _judge(
                 # Not differentiable here: no value is right or wrong.
                 kink[p] = True
                 numeric[p] = ref.left if abs(a[p] - ref.left) < abs(a[p] - ref.right) else ref.right
-    unsure = (undecidable(a, numeric, err, scale) & ~flat_at) | unconfirmed | hidden | (faint & flat_at)
+    # A zero (round-off) analytic entry that finite differences confirm down to float64's
+    # resolution is decided, even when the whole gradient is zero and no larger entry
+    # gives a scale to judge the error bound against.
+    unsure = undecidable(a, numeric, err, scale) & ~flat_at
+    zero = np.flatnonzero(unsure & _at_roundoff(ctx, idx, a) & (np.abs(numeric) <= err))
+    unsure[zero] &= ~_rounding_only(ctx, idx, zero)
+    unsure |= unconfirmed | hidden
+    unsure |= faint & flat_at
     a = np.where(broken, ctx.analytic[idx], a)
     blocks = []
     for leaf, block_idx in zip(flat.leaves, per_block):
@@ -254,8 +267,24 @@ def _at_roundoff(ctx: Problem, idx: np.ndarray, a: np.ndarray) -> np.ndarray:
     unit of the coordinate (``max(1, |x|)``): far below any slope float64 could
     resolve, and far below the smallest real gradients (1e-11 at a loss of 3).
     """
-    scale = max(abs(ctx.f0), ctx.floor, 1e-300) / np.maximum(1.0, np.abs(ctx.flat.x0[idx]))
-    return (a == 0) | (np.abs(a) <= ROUNDOFF_ZERO * fd.EPS * scale)
+    return (a == 0) | (np.abs(a) <= ROUNDOFF_ZERO * fd.EPS * _roundoff_scale(ctx, idx))
+
+
+def _rounding_only(ctx: Problem, idx: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """For each of ``positions`` (at most :data:`ROUNDING_PROBES`, the rest False): whether the
+    function moves along that coordinate by its rounding only (:meth:`Problem.rounding_only`)."""
+    out = np.zeros(len(positions), dtype=bool)
+    direction = np.zeros(ctx.flat.n)
+    for k, p in enumerate(positions[:ROUNDING_PROBES]):
+        direction[idx[p]] = 1.0
+        out[k] = ctx.rounding_only(direction)
+        direction[idx[p]] = 0.0
+    return out
+
+
+def _roundoff_scale(ctx: Problem, idx: np.ndarray) -> np.ndarray:
+    """One ulp's worth of slope per coordinate: ``max(|f0|, floor) / max(1, |x|)`` over ``fd.EPS``."""
+    return max(abs(ctx.f0), ctx.floor, 1e-300) / np.maximum(1.0, np.abs(ctx.flat.x0[idx]))
 
 
 def _below_resolution(ctx: Problem, idx: np.ndarray, a: np.ndarray, flat_at: np.ndarray) -> np.ndarray:

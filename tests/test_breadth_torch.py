@@ -243,6 +243,70 @@ def test_wrong_gradient_of_a_masked_input_still_fails() -> None:
     assert report.verdict == "fail"
 
 
+# -- non-finite outputs ------------------------------------------------------------------
+
+
+def test_output_nan_everywhere_is_inconclusive_and_says_why() -> None:
+    base = torch.tensor([-4.8, -7.6, -0.6], dtype=D)
+    exponent = torch.tensor(0.5, dtype=D)
+    report = gc.check_function(torch.pow, base, exponent)
+    assert report.verdict == "inconclusive", str(report)
+    assert [f.kind for f in report.findings] == ["non_finite_output"]
+    ((what, why),) = report.skipped
+    assert what == "output0" and "3 of 3 entries are non-finite (nan)" in why
+
+
+def test_nan_entries_of_an_output_are_left_out_and_the_rest_checked() -> None:
+    x = torch.tensor([[0.5, -1.0, 2.0], [3.0, 0.25, -0.5]], dtype=D)
+    report = gc.check_function(torch.log, x)
+    assert report.verdict == "pass", str(report)
+    ((what, why),) = report.skipped
+    assert (
+        what == "output0"
+        and "2 of 6 entries are non-finite (nan)" in why
+        and "finite entries are checked" in why
+    )
+
+
+class WrongLog(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.log()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * g / x  # twice the derivative
+
+
+def test_wrong_backward_on_the_finite_entries_still_fails() -> None:
+    x = torch.tensor([0.5, -1.0, 2.0, 3.0], dtype=D)
+    report = gc.check_function(WrongLog.apply, x)
+    assert report.verdict == "fail", str(report)
+    assert report.skipped and report.skipped[0][0] == "output0"
+
+
+def test_nan_carried_into_the_vjp_leaves_the_output_out_with_a_reason() -> None:
+    base = torch.tensor([[-4.8], [2.0]], dtype=D)
+    exponent = torch.tensor([0.5, 2.0], dtype=D)  # the first row gives one NaN, and its VJP is NaN
+    report = gc.check_function(torch.pow, base, exponent)
+    assert report.verdict == "inconclusive", str(report)
+    assert report.findings[0].kind == "non_finite_output"
+    assert "0 * nan" in report.skipped[0][1]
+
+
+def test_nan_output_next_to_a_finite_one_checks_the_finite_one() -> None:
+    def two(x):
+        return torch.sqrt(-x.abs() - 1), x.sin()
+
+    x = torch.tensor([0.3, 1.2], dtype=D)
+    report = gc.check_function(two, x)
+    assert report.verdict == "pass", str(report)
+    assert [b.name for b in report.blocks if "jvp" not in b.name] == ["input0->output1"]
+    assert report.skipped[0][0] == "output0"
+
+
 # -- torch specifics -----------------------------------------------------------------------
 
 
@@ -329,4 +393,11 @@ def test_sparse_input_varies_its_specified_entries() -> None:
     a = (torch.randn(4, 3, dtype=D) * (torch.rand(4, 3) > 0.5)).to_sparse()
     b = torch.randn(3, 2, dtype=D)
     report = gc.check_function(torch.sparse.mm, a, b)
+    assert report.verdict == "pass", str(report)
+
+
+def test_correlation_of_two_observations_is_flat_up_to_rounding_and_passes() -> None:
+    # every correlation of two observations is +-1: the function moves by mere ulps
+    x = torch.tensor([[-4.83, -7.58], [-0.60, -1.54], [-1.97, -4.15]], dtype=D)
+    report = gc.check_function(torch.corrcoef, x)
     assert report.verdict == "pass", str(report)

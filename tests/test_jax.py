@@ -386,3 +386,17 @@ def test_a_loss_returning_a_list_is_named_as_such() -> None:
     message = str(info.value)
     assert "returned a list (1 entry), not a scalar" in message
     assert "float()" not in message
+
+
+def test_nan_entries_of_a_jax_output_are_left_out_and_the_rest_checked():
+    x = np.array([[0.5, -1.0, 2.0], [3.0, 0.25, -0.5]])
+    report = gc.check_function(jnp.log, x)
+    assert report.verdict == "pass", str(report)
+    ((what, why),) = report.skipped
+    assert what == "output0" and "2 of 6 entries are non-finite (nan)" in why
+
+
+def test_jax_output_nan_everywhere_is_inconclusive_and_says_why():
+    report = gc.check_function(lambda b: jnp.power(b, 0.5), np.array([-4.8, -7.6]))
+    assert report.verdict == "inconclusive", str(report)
+    assert [f.kind for f in report.findings] == ["non_finite_output"]
