@@ -160,8 +160,10 @@ def directional_gradient(
     """``<grad loss, w>`` for ``check(..., order=2)``, called like ``loss``.
 
     On the TensorFlow backend the gradient comes from an inner
-    ``GradientTape`` that the check's own tape records (nested tapes), so its
-    gradient is the Hessian-vector product.  Other backends raise.
+    ``GradientTape`` that the check's own tape records (nested tapes); on JAX
+    from ``jax.grad`` traced inside the check's own ``jax.grad``; on torch from
+    ``torch.autograd.grad(create_graph=True)``.  Either way its gradient is
+    the Hessian-vector product.  The numpy backend raises.
 
     Parameters
     ----------
@@ -178,15 +180,26 @@ def directional_gradient(
     w : numpy.ndarray
         The direction, in flatten order.
     """
-    if backend() != "tensorflow":
+    b = backend()
+    if b not in ("tensorflow", "jax", "torch"):
         raise InputError(
-            f"order=2 with Keras runs on the tensorflow backend (nested GradientTapes); this Keras "
-            f"runs on {backend()}. Set KERAS_BACKEND=tensorflow, or check the Hessian of the "
-            "same model written in the backend itself (torch or jax)."
+            "order=2 with Keras differentiates the backend's own gradient, and Keras's numpy "
+            "backend has no autodiff: run with KERAS_BACKEND set to tensorflow, jax or torch."
         )
+    pieces = flatten(params).split(w)
+    if b != "tensorflow":
+        if functional and is_layer:
+            return lambda model: projected_gradient_stateless(
+                lambda: loss(model), list(model.trainable_weights), pieces
+            )
+        if functional:
+            return lambda p: projected_gradient_stateless(
+                lambda: loss(p), _variables(flatten(p).values), pieces
+            )
+        variables = _variables(flatten(params).values)
+        return lambda: projected_gradient_stateless(loss, variables, pieces)
     from ..tensorflow import projected_gradient
 
-    pieces = flatten(params).split(w)
     if functional and is_layer:
         return lambda model: projected_gradient(
             lambda: loss(model), [v.value for v in model.trainable_weights], pieces
@@ -195,3 +208,68 @@ def directional_gradient(
         return lambda p: projected_gradient(lambda: loss(p), list(flatten(p).values), pieces)
     handles = [v.value for v in flatten(params).values]
     return lambda: projected_gradient(loss, handles, pieces)
+
+
+def _variables(values: list[Any]) -> list[Any]:
+    """``values`` if they are all Keras variables (order=2 on JAX and torch injects through them)."""
+    if not all(isinstance(v, keras.Variable) for v in values):
+        raise InputError(
+            f"order=2 with Keras on the {backend()} backend differentiates through keras.Variable "
+            "parameters (a model, a layer, or a dict or list of keras.Variable); these parameters "
+            "hold other values. Pass the model or its variables."
+        )
+    return values
+
+
+def projected_gradient_stateless(
+    call: Callable[[], Any], variables: list[Any], pieces: list[np.ndarray]
+) -> Any:
+    """``<d call() / d variables, w>`` on JAX or torch, differentiable in turn by the check.
+
+    The variables' current values (inside the check's own
+    ``keras.StatelessScope``, the values it differentiates with respect to)
+    are injected into an inner scope, and the inner gradient is taken so that
+    the outer differentiation sees through it.
+
+    Parameters
+    ----------
+    call : callable
+        Reads ``variables`` and returns a backend scalar.
+    variables : list of keras.Variable
+        What to differentiate with respect to.
+    pieces : list of numpy.ndarray
+        ``w``, one array per variable.
+    """
+    current = [v.value for v in variables]
+
+    def scoped(ts: list[Any]) -> Any:
+        with keras.StatelessScope(state_mapping=list(zip(variables, ts))):
+            return call()
+
+    if backend() == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def scalar(ts: list[Any]) -> Any:
+            out = scoped(ts)
+            if not isinstance(out, jax.Array):
+                raise _not_differentiable(out, "jax.grad")
+            return jnp.reshape(out, ())
+
+        grads = jax.grad(scalar)(list(current))
+        return sum(
+            (jnp.sum(g * jnp.asarray(p.reshape(g.shape), dtype=g.dtype)) for g, p in zip(grads, pieces)),
+            jnp.zeros((), dtype=grads[0].dtype if grads else jnp.float64),
+        )
+    import torch
+
+    leaves = [c if c.requires_grad else c.detach().requires_grad_(True) for c in current]
+    out = scoped(leaves)
+    if not isinstance(out, torch.Tensor):
+        raise _not_differentiable(out, "torch.autograd")
+    grads = torch.autograd.grad(out.reshape(()), leaves, create_graph=True, allow_unused=True)
+    total = torch.zeros((), dtype=leaves[0].dtype if leaves else torch.float64)
+    for g, leaf, p in zip(grads, leaves, pieces):
+        if g is not None:
+            total = total + torch.sum(g * torch.as_tensor(p.reshape(tuple(leaf.shape)), dtype=g.dtype))
+    return total
