@@ -752,7 +752,12 @@ def _check_jvps(
                 flat_bound = flat_slope(fun, flat.x0, m.ctx.f0, direction)
                 if flat_bound is not None:
                     numeric, err = 0.0, flat_bound
-            tol = opts.atol + opts.rtol * float(np.linalg.norm(u) * np.linalg.norm(v)) + 8 * err
+            # Relative to the terms of <u, J v> as the rule gives them (a rule that is wrong by a
+            # factor is caught at any scale of J), and to the estimate; not to |u| |v|.
+            terms = float(
+                np.linalg.norm(u) * np.linalg.norm(np.where(u != 0, np.asarray(out_tangents[j]), 0))
+            )
+            tol = opts.atol + opts.rtol * max(terms, abs(numeric)) + 8 * err
             ok = abs(analytic - numeric) <= tol if np.isfinite(err) else True
             verdict = "pass" if ok else "fail"
             a_arr, n_arr = np.array([analytic]), np.array([numeric])

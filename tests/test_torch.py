@@ -206,6 +206,36 @@ def test_wrong_forward_mode_rule_is_caught():
     assert _verdicts(report) == {"input0->output0": "pass", "input0->output0 (jvp)": "fail"}
 
 
+class SmallWrongJvp(torch.autograd.Function):
+    """1e-9 sin(x): the backward is right, the forward-mode rule gives half the derivative."""
+
+    @staticmethod
+    def forward(x):
+        return 1e-9 * x.sin()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x,) = inputs
+        ctx.save_for_backward(x)
+        ctx.x = x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 1e-9 * g * x.cos()
+
+    @staticmethod
+    def jvp(ctx, t):
+        return 0.5e-9 * t * ctx.x.cos()
+
+
+def test_wrong_forward_mode_rule_is_caught_at_any_scale_of_the_derivative():
+    # judged relative to the JVP's own terms, not to |u| |v|, which would hide a factor at 1e-9
+    report = gc.check_function(SmallWrongJvp.apply, torch.linspace(-1, 1, 6, dtype=torch.float64))
+    assert _verdicts(report) == {"input0->output0": "pass", "input0->output0 (jvp)": "fail"}
+    assert report.findings_of("forward_mode")
+
+
 def test_integer_and_python_inputs_are_held_fixed():
     a = torch.linspace(-1, 1, 6)
     idx = torch.tensor([0, 2, 2, 5])
