@@ -270,8 +270,10 @@ def run_function_second_order(
         Blocks ``input{i}->vjp[input{k}]`` (the derivative of the VJP for input
         ``k`` with respect to input ``i``) and ``cotangent{j}->vjp[input{k}]``;
         forward-over-reverse blocks end in ``(jvp)``.  A function whose
-        backward pass cannot be differentiated gets the finding
-        ``not_twice_differentiable``.
+        backward pass cannot be differentiated, or whose VJP the framework's
+        autodiff fails to differentiate (its error quoted), gets the finding
+        ``not_twice_differentiable``.  Entries are judged to the round-off
+        the VJP inherits from its terms as well (:func:`roundoff_floor`).
     """
     from .adapters import detect, framework_of
 
