@@ -43,6 +43,7 @@ FINDING_KINDS = (
     "saturation",
     "forward_mode",
     "no_forward_mode",
+    "roundoff_floor",
 )
 
 

@@ -35,10 +35,17 @@ from .errors import InputError, NotTwiceDifferentiable
 from .options import Options
 from .report import Finding, Report
 
-__all__ = ["run_function_second_order", "run_second_order"]
+__all__ = ["ROUNDOFF_ULPS", "roundoff_floor", "run_function_second_order", "run_second_order"]
 
 #: Explicit Hessians up to this many rows and columns get every wrong entry named.
 LOCALISE_MAX = 2000
+#: What a framework's autodiff raises when it cannot differentiate a backward pass (torch:
+#: RuntimeError, NotImplementedError for a missing double-backward formula; TensorFlow:
+#: LookupError for an operation without a registered gradient).
+AUTODIFF_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, NotImplementedError, LookupError)
+#: The derivatives of a VJP are judged to this many float64 ulps of the check's largest one
+#: (:func:`roundoff_floor`), as gc.compare judges an entry against its tensor's largest.
+ROUNDOFF_ULPS = 64
 
 
 def _first_order(opts: Options) -> Options:
@@ -263,8 +270,10 @@ def run_function_second_order(
         Blocks ``input{i}->vjp[input{k}]`` (the derivative of the VJP for input
         ``k`` with respect to input ``i``) and ``cotangent{j}->vjp[input{k}]``;
         forward-over-reverse blocks end in ``(jvp)``.  A function whose
-        backward pass cannot be differentiated gets the finding
-        ``not_twice_differentiable``.
+        backward pass cannot be differentiated, or whose VJP the framework's
+        autodiff fails to differentiate (its error quoted), gets the finding
+        ``not_twice_differentiable``.  Entries are judged to the round-off
+        the VJP inherits from its terms as well (:func:`roundoff_floor`).
     """
     from .adapters import detect, framework_of
 
@@ -313,6 +322,8 @@ def _function_second_order(
 
     replay()
     outputs = adapter.call(fn, list(inputs))
+    if options.get("seed", 0) is None:  # one random seed, so that a second look sees the same check
+        options = {**options, "seed": int(np.random.default_rng().integers(2**31))}
     seed = options.get("seed", 0)
     rng = np.random.default_rng(None if seed is None else seed + 2)
     if cotangents is None:
@@ -326,14 +337,31 @@ def _function_second_order(
     names += [f"cotangent{j}" for j, u in enumerate(cotangents) if u is not None]
     outs = [f"vjp[input{k}]" for k in floating]
 
+    # Exceptions raised while the VJP itself runs (fn's forward, its first backward) are the
+    # user's and reach them as they are; the framework's autodiff failing to differentiate
+    # the VJP afterwards is a finding.
+    own: list[BaseException] = []
+
     def replayed(*args: Any) -> Any:
         replay()
-        return vjp_fn(*args)
+        try:
+            return vjp_fn(*args)
+        except BaseException as exc:
+            own.append(exc)
+            raise
 
     try:
         report = check_function(replayed, *inputs, *extra, **options)
+        terms = _terms(outputs, cotangents)
+        report = _judged_with_roundoff(report, terms, replayed, (*inputs, *extra), options, check_function)
     except NotTwiceDifferentiable as exc:
         return _not_twice(adapter, str(exc), time.perf_counter() - start)
+    except AUTODIFF_ERRORS as exc:
+        if _raised_by(exc, own):
+            raise
+        return _not_twice(adapter, _quoted(exc), time.perf_counter() - start, framework_error=True)
+    finally:
+        own.clear()
     for b in report.blocks:
         b.name = _rename(b.name, names, outs)
     for f in report.findings:
@@ -341,6 +369,105 @@ def _function_second_order(
             f.block = _rename(f.block, names, outs)
     report.what = "vjp"
     return report
+
+
+def _terms(outputs: list[np.ndarray], cotangents: list[np.ndarray | None]) -> float:
+    """``sum |u_j| |f_j|``: the size of the terms of ``<u, fn(x)>``, whose gradient the VJP is."""
+    total = 0.0
+    for o, u in zip(outputs, cotangents):
+        if u is not None:
+            values = np.abs(np.asarray(u, dtype=np.float64)) * np.abs(np.asarray(o, dtype=np.float64))
+            total += float(np.sum(values[np.isfinite(values)]))
+    return total
+
+
+def roundoff_floor(report: Report, terms: float = 0.0) -> float:
+    """The round-off the derivatives of a VJP inherit: :data:`ROUNDOFF_ULPS` ulps of their terms.
+
+    The VJP ``u^T J`` is the gradient of ``psi(x) = <u, fn(x)>``, computed by
+    the backward pass from the forward's values; each of its entries, and so
+    each of its derivatives, is only known to about float64's precision of
+    the terms it is made of, however small the entry itself is (the gradient
+    of a saturated softmax, 1e-13 next to terms of size 1000).  That
+    round-off is systematic, not noise: a term rounded away at one point is
+    rounded away at the next, so the noise probe of the VJP cannot see it, yet
+    the VJP's finite differences and its autodiff derivative differ by it.
+    The first-order check treats a gradient entry below 64 ulps of the loss
+    per unit step as a zero for the same reason.
+
+    The terms' size is the larger of ``terms`` (``sum |u_j| |f_j|``, the terms
+    of ``psi``) and the largest derivative of the check (over every block,
+    each entry taken as the smaller of its analytic and numerical values, so
+    that neither a wrong analytic entry nor a noisy estimate can inflate it;
+    forward-over-reverse blocks, which are projections, are left out).
+    """
+    largest = float(terms) if np.isfinite(terms) else 0.0
+    for b in report.blocks:
+        if b.name.endswith("(jvp)"):
+            continue
+        a, n = b.compared()
+        both = np.minimum(np.abs(a), np.abs(n))
+        both = both[np.isfinite(both)]
+        if both.size:
+            largest = max(largest, float(both.max()))
+    return ROUNDOFF_ULPS * fd.EPS * largest
+
+
+def _within_floor(report: Report, floor: float) -> int:
+    """How many failing entries (or directions) of ``report`` are within ``floor`` of their tolerance."""
+    count = 0
+    for b in report.blocks:
+        if b.verdict != "fail":
+            continue
+        a, n = b.compared()
+        gap = np.abs(a - n)
+        if b.checked_by == "coordinates" and b.tolerance.shape == gap.shape:
+            count += int(np.sum((gap > b.tolerance) & (gap <= b.tolerance + floor)))
+        else:  # directions: their tolerance is not kept; a gap under the floor is round-off whatever it was
+            count += int(np.sum(gap <= floor))
+    return count
+
+
+def _judged_with_roundoff(
+    report: Report,
+    terms: float,
+    vjp_fn: Callable[..., Any],
+    arguments: tuple[Any, ...],
+    options: dict[str, Any],
+    check_function: Callable[..., Report],
+) -> Report:
+    """``report``, or, where entries it fails lie within :func:`roundoff_floor`, the check judged with it.
+
+    The floor is only known once every block is measured, so such a check is
+    run again (same seed: the same cotangents, steps and points) with the
+    floor added to ``atol``; a check that passes, or fails only by more than
+    the floor, is returned as it is.  The second report counts the
+    evaluations of both and says what was widened (finding ``roundoff_floor``).
+    """
+    if report.verdict != "fail":
+        return report
+    floor = roundoff_floor(report, terms)
+    explained = _within_floor(report, floor) if floor > 0 else 0
+    if not explained:
+        return report
+    atol = float(options.get("atol", 0.0))
+    again = check_function(vjp_fn, *arguments, **{**options, "atol": atol + floor})
+    again.nfev += report.nfev
+    again.seconds += report.seconds
+    again.findings.append(
+        Finding(
+            "roundoff_floor",
+            None,
+            f"{explained} entr{'y' if explained == 1 else 'ies'} of the VJP's derivatives differed from "
+            f"finite differences by less than {ROUNDOFF_ULPS} float64 ulps of the terms the VJP is made "
+            f"of (size {floor / (ROUNDOFF_ULPS * fd.EPS):.3g}: the larger of sum |u_j| |f_j| over the "
+            "outputs and the check's largest derivative), the round-off a VJP entry inherits from "
+            f"them however small it is itself; the check was judged with atol {atol + floor:.3g} "
+            f"(your atol {atol:g} plus {floor:.3g}). Errors below that are not visible in float64.",
+            {"floor": floor, "scale": floor / (ROUNDOFF_ULPS * fd.EPS), "entries": explained, "atol": atol},
+        )
+    )
+    return again
 
 
 def _rename(name: str, inputs: list[str], outputs: list[str]) -> str:
@@ -359,16 +486,46 @@ def _rename(name: str, inputs: list[str], outputs: list[str]) -> str:
     return f"{inputs[i]}->{outputs[j]}{space}{suffix}"
 
 
-def _not_twice(adapter: Any, why: str, seconds: float) -> Report:
+def _raised_by(exc: BaseException, own: list[BaseException]) -> bool:
+    """Whether ``exc``, or an exception it was raised from, came out of the VJP function itself."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if any(link is e for e in own):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def _quoted(exc: BaseException) -> str:
+    """The framework's error in one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def _not_twice(adapter: Any, why: str, seconds: float, framework_error: bool = False) -> Report:
+    if framework_error:
+        message = (
+            f"{adapter.name}'s autodiff raised an error while differentiating the VJP of fn ({why}), "
+            "so there are no second derivatives to check and order=2 cannot pass. The forward "
+            "and the first backward ran; it is the framework's derivative of that backward (its "
+            "double-backward formula for one of the operations) that failed. Check the second "
+            "derivative another way (a Hessian of a loss built on fn), or report it to the framework."
+        )
+    else:
+        message = (
+            f"the backward pass of fn cannot be differentiated ({why}), so there are no second "
+            "derivatives to check and order=2 cannot pass. A custom torch.autograd.Function marked "
+            "@once_differentiable, or whose backward computes with numpy or on detached tensors, "
+            "has this; write the backward with differentiable tensor operations (or a backward "
+            "that is itself an autograd.Function) to support double backward."
+        )
     finding = Finding(
         "not_twice_differentiable",
         None,
-        f"the backward pass of fn cannot be differentiated ({why}), so there are no second "
-        "derivatives to check and order=2 cannot pass. A custom torch.autograd.Function marked "
-        "@once_differentiable, or whose backward computes with numpy or on detached tensors, "
-        "has this; write the backward with differentiable tensor operations (or a backward "
-        "that is itself an autograd.Function) to support double backward.",
-        {"reason": why},
+        message,
+        {"reason": why, "framework_error": framework_error},
     )
     return Report(
         verdict="fail",

@@ -359,3 +359,138 @@ def test_keras_rule_right_to_first_order_only_fails_at_order_two() -> None:
     report = gc.check(loss, {"v": v}, order=2)
     assert report.verdict == "fail", str(report)
     assert np.array_equal(v.numpy(), before)
+
+
+# -- round-off of a VJP's derivatives, and the framework's double backward failing -----------
+
+
+def _attention(seed: int) -> tuple[object, tuple[object, ...]]:
+    """torch's own multi-head attention (2 heads of size 1), of its query and key, at a saturating sample.
+
+    Entries uniform in [-9, 9], as torch's OpInfo sample makes them: the attention
+    logits reach thousands, the softmax saturates, and the VJP for the query is
+    about 1e-13 next to terms of size 1000.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g, dtype=torch.float64) * 18 - 9
+
+    q, k, v = uniform(3, 2, 2), uniform(3, 2, 2), uniform(3, 2, 2)
+    w_in, b_in, w_out, b_out, mask = uniform(6, 2), uniform(6), uniform(2, 2), uniform(2), uniform(3, 3)
+
+    def attention(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.nn.functional.multi_head_attention_forward(
+            query, key, v, 2, 2, w_in, b_in, None, None, False, 0.0, w_out, b_out,
+            training=False, attn_mask=mask,
+        )  # fmt: skip
+
+    return attention, (q, k)
+
+
+@pytest.mark.torch
+def test_torch_saturated_attention_passes_at_order_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Derivatives of 1e-13 that autodiff and differences get apart by round-off are not called wrong."""
+    import torch
+
+    from gradcheck_core import second_order
+    from gradcheck_core.second_order import ROUNDOFF_ULPS
+
+    attention, xs = _attention(1)
+    tensors = tuple(x.clone().requires_grad_() for x in xs)
+    assert torch.autograd.gradgradcheck(attention, tensors, raise_exception=False)
+    assert gc.check_function(attention, *xs).verdict == "pass"
+    report = gc.check_function(attention, *xs, order=2)
+    assert report.verdict == "pass", report
+    (floor,) = report.findings_of("roundoff_floor")
+    assert floor.detail["entries"] >= 1
+    # the floor: 64 ulps of terms of size sum |u||f|, a few thousand here; nowhere near the entries of size 1
+    assert floor.detail["floor"] == pytest.approx(ROUNDOFF_ULPS * np.finfo(float).eps * floor.detail["scale"])
+    assert 1e-13 < floor.detail["floor"] < 1e-10
+    assert report.atol == pytest.approx(floor.detail["floor"])
+    # without the floor the same check fails (as it did before the floor): round-off, called wrong
+    monkeypatch.setattr(second_order, "ROUNDOFF_ULPS", 0)
+    strict = gc.check_function(attention, *xs, order=2)
+    assert strict.verdict == "fail" and not strict.findings_of("roundoff_floor")
+    assert strict.nfev < report.nfev  # the floor's second look is counted
+
+
+@pytest.mark.torch
+@settings(max_examples=6, deadline=None)
+@given(scale=st.floats(1e-3, 1e6), seed=st.integers(0, 1000))
+def test_torch_wrong_double_backward_still_fails_next_to_large_terms(scale: float, seed: int) -> None:
+    """The round-off floor grows with the function's terms, but a wrong second derivative still fails.
+
+    Output 1 is ``scale * y**2`` (terms up to 1e6); output 0 is sin through a
+    Function whose double backward is wrong by cos(x) - its size, far above
+    64 ulps of 1e6.
+    """
+    import torch
+
+    first_order_only, _, _ = _torch_functions()
+    rng = np.random.default_rng(seed)
+    x = torch.tensor(rng.uniform(0.2, 1.4, 3), dtype=torch.float64)
+    y = torch.tensor(rng.uniform(-2, 2, 2), dtype=torch.float64)
+
+    def fn(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return first_order_only.apply(a), scale * b**2
+
+    report = gc.check_function(fn, x, y, order=2)
+    assert report.verdict == "fail"
+    assert "input0->vjp[input0]" in report.failed_blocks
+    assert report.block("input1->vjp[input1]").verdict == "pass"
+
+
+@pytest.mark.torch
+def test_torch_double_backward_error_is_a_finding() -> None:
+    """torch's own double backward of native_layer_norm without weight raises; that is a verdict, not a crash."""
+    import torch
+
+    torch.manual_seed(0)
+    x, bias = torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(1, 2, 3, dtype=torch.float64)
+
+    def layer_norm(x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.native_layer_norm(x, [1, 2, 3], None, bias, 0.5))
+
+    tensors = (x.clone().requires_grad_(), bias.clone().requires_grad_())
+    assert not torch.autograd.gradgradcheck(layer_norm, tensors, raise_exception=False)
+    assert gc.check_function(layer_norm, x, bias).verdict == "pass"
+    report = gc.check_function(layer_norm, x, bias, order=2)
+    assert report.verdict == "fail"
+    (finding,) = report.findings_of("not_twice_differentiable")
+    assert finding.detail["framework_error"] is True
+    assert finding.detail["reason"].startswith("RuntimeError: ")
+    assert "Expected a proper Tensor but got None" in finding.message
+    assert "torch's autodiff" in finding.message
+
+
+@pytest.mark.torch
+def test_torch_user_exception_at_order_two_reaches_the_user() -> None:
+    """The user's own RuntimeError, raised in fn's forward during the check, is not turned into a finding."""
+    import torch
+
+    class Mine(RuntimeError):
+        pass
+
+    calls = {"n": 0}
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise Mine("the user's own error")
+        return x.sin()
+
+    with pytest.raises(Mine, match="the user's own error"):
+        gc.check_function(fn, torch.tensor([0.3, 1.2], dtype=torch.float64), order=2)
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise RuntimeError("plain runtime error in the forward")
+        return x.sin()
+
+    calls["n"] = 0
+    with pytest.raises(RuntimeError, match="plain runtime error in the forward"):
+        gc.check_function(plain, torch.tensor([0.3, 1.2], dtype=torch.float64), order=2)
