@@ -367,6 +367,7 @@ def _function_second_order(
     for f in report.findings:
         if f.block:
             f.block = _rename(f.block, names, outs)
+    report.skipped = [(_rename_part(what, names, outs), why) for what, why in report.skipped]
     report.what = "vjp"
     return report
 
@@ -468,6 +469,15 @@ def _judged_with_roundoff(
         )
     )
     return again
+
+
+def _rename_part(what: str, inputs: list[str], outputs: list[str]) -> str:
+    """``input2`` or ``output0`` of the VJP function (a skipped entry), in the original's terms."""
+    for prefix, names in (("input", inputs), ("output", outputs)):
+        if what.startswith(prefix) and what[len(prefix) :].isdigit():
+            k = int(what[len(prefix) :])
+            return names[k] if k < len(names) else what
+    return what
 
 
 def _rename(name: str, inputs: list[str], outputs: list[str]) -> str:

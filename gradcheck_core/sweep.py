@@ -22,7 +22,7 @@ from .problem import ROUNDOFF_SAFETY, Problem
 from .report import BlockResult
 from .tolerance import block_result, tolerance, undecidable
 
-__all__ = ["FLAT_PROBES", "REFINE_TOTAL", "run_full"]
+__all__ = ["FLAT_PROBES", "REFINE_TOTAL", "ROUNDOFF_ZERO", "run_full"]
 
 # Suspect coordinates looked at again with Richardson, over the whole check
 # (per parameter: Options.max_refine).
@@ -33,6 +33,8 @@ ROUNDOFF_ZERO = 64.0
 # Zero (round-off) analytic entries whose finite differences see no slope are probed at
 # large steps for a function constant up to rounding, at most this many per check.
 ROUNDING_PROBES = 64
+# Undecided entries looked at for a kink, at most this many per check.
+KINK_PROBES = 64
 # Coordinates probed for flatness (a staircase, a saturated function), over the whole check.
 FLAT_PROBES = 400
 
@@ -189,12 +191,18 @@ def _judge(
                 # Not differentiable here: no value is right or wrong.
                 kink[p] = True
                 numeric[p] = ref.left if abs(a[p] - ref.left) < abs(a[p] - ref.right) else ref.right
-    # A zero (round-off) analytic entry that finite differences confirm down to float64's
-    # resolution is decided, even when the whole gradient is zero and no larger entry
-    # gives a scale to judge the error bound against.
+    # A zero (round-off) analytic entry whose differences see no slope is decided where the
+    # function moves by its rounding only, even when the whole gradient is zero and no
+    # larger entry gives a scale to judge the error bound against.
     unsure = undecidable(a, numeric, err, scale) & ~flat_at
     zero = np.flatnonzero(unsure & _at_roundoff(ctx, idx, a) & (np.abs(numeric) <= err))
     unsure[zero] &= ~_rounding_only(ctx, idx, zero)
+    # An undecided entry may sit on a kink (|x| at 0: the symmetric difference agrees, the
+    # noise probe measures the corner): say so, rather than call the differences inaccurate.
+    for p in np.flatnonzero(unsure & ~kink & ~bad)[:KINK_PROBES]:
+        ref = fd.refine(fun, flat.x0, int(idx[p]), ctx.f0, rel_step=r_default, noise=ctx.noise)
+        if np.isfinite(ref.value) and not ref.smooth:
+            kink[p], unsure[p] = True, False
     unsure |= unconfirmed | hidden
     unsure |= faint & flat_at
     a = np.where(broken, ctx.analytic[idx], a)

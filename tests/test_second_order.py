@@ -494,3 +494,13 @@ def test_torch_user_exception_at_order_two_reaches_the_user() -> None:
     calls["n"] = 0
     with pytest.raises(RuntimeError, match="plain runtime error in the forward"):
         gc.check_function(plain, torch.tensor([0.3, 1.2], dtype=torch.float64), order=2)
+
+
+@pytest.mark.torch
+def test_order_two_of_a_function_nan_at_the_inputs_is_inconclusive_and_names_the_vjp() -> None:
+    torch = pytest.importorskip("torch")
+    base = torch.tensor([-4.8, -0.6], dtype=torch.float64)
+    report = gc.check_function(torch.pow, base, torch.tensor(0.5, dtype=torch.float64), order=2)
+    assert report.verdict == "inconclusive", str(report)
+    assert [f.kind for f in report.findings] == ["non_finite_output"]
+    assert {what for what, _ in report.skipped} == {"vjp[input0]", "vjp[input1]"}

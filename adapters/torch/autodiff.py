@@ -112,10 +112,13 @@ def same_layout_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """
     if _plain_layout(t):
         return t.detach().to(dtype=dtype, copy=True)
-    n = t.untyped_storage().nbytes() // t.element_size()
-    storage = t.detach().as_strided((n,), (1,), 0).to(dtype=dtype, copy=True)
-    out = torch.empty(0, dtype=dtype, device=t.device)
-    return out.set_(storage.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+    # Storage-level work, outside any torch function mode (the float64 mode would
+    # hand as_strided a float64 copy of the view instead of the view over its storage).
+    with torch._C.DisableTorchFunction():
+        n = t.untyped_storage().nbytes() // t.element_size()
+        storage = t.detach().as_strided((n,), (1,), 0).to(dtype=dtype, copy=True)
+        out = torch.empty(0, dtype=dtype, device=t.device)
+        return out.set_(storage.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
 _SPARSE = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
