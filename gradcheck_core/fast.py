@@ -67,9 +67,7 @@ class _Tester:
         result = (True, False, a_dot, 0.0)
         x0 = ctx.flat.x0
         for rel in (self.rel, max(self.rel, 1e-2)):
-            d, err, used = fd.directional(
-                ctx.fun, x0, w, rel_step=rel, noise=ctx.noise, f0=ctx.f0, block=idx
-            )
+            d, err, used = fd.directional(ctx.fun, x0, w, rel_step=rel, noise=ctx.noise, f0=ctx.f0, block=idx)
             self.evals += used
             tol = base + SAFETY * err
             passed = abs(a_dot - d) <= tol

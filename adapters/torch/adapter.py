@@ -317,7 +317,12 @@ class TorchAdapter(Adapter):
         def evaluate_along(block: slice, w: np.ndarray, s: float) -> Any:
             if working is None:
                 raise RuntimeError("no working parameters to move")
-            with lock, working.moved(block, w, s) as values, holding(values), float64_scope(promote, promotion):
+            with (
+                lock,
+                working.moved(block, w, s) as values,
+                holding(values),
+                float64_scope(promote, promotion),
+            ):
                 return loss()
 
         def gradient(x: np.ndarray | None = None) -> np.ndarray:
