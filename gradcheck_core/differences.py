@@ -468,6 +468,10 @@ def _steps(xs: np.ndarray, vs: np.ndarray, rel_step: float) -> tuple[float, floa
     return (t, t / 2, t / 4)
 
 
+# Each retry of :func:`directional` past a kink divides the steps by this.
+KINK_SHRINK = 16.0
+
+
 def directional_points(x0: np.ndarray, v: np.ndarray, rel_step: float) -> list[np.ndarray]:
     """The points :func:`directional` evaluates, in its order: ``x0 + s v``, ``x0 - s v`` per step.
 
@@ -493,6 +497,7 @@ def directional(
     noise: float,
     f0: float,
     block: slice | None = None,
+    kink_shrinks: int = 0,
 ) -> tuple[float, float, int]:
     """Directional derivative ``d/dt f(x0 + t v)`` at 0 by repeated Richardson extrapolation.
 
@@ -506,13 +511,41 @@ def directional(
     holds only its entries there (the direction is zero elsewhere): the work
     is then in proportion to the block, not to ``x0``.
 
+    ``kink_shrinks``: where the segment crosses a kink (a ReLU switching
+    somewhere along the direction, not at ``x0``), try again up to this many
+    times with steps :data:`KINK_SHRINK` times smaller, which leave a kink
+    near ``x0`` outside the segment, while the smaller steps can still see a
+    kink of the size found (above the noise).
+
     Returns the value, an error estimate (infinite where the one-sided slopes
-    reveal a kink on the segment), and the evaluations used (6).
+    reveal a kink on the segment), and the evaluations used (6 per try).
     """
     support = _support(v) if block is None else block
     vs = v[support] if block is None else v
-    steps = _steps(x0[support], vs, rel_step)
     at = _Line(fun, x0, support, vs)
+    noise = max(noise, EPS * abs(f0))
+    steps = _steps(x0[support], vs, rel_step)
+    value, err, rough = _richardson_along(at, steps, noise, f0)
+    nfev = 6
+    for _ in range(kink_shrinks):
+        if np.isfinite(err):
+            break
+        steps = tuple(s / KINK_SHRINK for s in steps)
+        if 80 * noise / steps[0] >= 0.5 * rough:
+            break  # a kink of the size seen would hide in the noise at smaller steps
+        value, err, rough = _richardson_along(at, steps, noise, f0)
+        nfev += 6
+    return value, err, nfev
+
+
+def _richardson_along(
+    at: Callable[[float], float], steps: tuple[float, float, float], noise: float, f0: float
+) -> tuple[float, float, float]:
+    """:func:`directional`'s estimate at the given steps: value, error estimate, and the kink's slope gap.
+
+    The error estimate is infinite where the one-sided slopes reveal a kink
+    on the segment; the slope gap then says how large the kink looked.
+    """
     d, gap = [], []
     for s in steps:
         fp, fm = at(s), at(-s)
@@ -521,12 +554,14 @@ def directional(
     r1 = (4 * d[1] - d[0]) / 3
     r2 = (4 * d[2] - d[1]) / 3
     value = r2 + (r2 - r1) / 15
-    noise = max(noise, EPS * abs(f0))
     roundoff = (4 * noise / steps[2] + noise / steps[1]) / 3
     # For a smooth function the slope gap halves with the step; along a line
     # through a kink it does not, and then no derivative exists to compare.
+    rough = 0.0
     for k in (0, 1):
         slack = 20 * noise / steps[k + 1] + 1e-3 * abs(gap[k])
         if abs(gap[k] - 2 * gap[k + 1]) > slack:
-            return float(value), float("inf"), 6
-    return float(value), float(abs(r2 - r1) + roundoff), 6
+            rough = max(rough, abs(gap[k] - 2 * gap[k + 1]))
+    if rough > 0 or not np.isfinite(rough):
+        return float(value), float("inf"), float(rough)
+    return float(value), float(abs(r2 - r1) + roundoff), 0.0
