@@ -530,7 +530,7 @@ def directional(
     for _ in range(kink_shrinks):
         if np.isfinite(err):
             break
-        steps = tuple(s / KINK_SHRINK for s in steps)
+        steps = (steps[0] / KINK_SHRINK, steps[1] / KINK_SHRINK, steps[2] / KINK_SHRINK)
         if 80 * noise / steps[0] >= 0.5 * rough:
             break  # a kink of the size seen would hide in the noise at smaller steps
         value, err, rough = _richardson_along(at, steps, noise, f0)
