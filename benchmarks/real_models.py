@@ -311,14 +311,18 @@ def _keras_rows() -> None:
 
     @ops.custom_gradient
     def wrong(w: Any) -> Any:
-        def grad(*args: Any, upstream: Any = None) -> Any:
+        def grad(*args: Any, upstream: Any = None, variables: Any = None) -> Any:
             if upstream is None:
                 (upstream,) = args
             mask = np.ones(tuple(w.shape))
             mask.reshape(-1)[WRONG_ENTRY] = WRONG_FACTOR
-            return upstream * ops.cast(mask, upstream.dtype)
+            g = upstream * ops.cast(mask, upstream.dtype)
+            if variables is not None:  # TensorFlow: the kernel was read inside; its gradient flows through w
+                return (g,), [None] * len(variables)
+            return g
 
-        return ops.identity(w), grad
+        # (keras.ops.identity(n) is the n x n identity matrix, not the identity function)
+        return ops.copy(w), grad
 
     class Head(keras.layers.Layer):
         """A dense head; ``broken`` routes its kernel through a wrong backward."""
@@ -331,7 +335,7 @@ def _keras_rows() -> None:
             self.kernel = self.add_weight(shape=(shape[-1], self.units), name="kernel")
 
         def call(self, x: Any) -> Any:
-            return ops.matmul(x, wrong(self.kernel) if self.broken else self.kernel)
+            return ops.matmul(x, wrong(ops.convert_to_tensor(self.kernel)) if self.broken else self.kernel)
 
     base = keras.applications.MobileNetV3Small(
         input_shape=(32, 32, 3), weights=None, include_top=False, pooling="avg", include_preprocessing=False
