@@ -89,6 +89,12 @@ class Target:
         ``evaluate_batch(X)`` -> the losses at the rows of ``X`` (k, n).
     evaluate_complex : callable or None
         For the complex-step method.
+    evaluate_along : callable or None
+        ``evaluate_along(block, w, s)`` -> the loss's raw output at the point
+        equal to ``flat.x0`` but for ``x0[block] + s * w`` on the slice
+        ``block`` (as numpy computes it), evaluated without building the
+        point as a vector as long as ``x0``; None where the target has no
+        such shortcut.
     precision : list of str
         Why evaluations may not be in float64 (each a sentence with a remedy).
     rngs : list of RngState
@@ -101,6 +107,7 @@ class Target:
     call_grad: Callable[[Callable[..., Any]], Any]
     evaluate_batch: Callable[[np.ndarray], np.ndarray] | None = None
     evaluate_complex: Callable[[np.ndarray], Any] | None = None
+    evaluate_along: Callable[[slice, np.ndarray, float], Any] | None = None
     precision: list[str] = field(default_factory=list)
     rngs: list[RngState] = field(default_factory=list)
     framework: str = "numpy"

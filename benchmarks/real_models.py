@@ -49,9 +49,9 @@ def _timed(fn: Callable[[], Any], repeat: int = 5) -> float:
     return (time.perf_counter() - start) / repeat
 
 
-def _at(shape: tuple[int, ...]) -> str:
+def _at(shape: tuple[int, ...], entry: int = WRONG_ENTRY) -> str:
     """The wrong entry's index in a parameter of ``shape``, as the report prints it."""
-    return str([int(i) for i in np.unravel_index(WRONG_ENTRY, tuple(shape))])
+    return str([int(i) for i in np.unravel_index(entry, tuple(shape))])
 
 
 def _row(
@@ -80,7 +80,8 @@ def _emit(row: dict) -> None:
 
 
 # -- torch -----------------------------------------------------------------------
-def _torch_wrong_identity() -> Any:
+def _torch_wrong_identity(entry: list[int]) -> Any:
+    """The identity, whose backward multiplies the entry ``entry[0]`` of the gradient by WRONG_FACTOR."""
     import torch
 
     class WrongIdentity(torch.autograd.Function):
@@ -91,7 +92,7 @@ def _torch_wrong_identity() -> Any:
         @staticmethod
         def backward(ctx: Any, g: Any) -> Any:
             g = g.clone()
-            g.view(-1)[WRONG_ENTRY] *= WRONG_FACTOR
+            g.view(-1)[entry[0]] *= WRONG_FACTOR
             return g
 
     return WrongIdentity.apply
@@ -104,7 +105,8 @@ def _torch_rows(which: set[str]) -> None:
     import gradcheck_core as gc
 
     torch.manual_seed(0)
-    wrong = _torch_wrong_identity()
+    entry = [WRONG_ENTRY]
+    wrong = _torch_wrong_identity(entry)
 
     class WrongLinear(torch.nn.Module):
         """``nn.Linear``'s forward, with a backward wrong in one weight entry."""
@@ -155,8 +157,17 @@ def _torch_rows(which: set[str]) -> None:
         y = torch.tensor([7])
 
         def swap_fc() -> str:
+            # After ReLU and pooling to 1x1, many features of one image are 0, and so is
+            # the gradient of their fc weights (scaling it changes nothing): the wrong
+            # entry is the first from WRONG_ENTRY on whose gradient is not zero.
+            net.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            live = np.flatnonzero(net.fc.weight.grad.reshape(-1).numpy() != 0)
+            net.zero_grad(set_to_none=True)
+            entry[0] = int(live[live >= WRONG_ENTRY][0])
+            shape = tuple(net.fc.weight.shape)
             net.fc = WrongLinear(net.fc)
-            return where(net, "fc", tuple(net.fc.weight.shape))
+            return f"fc.weight{_at(shape, entry[0])}"
 
         run("ResNet-18 (torchvision)", net, lambda: F.cross_entropy(net(x), y), swap_fc, BIG_DIRECTIONS)
     if "hf" in which:
@@ -300,14 +311,18 @@ def _keras_rows() -> None:
 
     @ops.custom_gradient
     def wrong(w: Any) -> Any:
-        def grad(*args: Any, upstream: Any = None) -> Any:
+        def grad(*args: Any, upstream: Any = None, variables: Any = None) -> Any:
             if upstream is None:
                 (upstream,) = args
             mask = np.ones(tuple(w.shape))
             mask.reshape(-1)[WRONG_ENTRY] = WRONG_FACTOR
-            return upstream * ops.cast(mask, upstream.dtype)
+            g = upstream * ops.cast(mask, upstream.dtype)
+            if variables is not None:  # TensorFlow: the kernel was read inside; its gradient flows through w
+                return (g,), [None] * len(variables)
+            return g
 
-        return ops.identity(w), grad
+        # (keras.ops.identity(n) is the n x n identity matrix, not the identity function)
+        return ops.copy(w), grad
 
     class Head(keras.layers.Layer):
         """A dense head; ``broken`` routes its kernel through a wrong backward."""
@@ -320,7 +335,7 @@ def _keras_rows() -> None:
             self.kernel = self.add_weight(shape=(shape[-1], self.units), name="kernel")
 
         def call(self, x: Any) -> Any:
-            return ops.matmul(x, wrong(self.kernel) if self.broken else self.kernel)
+            return ops.matmul(x, wrong(ops.convert_to_tensor(self.kernel)) if self.broken else self.kernel)
 
     base = keras.applications.MobileNetV3Small(
         input_shape=(32, 32, 3), weights=None, include_top=False, pooling="avg", include_preprocessing=False

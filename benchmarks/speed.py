@@ -17,7 +17,10 @@ Rows (``--rows``, comma separated; default all):
 * ``dask``: a 5 ms torch loss, full sweep, serial against a Dask
   ``LocalCluster`` of 2 worker processes (the speed-up);
 * ``mlp``: a full sweep of a 6,010-parameter torch MLP (``loss()`` over the
-  module, and a functional ``loss(p)``) against gradcheck's slow mode.
+  module, and a functional ``loss(p)``) against gradcheck's slow mode;
+* ``fast10m``: fast mode on a 10M-parameter torch MLP, correct and with one
+  wrong entry: evaluations, time in forward+backward units of the model, peak
+  memory above the process, against ``gradcheck(fast_mode=True)`` (Linux).
 
 Run: ``python benchmarks/speed.py [--quick] [--rows function,outputs] [--repeats N]``.
 """
@@ -243,12 +246,121 @@ def row_mlp(repeats: int, quick: bool) -> list[str]:
     ]
 
 
+def _rss_now() -> int:
+    """Resident memory of this process, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_above(fn: Callable[[], Any]) -> tuple[Any, float, int]:
+    """``fn()``, its wall time, and the process's peak resident memory during it above that before.
+
+    The peak is Linux's high-water mark (``VmHWM``), reset just before ``fn``
+    runs (writing 5 to ``/proc/self/clear_refs``).
+    """
+    base = _rss_now()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+    return out, seconds, peak - base
+
+
+def row_fast10m(repeats: int, quick: bool) -> list[str]:
+    """Fast mode on a 10M-parameter torch MLP: evaluations, forward+backward units, time, peak memory.
+
+    The model (float32, 2500-4000-10, one batch of 8) is checked as its user
+    would: ``gc.check(loss, model, mode="fast")`` with ``loss()`` reading the
+    module, once with autograd's gradient and once with a hook that makes one
+    entry of the first weight's gradient 1.5 times too large.  Units: one
+    forward+backward of the model as the user runs it (float32), measured in
+    the same run; the other side: ``torch.autograd.gradcheck(fast_mode=True)``
+    on float64 copies of the parameters.  Peak memory above the process, in
+    units of the parameters' float64 bytes (8 n).  ``--quick``: 1M parameters.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    width = 400 if quick else 4000
+    net = nn.Sequential(nn.Linear(2500, width), nn.Tanh(), nn.Linear(width, 10))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 2500, generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    n = sum(p.numel() for p in net.parameters())
+    names = [name for name, _ in net.named_parameters()]
+
+    def loss() -> torch.Tensor:
+        return F.cross_entropy(net(x), y)
+
+    def fwd_bwd() -> None:
+        net.zero_grad(set_to_none=True)
+        loss().backward()
+
+    fwd_bwd()
+    _, t_fb = median_time(fwd_bwd, 5)
+    net.zero_grad(set_to_none=True)
+    wrong = (1, 2)
+
+    def one_wrong(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[wrong] *= 1.5
+        return grad
+
+    rows = [
+        f"{n:,} parameters (float32), one forward+backward {t_fb * 1e3:.1f} ms; memory in units of "
+        f"8 n = {8 * n / 2**20:.0f} MiB",
+        "",
+        "| case | tool | verdict | evaluations | time (s) | forward+backward units | peak memory above the process |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in ("correct gradient", "one wrong entry"):
+        hook = net[0].weight.register_hook(one_wrong) if case == "one wrong entry" else None
+        try:
+            report, seconds, peak = _peak_above(lambda: gc.check(loss, net, mode="fast", progress=False))
+        finally:
+            if hook is not None:
+                hook.remove()
+        named = ""
+        failing = [b for b in report.blocks if b.verdict == "fail"]
+        if failing:
+            named = (
+                f" (`{failing[0].name}{list(failing[0].worst_index or ())}`; wrong: `0.weight{list(wrong)}`)"
+            )
+        rows.append(
+            f"| {case} | gc fast mode | {report.verdict}{named} | {report.nfev} | {seconds:.2f} | "
+            f"{seconds / t_fb:.0f} | {peak / (8 * n):.2f} x |"
+        )
+    params = [p.detach().double().requires_grad_(True) for p in net.parameters()]
+    x64 = x.double()
+
+    def of_tensors(*tensors: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(torch.func.functional_call(net, dict(zip(names, tensors)), (x64,)), y)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ok, seconds, peak = _peak_above(
+            lambda: torch.autograd.gradcheck(of_tensors, tuple(params), fast_mode=True, raise_exception=False)
+        )
+    rows.append(
+        f"| correct gradient | gradcheck fast mode (float64 copy made beforehand) | {'pass' if ok else 'fail'} | - | "
+        f"{seconds:.2f} | {seconds / t_fb:.0f} | {peak / (8 * n):.2f} x |"
+    )
+    return rows
+
+
 ROWS = {
     "function": row_function,
     "outputs": row_outputs,
     "numpy": row_numpy,
     "dask": row_dask,
     "mlp": row_mlp,
+    "fast10m": row_fast10m,
 }
 
 

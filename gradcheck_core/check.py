@@ -429,8 +429,7 @@ def measured(
         # Noise relative to the loss's scale: its value, or (for a loss that is
         # near 0 here, like a residual at its optimum) how much it changes over
         # a unit move, which the gradient tells.
-        finite = analytic[np.isfinite(analytic)]
-        magnitude = max(abs(f0), float(np.max(np.abs(finite))) if finite.size else 0.0)
+        magnitude = max(abs(f0), fd.max_abs(analytic, finite=True))
         noise_rel = noise / magnitude if magnitude > 0 else fd.EPS
         low_precision = fun.out_dtype not in ("float64", "float128", "longdouble", "complex128", None)
         reasons = list(target.precision)

@@ -74,7 +74,11 @@ class LossFunction:
             r.set(s)
 
     # -- values -------------------------------------------------------------
-    def scalar(self, out: Any, x: np.ndarray | None) -> float:
+    def scalar(self, out: Any, x: np.ndarray | Callable[[], np.ndarray] | None) -> float:
+        """``out`` as a float64 number, or an :class:`InputError` that says why it is none.
+
+        ``x`` is the point it was computed at (or a function that builds it), for the message.
+        """
         if self.out_dtype is not None and type(out) in (float, np.float64):  # the common case, fast
             value = float(out)
             if not math.isfinite(value):
@@ -119,7 +123,9 @@ class LossFunction:
             return self._non_finite(value, x)
         return value
 
-    def _non_finite(self, value: float, x: np.ndarray | None) -> float:
+    def _non_finite(self, value: float, x: np.ndarray | Callable[[], np.ndarray] | None) -> float:
+        if callable(x):
+            x = x()
         if self.tolerate and x is not None and not np.array_equal(x, self.flat.x0):
             return float("nan")
         raise InputError(self._not_finite(value, x))
@@ -153,6 +159,35 @@ class LossFunction:
         self.nfev += 1
         self._learn_active()
         return self.scalar(out, x)
+
+    @property
+    def along(self) -> Callable[[slice, np.ndarray, float], float] | None:
+        """``along(block, w, s)``: the loss at ``x0`` moved by ``s * w`` on ``block`` (None: not offered).
+
+        Offered where the target evaluates such points without building them
+        as vectors as long as ``x0`` (fast mode moves one block at a time).
+        """
+        if self.target.evaluate_along is None:
+            return None
+        return self._along
+
+    def _along(self, block: slice, w: np.ndarray, s: float) -> float:
+        """What ``self(x)`` returns for ``x = x0`` but for ``x0[block] + s * w`` on ``block``."""
+        evaluate_along = self.target.evaluate_along
+        if evaluate_along is None:
+            raise RuntimeError("the target does not evaluate moved points")
+        raise_pending()
+        self.replay()
+        out = evaluate_along(block, w, s)
+        self.nfev += 1
+        self._learn_active()
+
+        def point() -> np.ndarray:
+            x = self.flat.x0.copy()
+            x[block] = x[block] + s * w
+            return x
+
+        return self.scalar(out, point)
 
     def complex(self, z: np.ndarray) -> complex:
         if self.target.evaluate_complex is None:

@@ -30,9 +30,12 @@ __all__ = [
     "EPS",
     "METHODS",
     "Refined",
+    "along",
+    "direction_bounds",
     "directional",
     "directional_points",
     "estimate_noise",
+    "max_abs",
     "refine",
     "relative_step",
     "sweep",
@@ -198,6 +201,9 @@ class Refined:
     resolution: float = 0.0  # smallest slope gap the kink test can see at this step
 
 
+_ONE = np.ones(1)
+
+
 def _refine_once(
     fun: Callable[[np.ndarray], float], x0: np.ndarray, i: int, f0: float, rel_step: float, noise: float
 ) -> Refined:
@@ -206,11 +212,7 @@ def _refine_once(
     h = float(taken_steps(xi, rel_step)[0])
     h2 = float(taken_steps(xi, rel_step / 2)[0])
 
-    def at(step: float) -> float:
-        x = x0.copy()
-        x[i] += step
-        return fun(x)
-
+    at = _Line(fun, x0, slice(i, i + 1), _ONE)
     f1p, f1m, f2p, f2m = at(h), at(-h), at(h2), at(-h2)
     d1 = (f1p - f1m) / (2 * h)
     d2 = (f2p - f2m) / (2 * h2)
@@ -311,10 +313,10 @@ def estimate_noise(
     """
     n = x0.size
     # Steps relative to each coordinate's own size: a probability of 1e-9 is
-    # moved by 1e-15, not by 1e-6 (which would cross a clip or leave the domain).
-    size = np.abs(x0)
-    typical = float(np.median(size[size > 0])) if np.any(size > 0) else 1.0
-    v = rng.standard_normal(n) * np.where(size > 0, size, typical)
+    # moved by 1e-15, not by 1e-6 (which would cross a clip or leave the domain);
+    # a zero coordinate moves by the median size of the others.
+    v = _probe_direction(x0, rng)
+    line = _Line(fun, x0, slice(0, n), v)
     floor = EPS * abs(f0)
     nfev = 0
     for scale in (rel_step, 100 * rel_step, 1e4 * rel_step):
@@ -327,7 +329,7 @@ def estimate_noise(
             values[1:] = batch(x0[None, :] + ts[1:, None] * v[None, :])
         else:
             for k, t in enumerate(ts):
-                values[k] = f0 if t == 0 else fun(x0 + t * v)
+                values[k] = f0 if t == 0 else line(t)
         nfev += len(ts) - 1
         # A loss that does not move at all under these steps is quantised
         # (float32 parameters, say): look again with larger steps.
@@ -352,6 +354,105 @@ def estimate_noise(
     return max(sigmas[-1], min(sigmas), floor), nfev
 
 
+# Blocks longer than this are reduced in chunks (no temporary as long as the block).
+_CHUNK = 1 << 20
+
+
+def _chunks(n: int) -> range:
+    return range(0, n, _CHUNK)
+
+
+def max_abs(a: np.ndarray, finite: bool = False) -> float:
+    """``max |a|`` (0 for an empty array), without a temporary as long as ``a``.
+
+    ``finite``: over the finite entries only (0 where there are none).
+    """
+
+    def part(chunk: np.ndarray) -> float:
+        size = np.abs(chunk)
+        if finite:
+            size = size[np.isfinite(size)]
+        return float(np.max(size)) if size.size else 0.0
+
+    parts = [part(a[k : k + _CHUNK]) for k in _chunks(a.size)]
+    return float(np.max(parts)) if parts else 0.0  # NaN if any part is NaN, as np.max says
+
+
+def _sum_abs(a: np.ndarray) -> float:
+    if a.size <= _CHUNK:
+        return float(np.sum(np.abs(a)))
+    return float(sum(float(np.sum(np.abs(a[k : k + _CHUNK]))) for k in _chunks(a.size)))
+
+
+def _norm_of_product(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size <= _CHUNK:
+        return float(np.linalg.norm(a * b))
+    squares = 0.0
+    for k in _chunks(a.size):
+        part = a[k : k + _CHUNK] * b[k : k + _CHUNK]
+        squares += float(part @ part)
+    return float(np.sqrt(squares))
+
+
+def direction_bounds(analytic: np.ndarray, w: np.ndarray) -> tuple[float, float, float]:
+    """``g . w``, ``sum |w|`` and ``||g * w||`` of a direction ``w`` on a block whose gradient is ``analytic``.
+
+    Long blocks are reduced in chunks, without temporaries as long as the block.
+    """
+    return float(analytic @ w), _sum_abs(w), _norm_of_product(analytic, w)
+
+
+class _Line:
+    """``fun`` at the points ``x0 + s v`` of a direction ``v`` that is zero outside ``support``.
+
+    Only the entries in ``support`` move.  Where ``fun`` can evaluate such a
+    point itself (``fun.along(block, w, s)``: the point equal to ``x0`` but for
+    ``x0[block] + s * w`` on ``block``, see
+    :meth:`gradcheck_core.counted_loss.LossFunction.along`), no vector as long
+    as ``x0`` is built; otherwise one copy of ``x0`` serves every point.
+    """
+
+    def __init__(
+        self, fun: Callable[[np.ndarray], float], x0: np.ndarray, support: slice | np.ndarray, vs: np.ndarray
+    ) -> None:
+        self.fun, self.x0, self.support, self.vs = fun, x0, support, vs
+        along = getattr(fun, "along", None)
+        self.along = along if isinstance(support, slice) else None
+        self.x: np.ndarray | None = None
+
+    def __call__(self, s: float) -> float:
+        if self.along is not None:
+            return float(self.along(self.support, self.vs, s))
+        if self.x is None:
+            self.x = self.x0.copy()
+        self.x[self.support] = self.x0[self.support] + s * self.vs
+        return self.fun(self.x)
+
+
+def along(fun: Callable[[np.ndarray], float], x0: np.ndarray, direction: np.ndarray, t: float) -> float:
+    """``fun(x0 + t * direction)``, moving only the entries where ``direction`` is not zero."""
+    support = _support(direction)
+    return _Line(fun, x0, support, direction[support])(t)
+
+
+def _probe_direction(x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A standard normal direction scaled by ``|x0|`` entry by entry (zeros: by the median of the others).
+
+    Built in chunks: no temporary as long as ``x0`` beside the direction.
+    """
+    zeros = sum(int(np.count_nonzero(x0[k : k + _CHUNK] == 0)) for k in _chunks(x0.size))
+    typical = 1.0  # unused where no entry is zero
+    if 0 < zeros < x0.size:
+        typical = float(np.median(np.abs(x0[x0 != 0]), overwrite_input=True))
+    v = rng.standard_normal(x0.size)
+    for k in _chunks(x0.size):
+        part = np.abs(x0[k : k + _CHUNK])
+        if zeros:
+            part[part == 0] = typical
+        v[k : k + _CHUNK] *= part
+    return v
+
+
 def _support(v: np.ndarray) -> slice | np.ndarray:
     """Where ``v`` is not zero: a slice when that is one run of entries (one block), else the indices."""
     nz = np.flatnonzero(v)
@@ -362,9 +463,13 @@ def _support(v: np.ndarray) -> slice | np.ndarray:
 
 def _steps(xs: np.ndarray, vs: np.ndarray, rel_step: float) -> tuple[float, float, float]:
     """The steps ``t, t/2, t/4`` of :func:`directional`, from the entries of ``x0`` and ``v`` where ``v`` is not zero."""
-    vmax = float(np.max(np.abs(vs))) if len(vs) else 1.0
-    t = rel_step * max(1.0, float(np.max(np.abs(xs))) if len(xs) else 1.0) / vmax
+    vmax = max_abs(vs) if len(vs) else 1.0
+    t = rel_step * max(1.0, max_abs(xs) if len(xs) else 1.0) / vmax
     return (t, t / 2, t / 4)
+
+
+# Each retry of :func:`directional` past a kink divides the steps by this.
+KINK_SHRINK = 16.0
 
 
 def directional_points(x0: np.ndarray, v: np.ndarray, rel_step: float) -> list[np.ndarray]:
@@ -391,6 +496,8 @@ def directional(
     rel_step: float,
     noise: float,
     f0: float,
+    block: slice | None = None,
+    kink_shrinks: int = 0,
 ) -> tuple[float, float, int]:
     """Directional derivative ``d/dt f(x0 + t v)`` at 0 by repeated Richardson extrapolation.
 
@@ -400,34 +507,61 @@ def directional(
     ``|R2 - R1|`` plus the round-off.  ``t`` is chosen so that no coordinate
     moves by more than ``rel_step * max(1, |x|)``.
 
+    ``block``, where given, is the one block the direction covers and ``v``
+    holds only its entries there (the direction is zero elsewhere): the work
+    is then in proportion to the block, not to ``x0``.
+
+    ``kink_shrinks``: where the segment crosses a kink (a ReLU switching
+    somewhere along the direction, not at ``x0``), try again up to this many
+    times with steps :data:`KINK_SHRINK` times smaller, which leave a kink
+    near ``x0`` outside the segment, while the smaller steps can still see a
+    kink of the size found (above the noise).
+
     Returns the value, an error estimate (infinite where the one-sided slopes
-    reveal a kink on the segment), and the evaluations used (6).
+    reveal a kink on the segment), and the evaluations used (6 per try).
     """
-    # Work in proportion to the entries that move (v often covers one block
-    # of a long vector): one copy of x0, whose moving entries are rewritten.
-    support = _support(v)
-    xs, vs = x0[support], v[support]
-    steps = _steps(xs, vs, rel_step)
-    x = x0.copy()
+    support = _support(v) if block is None else block
+    vs = v[support] if block is None else v
+    at = _Line(fun, x0, support, vs)
+    noise = max(noise, EPS * abs(f0))
+    steps = _steps(x0[support], vs, rel_step)
+    value, err, rough = _richardson_along(at, steps, noise, f0)
+    nfev = 6
+    for _ in range(kink_shrinks):
+        if np.isfinite(err):
+            break
+        steps = (steps[0] / KINK_SHRINK, steps[1] / KINK_SHRINK, steps[2] / KINK_SHRINK)
+        if 80 * noise / steps[0] >= 0.5 * rough:
+            break  # a kink of the size seen would hide in the noise at smaller steps
+        value, err, rough = _richardson_along(at, steps, noise, f0)
+        nfev += 6
+    return value, err, nfev
 
-    def at(moved: np.ndarray) -> float:
-        x[support] = moved
-        return fun(x)
 
+def _richardson_along(
+    at: Callable[[float], float], steps: tuple[float, float, float], noise: float, f0: float
+) -> tuple[float, float, float]:
+    """:func:`directional`'s estimate at the given steps: value, error estimate, and the kink's slope gap.
+
+    The error estimate is infinite where the one-sided slopes reveal a kink
+    on the segment; the slope gap then says how large the kink looked.
+    """
     d, gap = [], []
     for s in steps:
-        fp, fm = at(xs + s * vs), at(xs - s * vs)
+        fp, fm = at(s), at(-s)
         d.append((fp - fm) / (2 * s))
         gap.append(((fp - f0) - (f0 - fm)) / s)  # right slope - left slope
     r1 = (4 * d[1] - d[0]) / 3
     r2 = (4 * d[2] - d[1]) / 3
     value = r2 + (r2 - r1) / 15
-    noise = max(noise, EPS * abs(f0))
     roundoff = (4 * noise / steps[2] + noise / steps[1]) / 3
     # For a smooth function the slope gap halves with the step; along a line
     # through a kink it does not, and then no derivative exists to compare.
+    rough = 0.0
     for k in (0, 1):
         slack = 20 * noise / steps[k + 1] + 1e-3 * abs(gap[k])
         if abs(gap[k] - 2 * gap[k + 1]) > slack:
-            return float(value), float("inf"), 6
-    return float(value), float(abs(r2 - r1) + roundoff), 6
+            rough = max(rough, abs(gap[k] - 2 * gap[k + 1]))
+    if rough > 0 or not np.isfinite(rough):
+        return float(value), float("inf"), float(rough)
+    return float(value), float(abs(r2 - r1) + roundoff), 0.0

@@ -37,6 +37,9 @@ DENSE_LEVEL = 3
 ENTRY_SAMPLE = 12
 # Extra directions tried when a direction's error estimate is too large to decide.
 RETRIES = 3
+# Smaller steps tried along a direction whose segment crosses a kink (a ReLU
+# network switches units along almost every direction at the usual step).
+KINK_SHRINKS = 2
 
 
 class _Tester:
@@ -51,24 +54,25 @@ class _Tester:
         )
         self.evals = 0
 
-    def test(self, idx: np.ndarray) -> tuple[bool, bool, float, float]:
-        """(passed, decidable, analytic g.v, numerical D_v f) for a random v on ``idx``.
+    def test(self, idx: slice) -> tuple[bool, bool, float, float]:
+        """(passed, decidable, analytic g.v, numerical D_v f) for a random v on the entries ``idx``.
 
         When the error estimate swamps the derivative (a loss whose gradient is
         tiny next to its value, or a noisy one), the same direction is tried
-        again with a larger step.
+        again with a larger step.  The work is in proportion to the entries
+        ``idx`` covers, not to the whole vector.
         """
         ctx = self.ctx
-        v = np.zeros_like(ctx.flat.x0)
-        w = ctx.rng.standard_normal(len(idx))
-        v[idx] = w
-        a = ctx.analytic[idx]
-        a_dot = float(a @ w)
+        w = ctx.rng.standard_normal(_size(idx))
+        a_dot, w_sum, aw_norm = fd.direction_bounds(ctx.analytic[idx], w)
         opts = ctx.opts
-        base = opts.atol * float(np.sum(np.abs(w))) + opts.rtol * float(np.linalg.norm(a * w))
+        base = opts.atol * w_sum + opts.rtol * aw_norm
         result = (True, False, a_dot, 0.0)
+        x0 = ctx.flat.x0
         for rel in (self.rel, max(self.rel, 1e-2)):
-            d, err, used = fd.directional(ctx.fun, ctx.flat.x0, v, rel_step=rel, noise=ctx.noise, f0=ctx.f0)
+            d, err, used = fd.directional(
+                ctx.fun, x0, w, rel_step=rel, noise=ctx.noise, f0=ctx.f0, block=idx, kink_shrinks=KINK_SHRINKS
+            )
             self.evals += used
             tol = base + SAFETY * err
             passed = abs(a_dot - d) <= tol
@@ -77,6 +81,8 @@ class _Tester:
             )
             if (a_dot == 0 or d == 0) and (not passed or not decidable or d == a_dot):
                 # a staircase or a saturated function: judge it inside one stair
+                v = np.zeros_like(x0)
+                v[idx] = w
                 bound = ctx.flat_slope(v)
                 self.evals += 4
                 if bound is not None and a_dot != 0:
@@ -91,7 +97,7 @@ class _Tester:
                     if not ctx.moves_faintly(v):
                         return True, True, a_dot, 0.0
                     wide, wide_err, used = fd.directional(
-                        ctx.fun, ctx.flat.x0, v, rel_step=1e-2, noise=ctx.noise, f0=ctx.f0
+                        ctx.fun, x0, w, rel_step=1e-2, noise=ctx.noise, f0=ctx.f0, block=idx
                     )
                     self.evals += used
                     if SAFETY * wide_err <= 0.25 * abs(wide):
@@ -103,8 +109,17 @@ class _Tester:
         return result
 
 
-def _locate(tester: _Tester, idx: np.ndarray) -> tuple[list[np.ndarray], int, bool]:
-    """Split failing groups level by level.
+def _size(group: slice) -> int:
+    return int(group.stop) - int(group.start)
+
+
+def _entries(groups: list[slice]) -> np.ndarray:
+    """The coordinates of contiguous groups, in order."""
+    return np.concatenate([np.arange(g.start, g.stop) for g in groups])
+
+
+def _locate(tester: _Tester, idx: slice) -> tuple[list[slice], int, bool]:
+    """Split failing groups (contiguous runs of coordinates) level by level.
 
     Returns the failing groups of the last level searched, the number of
     coordinates they cover, and whether the error looked dense.
@@ -112,32 +127,32 @@ def _locate(tester: _Tester, idx: np.ndarray) -> tuple[list[np.ndarray], int, bo
     failing = [idx]
     dense_levels = 0
     while True:
-        if all(len(g) == 1 for g in failing):
+        if all(_size(g) == 1 for g in failing):
             return failing, len(failing), False
         children = []
         for g in failing:
-            if len(g) == 1:
+            if _size(g) == 1:
                 children.append(g)
                 continue
-            half = len(g) // 2
-            pair = [g[:half], g[half:]]
+            half = g.start + _size(g) // 2
+            pair = [slice(g.start, half), slice(half, g.stop)]
             results = [tester.test(c)[0] for c in pair]
             tries = 0
             while all(results) and tries < 2:  # the bug hid behind small weights: look again
                 results = [tester.test(c)[0] for c in pair]
                 tries += 1
             children.extend(c for c, ok in zip(pair, results) if not ok)
-        tested = sum(2 if len(g) > 1 else 0 for g in failing)
+        tested = sum(2 if _size(g) > 1 else 0 for g in failing)
         dense_levels = (
             dense_levels + 1
-            if tested and len(children) == sum(2 if len(g) > 1 else 1 for g in failing)
+            if tested and len(children) == sum(2 if _size(g) > 1 else 1 for g in failing)
             else 0
         )
         if not children:
-            return failing, sum(len(g) for g in failing), False
+            return failing, sum(_size(g) for g in failing), False
         failing = children
         if dense_levels >= DENSE_LEVEL or len(failing) > MAX_LOCATED:
-            return failing, sum(len(g) for g in failing), True
+            return failing, sum(_size(g) for g in failing), True
 
 
 def _compare_entries(
@@ -215,10 +230,10 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
     """
     tester = _Tester(ctx)
     blocks: list[BlockResult] = []
-    scale = float(np.max(np.abs(ctx.analytic))) if ctx.analytic.size else 0.0
+    scale = fd.max_abs(ctx.analytic)
     for leaf in ctx.flat.leaves:
-        idx = np.arange(leaf.offset, leaf.offset + leaf.size)
-        broken = idx[~np.isfinite(ctx.analytic[idx])]
+        idx = leaf.slice
+        broken = leaf.offset + np.flatnonzero(~np.isfinite(ctx.analytic[idx]))
         if len(broken):
             blocks.append(_broken_block(ctx, leaf, broken, tester.rel))
             continue
@@ -242,7 +257,7 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
             if done == 0:
                 # Directions cannot decide (kinks or noise along every direction):
                 # fall back to a sample of entries.
-                entries = np.sort(ctx.rng.choice(idx, size=min(leaf.size, 32), replace=False))
+                entries = np.sort(ctx.rng.choice(_entries([idx]), size=min(leaf.size, 32), replace=False))
                 a, n, tol, bad, kink, hidden = _compare_entries(ctx, entries, tester.rel)
                 err = np.maximum(tol - ctx.opts.rtol * np.maximum(np.abs(a), np.abs(n)), 0)
                 blk = block_result(
@@ -253,7 +268,7 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
             blocks.append(_directional_block(leaf, da_arr, dn_arr, "pass"))
             continue
         groups, covered, dense = _locate(tester, idx)
-        candidates = np.concatenate(groups)
+        candidates = _entries(groups)
         if dense or len(candidates) > ENTRY_SAMPLE:
             entries = np.sort(
                 ctx.rng.choice(candidates, size=min(len(candidates), ENTRY_SAMPLE), replace=False)
@@ -294,8 +309,7 @@ def confirms(ctx: Problem, leaf: Leaf, meant: np.ndarray, directions: int = 2) -
     ctx.analytic = trial
     try:
         tester = _Tester(ctx)
-        idx = np.arange(leaf.offset, leaf.offset + leaf.size)
-        return all(tester.test(idx)[0] for _ in range(directions))
+        return all(tester.test(leaf.slice)[0] for _ in range(directions))
     finally:
         ctx.analytic = original
 

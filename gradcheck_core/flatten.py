@@ -303,7 +303,7 @@ def flatten(
     if not pairs:
         raise InputError("params is empty: pass the arrays to check, e.g. params={'W1': W1, 'b1': b1}.")
     leaves: list[Leaf] = []
-    chunks: list[np.ndarray] = []
+    arrays: list[np.ndarray] = []
     offset = 0
     for name, value in pairs:
         array = np.asarray(to_numpy(value))
@@ -313,17 +313,20 @@ def flatten(
         if array.dtype.kind == "c":
             for part, values in (("real", array.real), ("imag", array.imag)):
                 leaves.append(Leaf(f"{name}.{part}", shape, offset, dtype, part, name))
-                chunks.append(np.asarray(values, dtype=np.float64).reshape(-1))
+                arrays.append(values)
                 offset += array.size
             continue
         leaves.append(Leaf(name, shape, offset, dtype, "", name))
-        chunks.append(np.asarray(array, dtype=np.float64).reshape(-1))
+        arrays.append(array)
         offset += array.size
     if offset == 0:
         raise InputError(
             f"params has {len(pairs)} leaves but all of them are empty (size 0); there is nothing to check."
         )
-    x0 = np.concatenate(chunks).astype(np.float64, copy=True)
+    # Written leaf by leaf into one new vector: no float64 copy of a leaf beside it.
+    x0 = np.empty(offset, dtype=np.float64)
+    for leaf, array in zip(leaves, arrays):
+        x0[leaf.slice] = np.reshape(array, -1)
     return Flat(leaves, [v for _, v in pairs], x0, skeleton)
 
 

@@ -129,7 +129,8 @@ class Problem:
         for rel in (1e-4, 1e-3, 1e-2):
             t = rel * span
             change = max(
-                abs(self.fun(x0 + t * direction) - self.f0), abs(self.fun(x0 - t * direction) - self.f0)
+                abs(fd.along(self.fun, x0, direction, t) - self.f0),
+                abs(fd.along(self.fun, x0, direction, -t) - self.f0),
             )
             if not np.isfinite(change):
                 return False
@@ -198,6 +199,6 @@ def flat_slope(
     floor = max(floor, 0.5 * fd.EPS * abs(f0))
     for rel in FLAT_STEPS:
         t = rel * span
-        if fun(x0 + t * direction) == f0 and fun(x0 - t * direction) == f0:
+        if fd.along(fun, x0, direction, t) == f0 and fd.along(fun, x0, direction, -t) == f0:
             return 2 * floor / t
     return None

@@ -253,7 +253,12 @@ class KerasAdapter(Adapter):
             for v, value in state:
                 v.assign(value)
 
+        # The variables that may hold something other than x0: fast mode's moved
+        # points rewrite only these and the ones their block covers.
+        away: set[int] = set()
+
         def write(x: np.ndarray) -> None:
+            away.update(range(len(variables)))
             for v, piece in zip(variables, flat.split(x)):
                 _assign(v, piece)
 
@@ -261,12 +266,28 @@ class KerasAdapter(Adapter):
             # the point for a gradient: x0 exactly as given, or another point (gc.compare)
             if x is None:
                 put_back()
+                away.clear()
             else:
                 write(x)
             _replay(rngs, saved_rngs)
 
         def evaluate(x: np.ndarray) -> Any:
             write(x)
+            return _noted(call(), precision, settings)
+
+        def evaluate_along(block: slice, w: np.ndarray, s: float) -> Any:
+            pieces = _pieces(flat, block)
+            covered = {k for k, _, _ in pieces}
+            for k in sorted(away - covered):
+                _assign(variables[k], flat.x0[flat.leaves[k].slice].reshape(flat.leaves[k].shape))
+                away.discard(k)
+            for k, lo, hi in pieces:
+                leaf = flat.leaves[k]
+                values = flat.x0[leaf.slice].copy()
+                a, b = lo - leaf.offset, hi - leaf.offset
+                values[a:b] = values[a:b] + s * w[lo - block.start : hi - block.start]
+                away.add(k)
+                _assign(variables[k], values.reshape(leaf.shape))
             return _noted(call(), precision, settings)
 
         def gradient(x: np.ndarray | None = None) -> np.ndarray:
@@ -283,6 +304,7 @@ class KerasAdapter(Adapter):
                 evaluate=evaluate,
                 gradient=gradient,
                 call_grad=call_grad,
+                evaluate_along=evaluate_along,
                 precision=precision,
                 rngs=rngs,
                 framework=self.name,
@@ -392,6 +414,17 @@ class KerasAdapter(Adapter):
     ) -> Callable[..., Any]:
         """``<grad loss, w>`` by nested tapes (see :func:`.autodiff.directional_gradient`)."""
         return _directional_gradient(loss, takes_argument(loss), _is_layer(params), self.flatten, params, w)
+
+
+def _pieces(flat: Flat, block: slice) -> list[tuple[int, int, int]]:
+    """``(leaf, start, stop)``: the part of ``block`` (flat indices) in each leaf it covers."""
+    start, stop = int(block.start), int(block.stop)
+    out = []
+    for k, leaf in enumerate(flat.leaves):
+        lo, hi = max(start, leaf.offset), min(stop, leaf.offset + leaf.size)
+        if lo < hi:
+            out.append((k, lo, hi))
+    return out
 
 
 def _rebuild(flat: Flat, tensors: list[Any]) -> Any:

@@ -47,6 +47,7 @@ from .batching import _Batched
 from .float64 import Promotion, _has_float64, _precision, _tensor, _work_dtype, float64_scope
 from .state import _check_in_place, _contains_module, _module_params, _modules_in, _Snapshot, torch_rng_states
 from .worker import RowWorker
+from .working import WorkingParameters
 
 __all__ = ["ADAPTER", "TorchAdapter"]
 
@@ -198,14 +199,24 @@ class TorchAdapter(Adapter):
             loss = _module_loss(loss, module)
         work = {id(t): _work_dtype(t, float64) for t in flat.values}
         promotion = Promotion()
+        working = _working(flat, [work[id(t)] for t in flat.values])
 
         def make(piece: np.ndarray, original: torch.Tensor) -> torch.Tensor:
             return _tensor(piece, work[id(original)], original.device)
 
         def evaluate(x: np.ndarray) -> Any:
+            if working is not None and x is flat.x0:  # the tensors at x0, without a copy
+                with working.at_x0(), lock, float64_scope(promote, promotion):
+                    return loss(working.structure())
             p = flat.unravel(x, make)
             with lock, float64_scope(promote, promotion):
                 return loss(p)
+
+        def evaluate_along(block: slice, w: np.ndarray, s: float) -> Any:
+            if working is None:
+                raise RuntimeError("no working parameters to move")
+            with working.moved(block, w, s), lock, float64_scope(promote, promotion):
+                return loss(working.structure())
 
         def gradient(x: np.ndarray | None = None) -> np.ndarray:
             leaves: list[torch.Tensor] = []
@@ -215,11 +226,18 @@ class TorchAdapter(Adapter):
                 leaves.append(t)
                 return t
 
-            p = flat.unravel(flat.x0 if x is None else x, make_leaf)
-            snapshot.replay()
-            with lock, float64_scope(promote), torch.enable_grad():
-                out = _scalar_tensor(loss(p))
-                return _gradient_of(out, leaves, self)
+            at_x0 = working is not None and x is None
+            with working.at_x0() if at_x0 and working is not None else contextlib.nullcontext():
+                if at_x0 and working is not None:  # leaves sharing the working tensors' memory
+                    leaves = [t.detach().requires_grad_(True) for t in working.tensors]
+                    shared = iter(leaves)
+                    p = flat.unravel(flat.x0, lambda piece, original: next(shared))
+                else:
+                    p = flat.unravel(flat.x0 if x is None else x, make_leaf)
+                snapshot.replay()
+                with lock, float64_scope(promote), torch.enable_grad():
+                    out = _scalar_tensor(loss(p))
+                    return _gradient_of(out, leaves, self)
 
         def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
             p = flat.unravel(flat.x0 if x is None else x, make)
@@ -247,6 +265,7 @@ class TorchAdapter(Adapter):
             call_grad=call_grad,
             evaluate_batch=batch if batch.possible and not flat.has_complex else None,
             evaluate_complex=evaluate_complex,
+            evaluate_along=None if working is None else evaluate_along,
             framework=self.name,
         )
 
@@ -260,10 +279,28 @@ class TorchAdapter(Adapter):
         # One evaluation at a time: the parameters hold one point (threads of
         # an executor= take turns).
         lock = threading.RLock()
+        working = _working(flat, work, originals)
+        if working is not None:
+            working.watch(tensors)
+
+        @contextlib.contextmanager
+        def holding(values: list[torch.Tensor]) -> Iterator[None]:
+            """The tensors hold ``values`` (their ``.data``) while inside."""
+            try:
+                for t, value in zip(tensors, values):
+                    t.data = value
+                yield
+            finally:
+                for t, data in zip(tensors, originals):
+                    t.data = data
 
         @contextlib.contextmanager
         def swapped(x: np.ndarray) -> Iterator[None]:
             """The tensors hold ``x`` (in the working dtype) while inside."""
+            if working is not None and x is flat.x0:  # the working tensors, without a copy
+                with working.at_x0() as values, holding(values):
+                    yield
+                return
             pieces = flat.split(x)
             try:
                 for t, piece, dtype in zip(tensors, pieces, work):
@@ -275,6 +312,17 @@ class TorchAdapter(Adapter):
 
         def evaluate(x: np.ndarray) -> Any:
             with lock, swapped(x), float64_scope(promote, promotion):
+                return loss()
+
+        def evaluate_along(block: slice, w: np.ndarray, s: float) -> Any:
+            if working is None:
+                raise RuntimeError("no working parameters to move")
+            with (
+                lock,
+                working.moved(block, w, s) as values,
+                holding(values),
+                float64_scope(promote, promotion),
+            ):
                 return loss()
 
         def gradient(x: np.ndarray | None = None) -> np.ndarray:
@@ -303,6 +351,7 @@ class TorchAdapter(Adapter):
             evaluate=evaluate,
             gradient=gradient,
             call_grad=call_grad,
+            evaluate_along=None if working is None else evaluate_along,
             framework=self.name,
         )
 
@@ -394,6 +443,15 @@ def _module_loss(loss: Callable[..., Any], module: torch.nn.Module) -> Callable[
     ) -> list[np.ndarray]:
         """``fn`` at many values of some inputs at once (see :func:`.autodiff.call_rows`)."""
         return _call_rows(self, fn, inputs, rows)
+
+
+def _working(
+    flat: Flat, work: list[torch.dtype], originals: list[torch.Tensor] | None = None
+) -> WorkingParameters | None:
+    """Working parameters for fast mode's moved points (None for complex parameters)."""
+    if flat.has_complex:
+        return None
+    return WorkingParameters(flat, work, list(flat.values) if originals is None else originals)
 
 
 def _numpy_dtype(dtype: torch.dtype) -> Any:
