@@ -14,8 +14,8 @@ a small config (``BertConfig``/``GPT2Config``, no pretrained weights); Keras
 backends (one process per backend: the script runs itself again with
 ``KERAS_BACKEND`` set); a Flax linen CNN; an Equinox MLP; a Haiku MLP.
 torchvision does not import beside every torch build; the ResNet row runs in
-whichever interpreter has it (``--torchvision-python``, default: this one,
-then ``/work/venvs/tv/bin/python``) and is skipped with the reason otherwise.
+whichever interpreter has it (``--torchvision-python``, default: this one)
+and is skipped with the reason otherwise.
 
 Nothing is asserted; the numbers depend on the machine.  Run it with
 ``python benchmarks/real_models.py`` (a few minutes on two CPU cores).
@@ -442,11 +442,7 @@ def main() -> None:
         return _keras_rows()
 
     rows: list[dict] = []
-    candidates = (
-        [args.torchvision_python]
-        if args.torchvision_python
-        else [sys.executable, "/work/venvs/tv/bin/python"]
-    )
+    candidates = [args.torchvision_python or sys.executable]
     tv_python = next((p for p in candidates if p and os.path.exists(p) and _has_torchvision(p)), None)
     if tv_python is None:
         print("  (ResNet-18 skipped: no interpreter here imports torchvision; pass --torchvision-python)")

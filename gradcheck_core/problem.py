@@ -116,17 +116,18 @@ class Problem:
     def moves_faintly(self, direction: np.ndarray) -> bool:
         """Whether ``fun``, flat at the probe step, first moves by mere ulps at larger steps.
 
-        Steps grow tenfold from the probe step up to a relative 1e-2.  A
-        staircase stays exactly flat and then jumps by a whole stair (thousands
-        of ulps of ``f0``, at least): its zero derivative is right.  A smooth
-        function with a slope too small for the probe first moves by a few
-        ulps: a slope may hide there, to be judged at the larger steps.
+        Steps grow tenfold from the probe step up to the coordinate's own size
+        (a relative 1).  A staircase stays exactly flat and then jumps by a
+        whole stair (thousands of ulps of ``f0``, at least): its zero
+        derivative is right.  A smooth function with a slope too small for the
+        probe first moves by a few ulps: a slope may hide there, to be judged
+        at the larger steps.
         """
         x0 = self.flat.x0
         moved = direction != 0
         span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
         ulp = max(self.floor, 0.5 * fd.EPS * abs(self.f0), 1e-300)
-        for rel in (1e-4, 1e-3, 1e-2):
+        for rel in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
             t = rel * span
             change = max(
                 abs(fd.along(self.fun, x0, direction, t) - self.f0),

@@ -251,3 +251,15 @@ def test_slogdet_sign_fill_and_floor_divide_pass(mode: str) -> None:
     assert gc.check_function(lambda t: torch.fill(t, 1.5), x, mode=mode).verdict == "pass"
     xj = jnp.asarray(x.numpy())
     assert gc.check_function(lambda t: jnp.floor_divide(t, 0.7), xj, mode=mode).verdict == "pass"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("seed", "shape"), [(156, (4, 4)), (6397, (2, 3, 3))])
+def test_zeroed_gradient_of_a_1e13_slope_is_never_a_pass(mode: str, seed: int, shape: tuple[int, ...]) -> None:
+    # f moves by mere ulps up to steps of 1e-2 along some directions, and only by ulps
+    # up to the coordinates' own size: a slope may hide there, so nothing is confirmed
+    rng = np.random.default_rng(seed)
+    x, c = rng.standard_normal(shape) * 2, rng.standard_normal(shape)
+    report = gc.check(lambda v: 1.0 + 1e-13 * float(np.sum(c * v)), x, np.zeros_like(x), mode=mode)
+    assert report.verdict != "pass", str(report)
+    assert report.findings
