@@ -255,7 +255,9 @@ def test_slogdet_sign_fill_and_floor_divide_pass(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("seed", "shape"), [(156, (4, 4)), (6397, (2, 3, 3))])
-def test_zeroed_gradient_of_a_1e13_slope_is_never_a_pass(mode: str, seed: int, shape: tuple[int, ...]) -> None:
+def test_zeroed_gradient_of_a_1e13_slope_is_never_a_pass(
+    mode: str, seed: int, shape: tuple[int, ...]
+) -> None:
     # f moves by mere ulps up to steps of 1e-2 along some directions, and only by ulps
     # up to the coordinates' own size: a slope may hide there, so nothing is confirmed
     rng = np.random.default_rng(seed)
