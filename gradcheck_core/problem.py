@@ -129,10 +129,15 @@ class Problem:
         ulp = max(self.floor, 0.5 * fd.EPS * abs(self.f0), 1e-300)
         for rel in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
             t = rel * span
-            change = max(
-                abs(fd.along(self.fun, x0, direction, t) - self.f0),
-                abs(fd.along(self.fun, x0, direction, -t) - self.f0),
-            )
+            try:
+                change = max(
+                    abs(fd.along(self.fun, x0, direction, t) - self.f0),
+                    abs(fd.along(self.fun, x0, direction, -t) - self.f0),
+                )
+            except Exception:
+                if rel <= 1e-2:
+                    raise
+                return False  # past the edge of the function's domain (bernoulli's p past 1)
             if not np.isfinite(change):
                 return False
             if change > 0:
@@ -155,9 +160,15 @@ class Problem:
         changes = []
         for rel in (1e-2, 1e-1, 1.0):
             t = rel * span
-            change = max(
-                abs(self.fun(x0 + t * direction) - self.f0), abs(self.fun(x0 - t * direction) - self.f0)
-            )
+            try:
+                change = max(
+                    abs(fd.along(self.fun, x0, direction, t) - self.f0),
+                    abs(fd.along(self.fun, x0, direction, -t) - self.f0),
+                )
+            except Exception:
+                if rel <= 1e-2:
+                    raise
+                return False  # past the edge of the function's domain: nothing confirmed
             if not np.isfinite(change):
                 return False
             changes.append(change)
