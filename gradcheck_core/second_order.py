@@ -24,6 +24,7 @@ Neither imports :mod:`gradcheck_core.check` or :mod:`gradcheck_core.functions`
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -368,6 +369,11 @@ def _function_second_order(
         if f.block:
             f.block = _rename(f.block, names, outs)
     report.skipped = [(_rename_part(what, names, outs), why) for what, why in report.skipped]
+    for f in report.findings:
+        if f.kind in ("non_finite_output", "nothing_checked"):
+            f.message = re.sub(
+                r"\b(?:input|output)\d+\b", lambda m: _rename_part(m.group(0), names, outs), f.message
+            )
     report.what = "vjp"
     return report
 

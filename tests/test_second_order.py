@@ -504,3 +504,4 @@ def test_order_two_of_a_function_nan_at_the_inputs_is_inconclusive_and_names_the
     assert report.verdict == "inconclusive", str(report)
     assert [f.kind for f in report.findings] == ["non_finite_output"]
     assert {what for what, _ in report.skipped} == {"vjp[input0]", "vjp[input1]"}
+    assert "vjp[input0], vjp[input1] left out" in report.findings[0].message
