@@ -24,7 +24,7 @@ from .errors import InputError
 from .flatten import leaf_items, split_structure
 from .interrupts import interrupts_deferred
 from .options import Options
-from .problem import flat_slope
+from .problem import flat_slope, step_span
 from .report import BlockResult, Finding, Report
 from .second_order import run_function_second_order
 from .shared_outputs import OutputAdapter, SharedOutputs
@@ -820,9 +820,9 @@ def _roundoff_slope(ctx: Any, slope: float, direction: np.ndarray) -> bool:
     Below :data:`~gradcheck_core.sweep.ROUNDOFF_ZERO` ulps of the value over a
     unit step of the coordinates it moves.
     """
-    moved = direction != 0
-    span = max(1.0, float(np.max(np.abs(ctx.flat.x0[moved])))) / float(np.max(np.abs(direction)))
-    return abs(slope) * span <= ROUNDOFF_ZERO * fd.EPS * max(abs(ctx.f0), ctx.floor, 1e-300)
+    return abs(slope) * step_span(ctx.flat.x0, direction) <= ROUNDOFF_ZERO * fd.EPS * max(
+        abs(ctx.f0), ctx.floor, 1e-300
+    )
 
 
 def project(u: np.ndarray, y: Any) -> float:

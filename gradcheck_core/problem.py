@@ -12,7 +12,7 @@ time one evaluation takes.  :func:`gradcheck_core.sweep.run_full` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +22,15 @@ from . import differences as fd
 from .flatten import Flat
 from .options import Options
 
-__all__ = ["FLAT_STEPS", "ROUNDOFF_SAFETY", "TRUNCATION_SAFETY", "Problem", "ScalarFunction", "flat_slope"]
+__all__ = [
+    "FLAT_STEPS",
+    "ROUNDOFF_SAFETY",
+    "TRUNCATION_SAFETY",
+    "Problem",
+    "ScalarFunction",
+    "flat_slope",
+    "step_span",
+]
 
 # Round-off bounds from the noise estimate are multiplied by this: the noise
 # figure is a standard deviation, a bound must hold for every coordinate.
@@ -123,25 +131,11 @@ class Problem:
         probe first moves by a few ulps: a slope may hide there, to be judged
         at the larger steps.
         """
-        x0 = self.flat.x0
-        moved = direction != 0
-        span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
-        ulp = max(self.floor, 0.5 * fd.EPS * abs(self.f0), 1e-300)
-        for rel in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
-            t = rel * span
-            try:
-                change = max(
-                    abs(fd.along(self.fun, x0, direction, t) - self.f0),
-                    abs(fd.along(self.fun, x0, direction, -t) - self.f0),
-                )
-            except Exception:
-                if rel <= 1e-2:
-                    raise
-                return False  # past the edge of the function's domain (bernoulli's p past 1)
+        for change in self._changes_along(direction, (1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
             if not np.isfinite(change):
                 return False
             if change > 0:
-                return bool(change <= 1e3 * ulp)
+                return bool(change <= 1e3 * self._ulp())
         return False
 
     def rounding_only(self, direction: np.ndarray) -> bool:
@@ -153,12 +147,27 @@ class Problem:
         correlation of two observations, +-1 up to ulps) moves by a few ulps of
         ``f0`` at every step, without growing: its derivative is zero.
         """
+        changes = list(self._changes_along(direction, (1e-2, 1e-1, 1.0)))
+        if len(changes) < 3 or not np.all(np.isfinite(changes)):
+            return False
+        ulp = self._ulp()
+        return changes[-1] <= ROUNDING_ULPS * ulp and changes[-1] <= 4 * max(changes[0], ulp)
+
+    def _ulp(self) -> float:
+        """The resolution of ``fun`` at ``f0``: its floor, at least half a float64 ulp of ``f0``."""
+        return max(self.floor, 0.5 * fd.EPS * abs(self.f0), 1e-300)
+
+    def _changes_along(self, direction: np.ndarray, rels: tuple[float, ...]) -> Iterator[float]:
+        """``max |fun(x0 +- t direction) - f0|`` for ``t = rel * span``, one ``rel`` at a time.
+
+        Past the edge of the function's domain at steps beyond a relative 1e-2
+        (an exception from the loss there: bernoulli's ``p`` past 1), a NaN
+        ends the sequence; nearer the point the exception is the user's and is
+        raised.
+        """
         x0 = self.flat.x0
-        moved = direction != 0
-        span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
-        ulp = max(self.floor, 0.5 * fd.EPS * abs(self.f0), 1e-300)
-        changes = []
-        for rel in (1e-2, 1e-1, 1.0):
+        span = step_span(x0, direction)
+        for rel in rels:
             t = rel * span
             try:
                 change = max(
@@ -168,11 +177,9 @@ class Problem:
             except Exception:
                 if rel <= 1e-2:
                     raise
-                return False  # past the edge of the function's domain: nothing confirmed
-            if not np.isfinite(change):
-                return False
-            changes.append(change)
-        return changes[-1] <= ROUNDING_ULPS * ulp and changes[-1] <= 4 * max(changes[0], ulp)
+                yield float("nan")
+                return
+            yield change
 
     def below_resolution(self, slope: float, direction: np.ndarray) -> bool:
         """Whether ``slope`` along ``direction`` moves ``fun`` too little for float64 to show.
@@ -184,9 +191,14 @@ class Problem:
         slope is this small, nothing can be decided.
         """
         x0 = self.flat.x0
-        moved = direction != 0
-        span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
+        span = step_span(x0, direction)
         return abs(slope) * FLAT_STEPS[0] * span < 4 * fd.EPS * max(1.0, abs(self.f0))
+
+
+def step_span(x0: np.ndarray, direction: np.ndarray) -> float:
+    """The step along ``direction`` that moves its coordinates by their own size, ``max(1, |x|)``."""
+    moved = direction != 0
+    return max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
 
 
 def flat_slope(
@@ -204,10 +216,9 @@ def flat_slope(
     is not round-off noise: this bound replaces the measured noise, which counts
     the stairs as noise.
     """
-    moved = direction != 0
-    if not np.any(moved):
+    if not np.any(direction != 0):
         return None
-    span = max(1.0, float(np.max(np.abs(x0[moved])))) / float(np.max(np.abs(direction)))
+    span = step_span(x0, direction)
     floor = max(floor, 0.5 * fd.EPS * abs(f0))
     for rel in FLAT_STEPS:
         t = rel * span
