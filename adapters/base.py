@@ -126,6 +126,8 @@ class Adapter:
     #: Complex parameters are checked as (real part, imaginary part); an adapter
     #: that sets this converts its framework's gradient convention to that pair.
     supports_complex: bool = False
+    #: :meth:`jvp_function` builds a JVP this framework can differentiate again.
+    differentiates_jvp: bool = False
 
     # -- values -----------------------------------------------------------------
     def is_leaf(self, value: Any) -> bool:
@@ -246,6 +248,21 @@ class Adapter:
         raise InputError(
             f"{self.name} has no automatic differentiation, so the derivatives of a VJP "
             "(check_function with order=2) cannot be computed."
+        )
+
+    def jvp_function(
+        self, fn: Callable[..., Any], inputs: list[Any], tangents: dict[int, np.ndarray]
+    ) -> tuple[Callable[..., Any], list[Any]]:
+        """The JVP of ``fn`` as a function this framework can differentiate again.
+
+        Returns ``(jvp_fn, extra)``: ``jvp_fn(*inputs, *extra)`` returns the
+        tangent of each output of ``fn`` for the tangents ``extra`` (one per
+        key of ``tangents``, the positions of the floating inputs, in order).
+        Only adapters with :attr:`differentiates_jvp` have it.
+        """
+        raise InputError(
+            f"the derivatives of a JVP (forward over forward) are not available for {self.name}; "
+            "check the derivatives of the VJP instead (check_function with order=2)."
         )
 
 

@@ -14,6 +14,7 @@ Run: ``python benchmarks/torch_second_order.py [--quick N] [--ops NAME ...]``
 from __future__ import annotations
 
 import argparse
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -88,6 +89,8 @@ def _reverse_only(report: gc.Report) -> str:
     verdicts = {b.verdict for b in report.blocks if not b.name.endswith("(jvp)")}
     if report.findings_of("not_twice_differentiable"):
         return "fail"
+    if not verdicts:  # nothing reverse over reverse was checked: the report's own verdict says why
+        return report.verdict
     return "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
 
 
@@ -112,6 +115,11 @@ def run_gc(fn: Callable[..., Any], tensors: list[torch.Tensor]) -> tuple[str, fl
     return verdict, time.perf_counter() - start, nfev, why, reverse
 
 
+def _reason(why: str) -> str:
+    """An error message with its numbers and quoted names blanked, to group samples by it."""
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", why))[:140]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", type=int, default=1, help="every Nth op only")
@@ -128,6 +136,7 @@ def main() -> None:
     tally: dict[str, dict[str, int]] = {"gradgradcheck": {}, "gc order=2": {}, "gc rev-over-rev": {}}
     seconds = {"gradgradcheck": 0.0, "gc order=2": 0.0}
     evals = {"gradgradcheck": 0, "gc order=2": 0}
+    errors: dict[str, dict[str, list[str]]] = {}
     n = 0
     for op in ops:
         try:
@@ -143,12 +152,19 @@ def main() -> None:
                 seconds[tool] += s
                 evals[tool] += e
             tally["gc rev-over-rev"][g_rev] = tally["gc rev-over-rev"].get(g_rev, 0) + 1
+            for tool, v, why in (("gradgradcheck", t_v, t_why), ("gc", g_v, g_why)):
+                if v == "error":
+                    errors.setdefault(tool, {}).setdefault(_reason(why), []).append(label)
             if t_v != g_v:
                 note = "" if op.supports_fwgrad_bwgrad else " [op declares no forward-over-reverse support]"
                 print(
                     f"DISAGREE {label}{note}: gradgradcheck={t_v} {t_why} | gc={g_v} (rev-over-rev {g_rev}) {g_why}",
                     flush=True,
                 )
+    for tool, reasons in errors.items():
+        print(f"\n{tool} raised on {sum(map(len, reasons.values()))} samples:")
+        for why, labels in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+            print(f"  {len(labels):>3} x {why}: {', '.join(labels)}")
     print(f"\n{len(ops)} ops, {n} samples (float64, <= {MAX_ELEMENTS} elements, <= {SAMPLES_PER_OP} per op)")
     print(f"{'tool':<17}{'pass':>6}{'fail':>6}{'inconcl.':>10}{'error':>7}{'seconds':>10}{'evaluations':>13}")
     for tool in tally:

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from .errors import CheckFailed, InputError
+from .function_second_order import run_function_jvp_second_order, run_function_second_order
 from .functions import check_function
 from .report import Finding, Report
-from .second_order import run_function_second_order
 
 __all__ = ["check_grads", "gradcheck", "gradgradcheck"]
 
@@ -308,8 +308,11 @@ def check_grads(
     order : {1, 2}
         ``1``: first derivatives; ``2``: also the derivatives of the VJP.
     modes : sequence of {"fwd", "rev"}
-        ``"rev"``: reverse mode (VJPs; at order 2 the VJP of the VJP);
-        ``"fwd"``: forward mode (JVPs; at order 2 the JVP of the VJP).
+        ``"rev"``: reverse mode (VJPs; at order 2 the VJP of the VJP, and its
+        JVP too where ``"fwd"`` is given); ``"fwd"``: forward mode (JVPs; at
+        order 2 the JVP of the JVP, and its VJP too where ``"rev"`` is given,
+        as JAX does; for torch values, which have no JVP of a JVP here, the
+        JVP of the VJP).
     atol, rtol : float, optional
         Added to gc's error bound (default: gc's own rule).
     eps : float, optional
@@ -328,9 +331,26 @@ def check_grads(
     args = tuple(args)
     options = _options(eps, None, atol, rtol, False, args)
     forward, reverse = "fwd" in modes, "rev" in modes
-    reports = [_select(check_function(f, *args, **options), reverse=reverse, forward=forward)]
-    if order == 2:
+    _outcome(
+        _select(check_function(f, *args, **options), reverse=reverse, forward=forward), True, CheckFailed
+    )
+    if order == 1:
+        return None
+    # As JAX: "rev" differentiates the VJP (reverse, and forward where "fwd" is asked for too),
+    # "fwd" the JVP (forward, and reverse where "rev" is asked for too).
+    jvp_differentiable = forward and _differentiates_jvp(args)
+    if reverse or not jvp_differentiable:
         second = run_function_second_order(f, args, options, check_function)
-        reports.append(_select(second, reverse=reverse, forward=forward))
-    for report in reports:
-        _outcome(report, True, CheckFailed)
+        _outcome(_select(second, reverse=reverse, forward=forward), True, CheckFailed)
+    if jvp_differentiable:
+        of_jvp = run_function_jvp_second_order(f, args, options, check_function)
+        _outcome(_select(of_jvp, reverse=reverse, forward=True), True, CheckFailed)
+    return None
+
+
+def _differentiates_jvp(args: tuple[Any, ...]) -> bool:
+    """Whether the framework of ``args`` differentiates a JVP again (forward over forward): JAX."""
+    from .adapters import detect, framework_of
+
+    arrays = [a for a in args if framework_of(a) is not None and not isinstance(a, (int, float))]
+    return bool(arrays) and bool(detect(arrays).differentiates_jvp)

@@ -256,6 +256,7 @@ def refine(
     noise = max(noise, EPS * abs(f0))
     best: Refined | None = None
     rough: Refined | None = None
+    after_best: Refined | None = None  # the first finite level below the best one
     nfev = 0
     rel = rel_step
     usable = 0
@@ -265,6 +266,8 @@ def refine(
         rel /= REFINE_SHRINK
         if not np.isfinite(r.value) or not np.isfinite(r.error):
             continue  # outside the loss's domain: shrink further
+        if best is not None and after_best is None:
+            after_best = r
         if not r.smooth:
             # A kink within reach (a clip, a ReLU): a smaller step may get past
             # it; one exactly at x_i stays rough at every step.
@@ -276,12 +279,32 @@ def refine(
         if best is not None and r.error > 4 * best.error:
             break  # round-off has taken over
         if best is None or r.error < best.error:
-            best = r
+            best, after_best = r, None
         if best.error <= 1e-12 * abs(best.value):
             break
+    if best is not None and after_best is not None:
+        best.error = _checked_against(best, after_best)
     chosen = best or rough or Refined(float("nan"), float("inf"), True, float("nan"), float("nan"), 0)
     chosen.nfev = nfev
     return chosen
+
+
+def _checked_against(best: Refined, smaller: Refined) -> float:
+    """``best``'s error estimate, widened where the next smaller step contradicts it.
+
+    Two levels of the ladder estimate the same derivative, so their values may
+    differ by no more than their errors together; what the smaller step's own
+    error cannot explain is an error of ``best`` its Richardson gap missed (a
+    step too long for a function that curves on a much shorter scale, such as a
+    saturated softmax, can give two close but wrong slopes).  A smaller step
+    that looks rough while ``best``'s step looked smooth is no independent
+    check (a real kink shows at the longer step first), so then the whole
+    disagreement and its error count.
+    """
+    gap = abs(best.value - smaller.value)
+    if smaller.smooth:
+        return max(best.error, gap - smaller.error)
+    return max(best.error, gap + smaller.error)
 
 
 def estimate_noise(

@@ -22,11 +22,11 @@ from .check import Measured, judge, measured, report_of, run_check
 from .counted_loss import LossFunction, _own_executor, _same_state
 from .errors import InputError
 from .flatten import leaf_items, split_structure
+from .function_second_order import run_function_second_order
 from .interrupts import interrupts_deferred
 from .options import Options
 from .problem import flat_slope, step_span
 from .report import BlockResult, Finding, Report
-from .second_order import run_function_second_order
 from .shared_outputs import OutputAdapter, SharedOutputs
 from .sweep import ROUNDOFF_ZERO
 from .tolerance import rel_error
@@ -118,7 +118,7 @@ def check_function(
         As for :func:`check`.  ``order=2`` checks the derivatives of the VJP
         itself, with respect to the inputs and the cotangents (as
         ``torch.autograd.gradgradcheck`` does); see
-        :func:`gradcheck_core.second_order.run_function_second_order`.
+        :func:`gradcheck_core.function_second_order.run_function_second_order`.
     """
     from .adapters import detect
 

@@ -184,6 +184,14 @@ def test_jax_check_grads_documented_and_first_order_only_rule() -> None:
         compat.check_grads(g, (x,), order=2)
     assert isinstance(info.value, gc.CheckFailed)
     assert "input0->vjp[input0]" in info.value.report.failed_blocks  # type: ignore[attr-defined]
+    # "fwd" alone at order 2 is forward over forward, as in JAX: the JVP of the JVP
+    with pytest.raises(AssertionError):
+        check_grads(g, (x,), order=2, modes=["fwd"])
+    with pytest.raises(AssertionError) as info:
+        compat.check_grads(g, (x,), order=2, modes=["fwd"])
+    assert info.value.report.failed_blocks == ["input0->jvp[output0] (jvp)"]  # type: ignore[attr-defined]
+    assert compat.check_grads(f, (x, x), order=2, modes=["fwd"]) is None
+    assert check_grads(f, (x, x), order=2, modes=["fwd"]) is None
 
 
 def test_tolerances_are_added_to_the_bound() -> None:

@@ -61,6 +61,20 @@ def test_refine_sees_a_kink_and_a_smooth_point() -> None:
     assert smooth.smooth and smooth.value == pytest.approx(1.0, abs=1e-9)
 
 
+def test_refine_error_covers_what_the_next_step_contradicts() -> None:
+    """Two levels of the step ladder estimate one derivative: a disagreement widens the error."""
+
+    def level(value: float, error: float, smooth: bool = True) -> fd.Refined:
+        return fd.Refined(value, error, smooth, value, value, 4)
+
+    # within the smaller step's own error: nothing to widen
+    assert fd._checked_against(level(1.0, 1e-9), level(1.0 + 5e-9, 1e-8)) == 1e-9
+    # beyond it: the part its error cannot explain
+    assert fd._checked_against(level(1.0, 1e-9), level(1.0 + 3e-8, 1e-8)) == pytest.approx(2e-8)
+    # a smaller step that looks rough is no independent check: the whole gap and its error
+    assert fd._checked_against(level(1.0, 1e-9), level(1.0 + 3e-8, 1e-8, smooth=False)) == pytest.approx(4e-8)
+
+
 def test_directional_derivative() -> None:
     x = np.random.default_rng(2).uniform(-1, 1, 50)
     v = np.random.default_rng(3).standard_normal(50)

@@ -150,6 +150,41 @@ def test_torch_wrong_double_backward_fails_order_two_only() -> None:
     assert hess.verdict == "fail" and hess.failed_blocks == ["x"] and hess.what == "hessian"
 
 
+@pytest.mark.parametrize(
+    "framework", [pytest.param("torch", marks=pytest.mark.torch), pytest.param("jax", marks=pytest.mark.jax)]
+)
+def test_complex_output_at_order_two_gets_a_complex_cotangent(framework: str) -> None:
+    """fft of a real input: the cotangent's real and imaginary parts are checked, each named."""
+    if framework == "torch":
+        torch = pytest.importorskip("torch")
+        x = torch.linspace(0.1, 1.0, 6, dtype=torch.float64)
+        fn = lambda a: torch.fft.fft(a.sin() * a)  # noqa: E731
+    else:
+        pytest.importorskip("jax")
+        import jax.numpy as jnp
+
+        x = jnp.linspace(0.1, 1.0, 6)
+        fn = lambda a: jnp.fft.fft(jnp.sin(a) * a)  # noqa: E731
+    report = gc.check_function(fn, x, order=2)
+    assert report.verdict == "pass", report
+    names = {b.name for b in report.blocks}
+    assert {"input0->vjp[input0]", "cotangent0.real->vjp[input0]", "cotangent0.imag->vjp[input0]"} <= names
+
+
+@pytest.mark.torch
+def test_torch_wrong_double_backward_under_a_complex_output_fails() -> None:
+    import torch
+
+    first_order_only, _, _ = _torch_functions()
+    x = torch.tensor([0.3, 1.2, -0.7, 2.0], dtype=torch.float64)
+    fn = lambda a: torch.fft.fft(first_order_only.apply(a))  # noqa: E731
+    assert gc.check_function(fn, x).verdict == "pass"
+    report = gc.check_function(fn, x, order=2)
+    assert report.verdict == "fail"
+    assert "input0->vjp[input0]" in report.failed_blocks
+    assert report.block("cotangent0.real->vjp[input0]").verdict == "pass"
+
+
 @pytest.mark.torch
 def test_torch_backward_that_cannot_be_differentiated_gets_a_finding() -> None:
     import torch
@@ -249,6 +284,40 @@ def test_jax_custom_jvp_right_to_first_order_only() -> None:
     assert gc.check(lambda p: jnp.sum(f(p["x"])), {"x": x}).passed
     hess = gc.check(lambda p: jnp.sum(f(p["x"])), {"x": x}, order=2)
     assert hess.verdict == "fail" and hess.failed_blocks == ["x"]
+
+
+@pytest.mark.jax
+def test_jax_derivatives_of_the_jvp_forward_over_forward() -> None:
+    """run_function_jvp_second_order: the JVP (x, t) -> J(x) t, differentiated in both modes."""
+    import jax
+    import jax.numpy as jnp
+
+    from gradcheck_core.function_second_order import run_function_jvp_second_order
+
+    x = jnp.array([0.3, 1.2, -0.7])
+    y = jnp.array([0.5, -0.1, 0.9])
+    report = run_function_jvp_second_order(
+        lambda a, b: (jnp.tanh(a) * b, jnp.sum(a**2)), (x, y), {}, gc.check_function
+    )
+    assert report.verdict == "pass", report
+    assert report.what == "jvp"
+    names = {b.name for b in report.blocks}
+    for j in (0, 1):
+        assert {f"input0->jvp[output{j}]", f"tangent1->jvp[output{j}] (jvp)"} <= names
+
+    @jax.custom_jvp
+    def g(t):  # type: ignore[no-untyped-def]
+        return jnp.sin(t)
+
+    @g.defjvp
+    def g_jvp(primals, tangents):  # type: ignore[no-untyped-def]
+        (t,), (dt,) = primals, tangents
+        return jnp.sin(t), jax.lax.stop_gradient(jnp.cos(t)) * dt
+
+    wrong = run_function_jvp_second_order(g, (x,), {}, gc.check_function)
+    assert wrong.verdict == "fail"
+    assert set(wrong.failed_blocks) == {"input0->jvp[output0]", "input0->jvp[output0] (jvp)"}
+    assert wrong.block("tangent0->jvp[output0]").verdict == "pass"  # linear in the tangent: right
 
 
 @pytest.mark.jax
@@ -441,6 +510,121 @@ def test_torch_wrong_double_backward_still_fails_next_to_large_terms(scale: floa
     assert report.verdict == "fail"
     assert "input0->vjp[input0]" in report.failed_blocks
     assert report.block("input1->vjp[input1]").verdict == "pass"
+
+
+@pytest.mark.torch
+def test_torch_full_attention_at_extreme_saturation_is_not_called_wrong() -> None:
+    """All eight inputs of torch's attention, logits in the thousands: the VJP's derivatives pass.
+
+    One derivative of 3e-7 there is out of reach of finite differences (the
+    step that leaves the noise behind is too long for the softmax's curvature,
+    and the next shorter one disagrees); it used to be called wrong.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(13)
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g, dtype=torch.float64) * 18 - 9
+
+    q, k, v = uniform(3, 2, 2), uniform(3, 2, 2), uniform(3, 2, 2)
+    w_in, b_in, _, _, w_out, b_out, mask = (
+        uniform(6, 2),
+        uniform(6),
+        uniform(2),
+        uniform(2),
+        uniform(2, 2),
+        uniform(2),
+        uniform(3, 3),
+    )
+
+    def attention(*xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q_, k_, v_, w_in_, b_in_, w_out_, b_out_, mask_ = xs
+        return torch.nn.functional.multi_head_attention_forward(
+            q_, k_, v_, 2, 2, w_in_, b_in_, None, None, False, 0.0, w_out_, b_out_,
+            training=False, attn_mask=mask_,
+        )  # fmt: skip
+
+    xs = (q, k, v, w_in, b_in, w_out, b_out, mask)
+    assert torch.autograd.gradgradcheck(attention, tuple(x.clone().requires_grad_() for x in xs))
+    report = gc.check_function(attention, *xs, order=2)
+    assert report.verdict == "pass", report
+
+
+@pytest.mark.torch
+def test_torch_dropout_at_order_two_draws_one_mask_and_leaves_the_generator() -> None:
+    """A random fn is replayed from the same generator state for every evaluation of its VJP."""
+    import torch
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(x.sin() * x, 0.5, training=True)
+
+    x = torch.linspace(0.2, 1.5, 6, dtype=torch.float64)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    report = gc.check_function(fn, x, order=2)
+    assert report.verdict == "pass", report
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def _attention_loss(seed: int) -> tuple[object, dict[str, object]]:
+    """``<u, attention(q, k)>`` for random cotangents ``u``: gradients of about 1e-38 under a loss of 100."""
+    import torch
+
+    attention, (q, k) = _attention(seed)
+    g = torch.Generator().manual_seed(seed)
+    us = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in attention(q, k)]  # type: ignore[operator]
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum((u * o).sum() for u, o in zip(us, attention(p["q"], p["k"])))  # type: ignore[operator]
+
+    return loss, {"q": q.clone(), "k": k.clone()}  # type: ignore[attr-defined]
+
+
+@pytest.mark.torch
+def test_torch_saturated_attention_hessian_is_judged_to_the_loss_round_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Hessian of 1e-38 under a loss of 100 is round-off: not called wrong, and the floor says so."""
+    import torch
+
+    from gradcheck_core import second_order
+
+    loss, params = _attention_loss(1)
+    before = {name: t.clone() for name, t in params.items()}  # type: ignore[attr-defined]
+    report = gc.check(loss, params, order=2)
+    assert report.verdict == "pass", report
+    (floor,) = report.findings_of("roundoff_floor")
+    assert "Hessian-vector product" in floor.message
+    # |L| ||w|| with |L| of order 100 and ||w|| about 5: far above the entries, far below 1
+    assert 1e-13 < floor.detail["floor"] < 1e-8
+    monkeypatch.setattr(second_order, "ROUNDOFF_ULPS", 0)
+    strict = gc.check(loss, params, order=2)
+    assert strict.verdict == "fail" and not strict.findings_of("roundoff_floor")
+    assert strict.nfev < report.nfev  # the loss's value and the second look are counted
+    assert all(torch.equal(params[n], before[n]) for n in before)  # type: ignore[call-overload]
+
+
+@pytest.mark.torch
+@settings(max_examples=6, deadline=None)
+@given(scale=st.floats(1e-3, 1e6), seed=st.integers(0, 1000))
+def test_torch_wrong_hessian_still_fails_under_a_large_loss(scale: float, seed: int) -> None:
+    """The Hessian's floor grows with the loss, but a double backward wrong by its own size still fails."""
+    import torch
+
+    first_order_only, _, _ = _torch_functions()
+    rng = np.random.default_rng(seed)
+    params = {
+        "x": torch.tensor(rng.uniform(0.2, 1.4, 3), dtype=torch.float64),
+        "y": torch.tensor(rng.uniform(-2, 2, 2), dtype=torch.float64),
+    }
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return first_order_only.apply(p["x"]).sum() + scale * (p["y"] ** 2).sum()
+
+    report = gc.check(loss, params, order=2)
+    assert report.verdict == "fail"
+    assert report.failed_blocks == ["x"]
 
 
 @pytest.mark.torch

@@ -37,6 +37,7 @@ from .autodiff import (
 )
 from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import hvp_function as _hvp_function
+from .autodiff import jvp_function as _jvp_function
 from .autodiff import vjp_function as _vjp_function
 from .callbacks import raise_if_users
 from .promote import promoted
@@ -55,6 +56,7 @@ class JaxAdapter(Adapter):
     #: Complex values are checked as (real part, imaginary part); :mod:`.autodiff`
     #: converts JAX's convention (jax.grad gives the conjugate of that pair).
     supports_complex = True
+    differentiates_jvp = True
     #: Compile the single evaluation with ``jax.jit`` when the loss allows it.
     jit: bool = True
     #: Evaluate blocks of points with ``jax.jit(jax.vmap(...))`` when the loss allows it.
@@ -298,6 +300,14 @@ class JaxAdapter(Adapter):
         vjp_fn, extra, floating = _vjp_function(fn, inputs, cotangents)
         with x64():
             return vjp_fn, [jax.numpy.asarray(u) for u in extra], floating
+
+    def jvp_function(
+        self, fn: Callable[..., Any], inputs: list[Any], tangents: dict[int, np.ndarray]
+    ) -> tuple[Callable[..., Any], list[Any]]:
+        """The JVP of ``fn`` as a JAX function (see :func:`.autodiff.jvp_function`)."""
+        jvp_fn, extra = _jvp_function(fn, inputs, tangents)
+        with x64():
+            return jvp_fn, [jax.numpy.asarray(t) for t in extra]
 
 
 ADAPTER = JaxAdapter()

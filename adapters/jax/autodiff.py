@@ -379,6 +379,12 @@ def hvp_function(flat: Flat, loss: Callable[..., Any], w: np.ndarray) -> Callabl
     return product
 
 
+def _wide_cotangent(u: np.ndarray | None) -> np.ndarray:
+    """A cotangent as float64, or complex128 for a complex output's."""
+    u = np.asarray(u)
+    return u.astype(np.complex128 if u.dtype.kind == "c" else np.float64)
+
+
 def vjp_function(
     fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
 ) -> tuple[Callable[..., Any], list[Any], list[int]]:
@@ -403,7 +409,7 @@ def vjp_function(
     n = len(inputs)
     floating = [i for i, a in enumerate(inputs) if _is_floating(a)]
     slots = [k for k, u in enumerate(cotangents) if u is not None]
-    extra = [np.asarray(cotangents[k], dtype=np.float64) for k in slots]
+    extra = [_wide_cotangent(cotangents[k]) for k in slots]
 
     def vjp_of_fn(*args: Any) -> tuple[Any, ...]:
         xs, us = list(args[:n]), args[n:]
@@ -420,3 +426,41 @@ def vjp_function(
         return tuple(pullback(jax.tree_util.tree_unflatten(treedef, cts)))
 
     return vjp_of_fn, extra, floating
+
+
+def jvp_function(
+    fn: Callable[..., Any], inputs: list[Any], tangents: dict[int, np.ndarray]
+) -> tuple[Callable[..., Any], list[Any]]:
+    """The JVP of ``fn`` as a JAX function of the inputs and the tangents.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*inputs)``, any pytree of arrays out.
+    inputs : list
+        Its arguments.
+    tangents : dict of int to numpy.ndarray
+        One tangent per floating input, keyed by its position.
+
+    Returns
+    -------
+    jvp_fn, extra
+        ``jvp_fn(*inputs, *extra)`` returns the output tangents of ``fn``
+        (``jax.jvp``'s second result), differentiable again in both modes;
+        ``extra`` holds the tangents as float64 arrays.
+    """
+    n = len(inputs)
+    order = sorted(tangents)
+    extra = [np.asarray(tangents[i], dtype=np.float64) for i in order]
+
+    def jvp_of_fn(*args: Any) -> Any:
+        xs, ts = list(args[:n]), dict(zip(order, args[n:]))
+        _, pos, f = differentiable(fn, xs)
+        primals = tuple(jnp.asarray(xs[i], dtype=jnp.float64) for i in pos)
+        directions = tuple(
+            jnp.reshape(jnp.asarray(ts[i], dtype=jnp.float64), jnp.shape(p)) if i in ts else jnp.zeros_like(p)
+            for i, p in zip(pos, primals)
+        )
+        return jax.jvp(f, primals, directions)[1]
+
+    return jvp_of_fn, extra

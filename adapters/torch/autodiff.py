@@ -456,7 +456,7 @@ def vjp_function(
     floating = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
     slots = [k for k, u in enumerate(cotangents) if u is not None]
     device = next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
-    extra = [torch.as_tensor(np.asarray(cotangents[k]), dtype=torch.float64, device=device) for k in slots]
+    extra = [torch.as_tensor(_wide_array(cotangents[k]), device=device) for k in slots]
 
     def vjp_of_fn(*args: Any) -> tuple[torch.Tensor, ...]:
         xs, us = list(args[:n]), args[n:]
