@@ -29,7 +29,7 @@ SAMPLES_PER_OP = 2
 
 
 def _cases(op: Any) -> list[tuple[str, Callable[..., Any], list[torch.Tensor]]]:
-    """(label, fn, tensors): ``fn(*tensors)`` returns the floating outputs of one sample."""
+    """(label, fn, tensors): ``fn(*tensors)`` returns the floating and complex outputs of one sample."""
     cases = []
     for k, sample in enumerate(op.sample_inputs("cpu", torch.float64, requires_grad=True)):
         if len(cases) >= SAMPLES_PER_OP:
@@ -55,7 +55,9 @@ def _cases(op: Any) -> list[tuple[str, Callable[..., Any], list[torch.Tensor]]]:
                 args[i] = t
             out = op(*args, **kwargs)
             outs = list(out) if isinstance(out, (list, tuple)) else [out]
-            outs = [o for o in outs if isinstance(o, torch.Tensor) and o.is_floating_point()]
+            outs = [
+                o for o in outs if isinstance(o, torch.Tensor) and (o.is_floating_point() or o.is_complex())
+            ]
             return tuple(outs) if len(outs) != 1 else outs[0]
 
         cases.append(

@@ -81,10 +81,10 @@ def run_function_second_order(
         elif len(given) != len(outputs):
             raise InputError(f"fn has {len(outputs)} outputs but {len(given)} cotangents were given.")
         if all(u is None for u in given):
-            kinds = sorted({str(o.dtype) for o in outputs})
+            kinds = ", ".join(sorted({str(o.dtype) for o in outputs})) or "none"
             raise InputError(
-                f"fn has no output whose derivatives {adapter.name} can check at order 2 (its "
-                f"outputs are {', '.join(kinds)}); return a floating output"
+                f"fn has no output whose derivatives {adapter.name} can check at order 2 (dtypes "
+                f"of its array outputs: {kinds}); return a floating output"
                 + ("" if adapter.supports_complex else " (complex ones: their real and imaginary parts)")
                 + "."
             )

@@ -519,6 +519,7 @@ def test_torch_full_attention_at_extreme_saturation_is_not_called_wrong() -> Non
     One derivative of 3e-7 there is out of reach of finite differences (the
     step that leaves the noise behind is too long for the softmax's curvature,
     and the next shorter one disagrees); it used to be called wrong.
+    (gradgradcheck fails this sample too, its fixed step 1e-6 deep in the noise.)
     """
     import torch
 
@@ -546,7 +547,6 @@ def test_torch_full_attention_at_extreme_saturation_is_not_called_wrong() -> Non
         )  # fmt: skip
 
     xs = (q, k, v, w_in, b_in, w_out, b_out, mask)
-    assert torch.autograd.gradgradcheck(attention, tuple(x.clone().requires_grad_() for x in xs))
     report = gc.check_function(attention, *xs, order=2)
     assert report.verdict == "pass", report
 
