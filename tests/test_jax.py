@@ -400,3 +400,36 @@ def test_jax_output_nan_everywhere_is_inconclusive_and_says_why():
     report = gc.check_function(lambda b: jnp.power(b, 0.5), np.array([-4.8, -7.6]))
     assert report.verdict == "inconclusive", str(report)
     assert [f.kind for f in report.findings] == ["non_finite_output"]
+
+
+def test_a_loss_checked_again_compiles_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second check of the same program reuses what the first compiled, with the same verdict."""
+    from jax._src import stages
+
+    X = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    loss = lambda p: jnp.sum(jnp.tanh(X @ p["w"]) ** 2)  # noqa: E731
+    params = {"w": jnp.linspace(0.1, 0.8, 8).reshape(4, 2)}
+    first = gc.check(loss, params, mode="full")
+    compiled: list[object] = []
+    original = stages.Lowered.compile
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        compiled.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(stages.Lowered, "compile", counted)
+    again = gc.check(lambda p: jnp.sum(jnp.tanh(X @ p["w"]) ** 2), params, mode="full")  # a new lambda
+    assert first.verdict == again.verdict == "pass"
+    assert first.nfev == again.nfev
+    assert compiled == []
+
+
+def test_a_kept_program_is_not_used_once_the_captured_data_changed() -> None:
+    """Data the loss closes over is part of the program: new values, a new program, the right verdict."""
+    X = np.ones(6)
+    loss = lambda p: jnp.sum(jnp.asarray(X) * p**2)  # noqa: E731
+    p = jnp.linspace(0.5, 1.5, 6)
+    assert gc.check(loss, p, 2 * X * p, mode="full").verdict == "pass"
+    X[:] = 2.0  # the same loss object, other data
+    assert gc.check(loss, p, 2 * X * p, mode="full").verdict == "pass"
+    assert gc.check(loss, p, 2 * np.ones(6) * p, mode="full").verdict == "fail"

@@ -26,6 +26,7 @@ from .autodiff import REVERSE_MODE_HINT, no_reverse_mode
 from .batching import BatchedEvaluation
 from .callbacks import is_tracing_error, raise_if_users
 from .precision import located_causes, narrow_operations, precision_sentence
+from .programs import Programs, programs_for
 from .promote import mixed_dtypes_error, promoted
 from .x64_mode import x64
 
@@ -68,6 +69,7 @@ class Runner(BatchedEvaluation):
         self.compiled = False  # whether ``single`` is the compiled loss
         self.vmapped: Any = None
         self.executables: dict[int, Any] = {}
+        self.programs = Programs()  # compiled programs, shared with earlier checks of the same program
         self.max_rows = 1 << 30
         self.row_scratch: float | None = None
         self.compile_seconds = 0.0
@@ -156,7 +158,11 @@ class Runner(BatchedEvaluation):
                     for r, s in states:
                         r.set(s)
                     try:
-                        compiled = traced.lower().compile()
+                        self.programs = programs_for(traced.jaxpr, self.device)
+                        self.executables = self.programs.batched
+                        if self.programs.single is None:
+                            self.programs.single = traced.lower().compile()
+                        compiled = self.programs.single
                         start = time.perf_counter()
                         jax.block_until_ready(compiled(self.compiled_input(self.flat.x0)))
                         self.row_seconds = time.perf_counter() - start  # until batches are timed
@@ -227,10 +233,13 @@ class Runner(BatchedEvaluation):
         """
         with x64(self.float64):
             grad = jax.grad(self.scalar_of_vector)
-            if self.compiled:
-                grad = jax.jit(grad)
+            at = self.vector(self.flat.x0 if x is None else x)
             try:
-                g = grad(self.vector(self.flat.x0 if x is None else x))
+                if self.compiled:
+                    if self.programs.gradient is None:
+                        self.programs.gradient = jax.jit(grad).lower(at).compile()
+                    grad = self.programs.gradient
+                g = grad(at)
             except InputError:
                 raise
             except Exception as exc:
