@@ -384,6 +384,12 @@ class TorchAdapter(Adapter):
         out[torch.as_tensor(mask, device=value.device)] = entries
         return out
 
+    def call_rows(
+        self, fn: Callable[..., Any], inputs: list[Any], rows: dict[int, np.ndarray]
+    ) -> list[np.ndarray]:
+        """``fn`` at many values of some inputs at once (see :func:`.autodiff.call_rows`)."""
+        return _call_rows(self, fn, inputs, rows)
+
     def vjp(
         self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
     ) -> list[np.ndarray]:
@@ -437,12 +443,6 @@ def _module_loss(loss: Callable[..., Any], module: torch.nn.Module) -> Callable[
         return torch.func.functional_call(wrapper, values, (), strict=False)
 
     return loss_of_values
-
-    def call_rows(
-        self, fn: Callable[..., Any], inputs: list[Any], rows: dict[int, np.ndarray]
-    ) -> list[np.ndarray]:
-        """``fn`` at many values of some inputs at once (see :func:`.autodiff.call_rows`)."""
-        return _call_rows(self, fn, inputs, rows)
 
 
 def _working(
