@@ -385,10 +385,14 @@ class TorchAdapter(Adapter):
         return out
 
     def call_rows(
-        self, fn: Callable[..., Any], inputs: list[Any], rows: dict[int, np.ndarray]
+        self,
+        fn: Callable[..., Any],
+        inputs: list[Any],
+        rows: dict[int, np.ndarray],
+        memo: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         """``fn`` at many values of some inputs at once (see :func:`.autodiff.call_rows`)."""
-        return _call_rows(self, fn, inputs, rows)
+        return _call_rows(self, fn, inputs, rows, memo)
 
     def vjp(
         self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]

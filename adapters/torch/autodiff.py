@@ -21,7 +21,7 @@ import torch
 from gradcheck_core.errors import InputError, NotTwiceDifferentiable
 
 from ..base import Adapter, takes_argument
-from .float64 import _promotable, _work_dtype, float64_scope
+from .float64 import Promotion, _promotable, _work_dtype, float64_scope
 
 __all__ = [
     "call",
@@ -173,7 +173,11 @@ def call(adapter: Adapter, fn: Callable[..., Any], inputs: list[Any]) -> list[np
 
 
 def call_rows(
-    adapter: Adapter, fn: Callable[..., Any], inputs: list[Any], rows: dict[int, np.ndarray]
+    adapter: Adapter,
+    fn: Callable[..., Any],
+    inputs: list[Any],
+    rows: dict[int, np.ndarray],
+    memo: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """``fn`` at many values of some inputs at once, through ``torch.func.vmap``.
 
@@ -188,6 +192,12 @@ def call_rows(
     rows : dict
         Input position -> real values with a leading axis of points, for
         inputs that are plain (contiguous, dense, real) tensors.
+    memo : dict, optional
+        Kept by the caller between calls for the same ``fn``: holds the
+        :class:`~.float64.Promotion` learnt from the first call, so that
+        later calls of a function that needs no float64 forcing run without
+        :class:`~.float64.Float64Mode` (which intercepts every torch call
+        inside vmap).
 
     Returns
     -------
@@ -220,7 +230,8 @@ def call_rows(
             args[i] = v
         return tuple(_as_list(fn(*args)))
 
-    with float64_scope(_promotable(xs)):
+    promotion = None if memo is None else memo.setdefault("promotion", Promotion())
+    with float64_scope(_promotable(xs), promotion):
         outs = torch.func.vmap(one, randomness="error")(*points)
     return [np.asarray(adapter.to_numpy(o)) for o in outs]
 
