@@ -187,6 +187,11 @@ class _Generators:
         self.calls = 0
         self.drawn: list[int] = []
 
+    @property
+    def draws(self) -> bool | None:
+        """Whether ``fn`` drew from any generator in its first call (None before it was compared)."""
+        return bool(self.drawn) if self.calls >= 2 else None
+
     def __call__(self) -> None:
         self.calls += 1
         if self.calls == 1:  # nothing has run since the states were saved
@@ -213,7 +218,7 @@ def _check(
     opts: Options,
     seed: Any,
     start: float,
-    replay: Callable[[], None],
+    replay: _Generators,
 ) -> Report:
     """:func:`check_function` once the adapter and options are known."""
     fi = _FunctionInputs(adapter, fn, inputs)
@@ -330,7 +335,7 @@ def _check_outputs(
     checked: list[int],
     gradients: dict[int, list[Any]],
     opts: Options,
-    replay: Callable[[], None],
+    replay: _Generators,
     forward: bool,
 ) -> tuple[list[Report], list[BlockResult], list[Finding], int]:
     """Every checked output's VJP check (and, with ``forward``, its JVP checks) from shared evaluations.
@@ -360,7 +365,14 @@ def _check_outputs(
         _own_executor(opts.executor) as executor,
         adapter.target(projections, fi.params, float64=opts.float64) as target,
     ):
-        shared = SharedOutputs(target, len(checked), _rows_of(fi, checked, us, target.flat, opts))
+        # What the first call showed about fn's random draws holds for the generators both know.
+        known = {r.name for r in replay.generators} >= {r.name for r in target.rngs}
+        shared = SharedOutputs(
+            target,
+            len(checked),
+            _rows_of(fi, checked, us, target.flat, opts),
+            draws=replay.draws if known else None,
+        )
         each = copy.copy(opts)
         each.executor = executor
         try:

@@ -56,13 +56,24 @@ class SharedOutputs:
         computed at once (vectorised).  Tried on the first batch against
         point-by-point evaluations, and used only where they agree to
         round-off and the function draws no random numbers.
+    draws : bool, optional
+        False where the caller already knows that the function draws from
+        none of ``target.rngs`` (learnt from its first call): then no state
+        is saved, compared or replayed.  Default: found after the first
+        evaluation here.
 
     The ``n``-th evaluation of output ``j`` at a point returns the ``n``-th
     value computed there, so repeated evaluations (which look for
     nondeterminism) see the function's real repeats.
     """
 
-    def __init__(self, target: Any, k: int, rows: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        target: Any,
+        k: int,
+        rows: Callable[[np.ndarray], np.ndarray] | None = None,
+        draws: bool | None = None,
+    ) -> None:
         self.target = target
         self.k = k
         self.rows = rows
@@ -73,9 +84,9 @@ class SharedOutputs:
         self._seen: list[dict[bytes, int]] = [{} for _ in range(k)]
         self._lock = threading.Lock()
         self._serial = threading.Lock()
-        self._saved = [r.get() for r in target.rngs]
         # Generators the function draws from; decided after its first call.
-        self._active: list[int] | None = None
+        self._active: list[int] | None = [] if draws is False else None
+        self._saved = [] if draws is False else [r.get() for r in target.rngs]
 
     def _evaluate(self, x: np.ndarray) -> np.ndarray:
         raise_pending()
