@@ -149,7 +149,8 @@ class LossFunction:
 
     def __call__(self, x: np.ndarray) -> float:
         raise_pending()
-        self.replay()
+        if self._active is None or self._active:  # a loss that draws nothing has nothing to replay
+            self.replay()
         if self.eval_seconds is None:
             start = time.perf_counter()
             out = self.target.evaluate(x)
@@ -157,7 +158,8 @@ class LossFunction:
         else:
             out = self.target.evaluate(x)
         self.nfev += 1
-        self._learn_active()
+        if self._active is None:
+            self._learn_active()
         return self.scalar(out, x)
 
     @property

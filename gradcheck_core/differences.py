@@ -112,10 +112,12 @@ def _evaluate_shifted(
                 tick(1)
         return out
     x = x0.copy()
-    for k, i in enumerate(idx):
-        x[i] = x0[i] + shift[k]
+    # Python numbers: the same float64 sums, without numpy scalars in the loop
+    for k, (i, s) in enumerate(zip(idx.tolist(), shift.tolist())):
+        xi = x[i]
+        x[i] = xi + s
         out[k] = fun(x)
-        x[i] = x0[i]
+        x[i] = xi
         if tick:
             tick(1)
     return out
