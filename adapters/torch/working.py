@@ -152,6 +152,9 @@ class WorkingParameters:
         x0 = self.flat.x0
         if self.sources is not None:
             offset = self.offsets[k]
+            if hi - lo == 1:  # one entry (a step of the full sweep): the same sum on Python floats
+                x0[lo] = float(w[0]) * s + float(self.sources[k][lo - offset])
+                return
             moved = x0[lo:hi]
             np.multiply(w, s, out=moved)
             moved += self.sources[k][lo - offset : hi - offset]
@@ -162,7 +165,10 @@ class WorkingParameters:
     def _put_back(self, k: int, lo: int, hi: int) -> None:
         offset = self.offsets[k]
         if self.sources is not None:
-            self.flat.x0[lo:hi] = self.sources[k][lo - offset : hi - offset]
+            if hi - lo == 1:
+                self.flat.x0[lo] = self.sources[k][lo - offset]
+            else:
+                self.flat.x0[lo:hi] = self.sources[k][lo - offset : hi - offset]
             return
         self._copy_into(k, lo, hi, self.flat.x0[lo:hi])
 
