@@ -194,10 +194,10 @@ def call_rows(
         inputs that are plain (contiguous, dense, real) tensors.
     memo : dict, optional
         Kept by the caller between calls for the same ``fn``: holds the
-        :class:`~.float64.Promotion` learnt from the first call, so that
-        later calls of a function that needs no float64 forcing run without
-        :class:`~.float64.Float64Mode` (which intercepts every torch call
-        inside vmap).
+        :class:`~.float64.Promotion` learnt from one plain call of ``fn`` at
+        the fixed inputs, so that a function that needs no float64 forcing
+        runs under vmap without :class:`~.float64.Float64Mode` (which would
+        intercept every torch call of the batching machinery).
 
     Returns
     -------
@@ -231,6 +231,12 @@ def call_rows(
         return tuple(_as_list(fn(*args)))
 
     promotion = None if memo is None else memo.setdefault("promotion", Promotion())
+    if promotion is not None and promotion.needed is None and _promotable(xs):
+        # Learnt from one plain call at the fixed inputs: under vmap the mode would
+        # intercept every operator of the batching machinery too.
+        # (an exception here is left to the vectorised call below, which meets it as it would have)
+        with contextlib.suppress(Exception), float64_scope(True, promotion):
+            fn(*xs)
     with float64_scope(_promotable(xs), promotion):
         outs = torch.func.vmap(one, randomness="error")(*points)
     return [np.asarray(adapter.to_numpy(o)) for o in outs]
