@@ -56,7 +56,7 @@ class LossFunction:
         #: Seconds the first evaluation took (None before it).
         self.eval_seconds: float | None = None
         # (type, dtype) of a 0-d floating first output: later outputs like it convert with float()
-        self._fast_output: tuple[type, Any, bool] | None = None
+        self._fast_output: tuple[Any, Any, bool] | None = None
 
     # -- RNG replay ---------------------------------------------------------
     def replay(self) -> None:
