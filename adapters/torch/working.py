@@ -133,6 +133,24 @@ class WorkingParameters:
                     self._put_back(k, lo, hi)
                 self._repair()
 
+    @contextlib.contextmanager
+    def placed(self, positions: np.ndarray, values: np.ndarray) -> Iterator[list[torch.Tensor]]:
+        """The tensors, holding ``x0`` but for ``values`` at the flat ``positions`` (a few), while inside."""
+        with self.lock:
+            spots = [(max(0, bisect.bisect_right(self.offsets, p) - 1), p) for p in positions.tolist()]
+            try:
+                for (k, p), v in zip(spots, values.tolist()):
+                    if self.sources is not None:
+                        self.flat.x0[p] = v
+                    else:
+                        self._copy_into(k, p, p + 1, np.array([v]))
+                self._mark()
+                yield self.tensors
+            finally:
+                for k, p in spots:
+                    self._put_back(k, p, p + 1)
+                self._repair()
+
     # -- internals -----------------------------------------------------------------
     def _parts(self, block: slice) -> list[tuple[int, int, int]]:
         """``(parameter, start, stop)`` of the pieces of ``block`` (flat indices) in each parameter."""
