@@ -149,7 +149,13 @@ class SharedOutputs:
         return float(out[j])
 
     def batch(self, j: int, rows: np.ndarray) -> np.ndarray:
-        """Output ``j``'s projections at the rows of ``rows``, new points evaluated at once."""
+        """Output ``j``'s projections at the rows of ``rows``, new points evaluated at once.
+
+        With one output there is no other to share them with: the rows are
+        evaluated (afresh, as a plain check would) without being remembered.
+        """
+        if self.k == 1:
+            return self._evaluate_rows(rows)[:, 0]
         keys = _keys(rows, self._x0_bits)
         known: list[float] = []
         done: list[int] = []
