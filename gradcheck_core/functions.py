@@ -723,10 +723,13 @@ def _check_jvps(
     """Forward mode: ``<u_j, J_ij v_i>`` from the framework's JVP against finite differences.
 
     Appends one block ``input{i}->output{j} (jvp)`` per pair to ``blocks``.
-    The directional differences along ``v_i`` are taken at the same points for
-    every output (one step, the smallest any output would choose), so one
-    evaluation of ``fn`` serves all outputs; each output's value and noise
-    come from its VJP check.  A function without forward mode (a
+    Where output ``j``'s full sweep settled every entry of input ``i``, the
+    numerical ``<u_j, J_ij v_i>`` is its numerical gradient along ``v_i``
+    (:func:`_swept_slope`), at no further evaluation.  Otherwise directional
+    differences along ``v_i`` are taken at the same points for every output
+    (one step, the smallest any output would choose), so one evaluation of
+    ``fn`` serves all outputs; each output's value and noise come from its
+    VJP check.  A function without forward mode (a
     ``custom_vjp`` rule, a torch Function without ``jvp``) gets a
     ``no_forward_mode`` finding instead.
     """
