@@ -36,9 +36,12 @@ class NumpyAdapter(Adapter):
     def target(self, loss: Callable[..., Any], params: Any, *, float64: bool = True) -> Iterator[Target]:
         flat = self.flatten(params)
         if takes_argument(loss):
+            build = _views_of(flat)
 
             def evaluate(x: np.ndarray) -> Any:
                 # one float64 copy of the point; the loss gets views of it
+                if build is not None:
+                    return loss(build(np.array(x, dtype=np.float64)))
                 return loss(flat.unravel(np.array(x, dtype=np.float64), _piece))
 
             def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
@@ -135,6 +138,54 @@ class RowWorker:
                 raise InputError(f"the loss returned an array of shape {value.shape}, not a scalar.")
             out[k] = float(value.reshape(()).real)
         return out
+
+
+def _views_of(flat: Any) -> Callable[[np.ndarray], Any] | None:
+    """``flat.unravel(x, _piece)`` for real array parameters in dicts, lists and tuples, prepared once.
+
+    The structure is built from views of ``x`` without walking the skeleton
+    at every evaluation.  None for other structures (Python floats, complex
+    values, named tuples, other mappings): they take :meth:`Flat.unravel`.
+    """
+    if flat.has_complex or not all(isinstance(v, np.ndarray) for v in flat.values):
+        return None
+    cuts = [(leaf.slice, leaf.shape) for leaf in flat.leaves]
+    tree = flat.skeleton
+    if tree[0] == "dict" and tree[1] is dict and all(c[0] == "leaf" for c in tree[3]):
+        # the common case, a dict of arrays: one comprehension
+        named = [(key, *cuts[c[1]]) for key, c in zip(tree[2], tree[3])]
+        return lambda x: {key: x[cut].reshape(shape) for key, cut, shape in named}
+    if tree[0] == "leaf":
+        cut, shape = cuts[0]
+        return lambda x: x[cut].reshape(shape)
+
+    def node(tree: Any) -> Callable[[list[np.ndarray]], Any] | None:
+        kind = tree[0]
+        if kind == "leaf":
+            k = tree[1]
+            return lambda pieces: pieces[k]
+        if kind == "dict" and tree[1] is dict:
+            keys, parts = tree[2], [node(c) for c in tree[3]]
+            if any(p is None for p in parts):
+                return None
+            pairs = list(zip(keys, parts))
+            return lambda pieces: {key: part(pieces) for key, part in pairs}  # type: ignore[misc]
+        if kind == "seq" and tree[1] in (list, tuple):
+            typ, parts = tree[1], [node(c) for c in tree[2]]
+            if any(p is None for p in parts):
+                return None
+            return lambda pieces: typ([part(pieces) for part in parts])  # type: ignore[misc]
+        return None
+
+    root = node(flat.skeleton)
+    if root is None:
+        return None
+    make = root
+
+    def build(x: np.ndarray) -> Any:
+        return make([x[cut].reshape(shape) for cut, shape in cuts])
+
+    return build
 
 
 def _piece(piece: np.ndarray, original: Any) -> Any:

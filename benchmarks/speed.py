@@ -2,8 +2,11 @@
 
 Each row is measured against the other side in the same run, with one
 BLAS/torch/XLA thread for both sides; every figure is the median of
-``--repeats`` runs (3 by default, wall time).  The machine may be shared:
-the medians damp, but do not remove, the noise of other programs.
+``--repeats`` runs (3 by default) of wall time, or with ``--clock cpu`` of
+this process's CPU time (``time.process_time``: on a shared, loaded machine
+it counts only this process's own work; the Dask row always takes wall
+time, its work being in other processes).  The medians damp, but do not
+remove, the noise of other programs.
 
 Rows (``--rows``, comma separated; default all):
 
@@ -22,7 +25,7 @@ Rows (``--rows``, comma separated; default all):
   wrong entry: evaluations, time in forward+backward units of the model, peak
   memory above the process, against ``gradcheck(fast_mode=True)`` (Linux).
 
-Run: ``python benchmarks/speed.py [--quick] [--rows function,outputs] [--repeats N]``.
+Run: ``python benchmarks/speed.py [--quick] [--rows function,outputs] [--repeats N] [--clock cpu]``.
 """
 
 from __future__ import annotations
@@ -44,15 +47,21 @@ import numpy as np
 
 import gradcheck_core as gc
 
+#: The clock of every timing but the Dask row's: ``time.perf_counter`` (wall) or ``time.process_time``.
+CLOCK: Callable[[], float] = time.perf_counter
 
-def median_time(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
-    """``fn()`` (its last result) and the median wall time of ``repeats`` runs."""
+
+def median_time(
+    fn: Callable[[], Any], repeats: int, clock: Callable[[], float] | None = None
+) -> tuple[Any, float]:
+    """``fn()`` (its last result) and the median time of ``repeats`` runs (by :data:`CLOCK`)."""
+    clock = clock or CLOCK
     times = []
     out = None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         out = fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return out, statistics.median(times)
 
 
@@ -185,7 +194,7 @@ def row_dask(repeats: int, quick: bool) -> list[str]:
 
     torch.set_num_threads(1)
     p = torch.linspace(-1.0, 1.0, 20 if quick else 40, dtype=torch.float64)
-    _, t_loss = median_time(lambda: _slow_loss(p), 5)
+    _, t_loss = median_time(lambda: _slow_loss(p), 5, time.perf_counter)
     cluster = LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
     )
@@ -193,8 +202,12 @@ def row_dask(repeats: int, quick: bool) -> list[str]:
     try:
         executor = client.get_executor()
         gc.check(_slow_loss, p, mode="full", executor=executor)  # workers import torch
-        serial, t_serial = median_time(lambda: gc.check(_slow_loss, p, mode="full"), repeats)
-        spread, t_dask = median_time(lambda: gc.check(_slow_loss, p, mode="full", executor=executor), repeats)
+        serial, t_serial = median_time(
+            lambda: gc.check(_slow_loss, p, mode="full"), repeats, time.perf_counter
+        )
+        spread, t_dask = median_time(
+            lambda: gc.check(_slow_loss, p, mode="full", executor=executor), repeats, time.perf_counter
+        )
     finally:
         client.close()
         cluster.close()
@@ -369,8 +382,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer sizes, for a first look")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma separated, of {', '.join(ROWS)}")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall", help="wall time or this process's CPU time"
+    )
     args = parser.parse_args()
-    print("Medians of", args.repeats, "runs, wall time, one thread per framework (a shared machine: noisy).")
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(
+        "Medians of",
+        args.repeats,
+        "runs,",
+        "CPU time of this process" if args.clock == "cpu" else "wall time",
+        "(the Dask row: wall time), one thread per framework (a shared machine: noisy).",
+    )
     gc.check_function(lambda x: x * x, np.ones(3), vjp=lambda u, x: 2 * x * u)  # imports, first calls
     for name in args.rows.split(","):
         print(f"\n### {name}\n")

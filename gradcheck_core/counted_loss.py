@@ -55,6 +55,8 @@ class LossFunction:
         self.tolerate = False
         #: Seconds the first evaluation took (None before it).
         self.eval_seconds: float | None = None
+        # (type, dtype) of a 0-d floating first output: later outputs like it convert with float()
+        self._fast_output: tuple[Any, Any, bool] | None = None
 
     # -- RNG replay ---------------------------------------------------------
     def replay(self) -> None:
@@ -81,6 +83,18 @@ class LossFunction:
         """
         if self.out_dtype is not None and type(out) in (float, np.float64):  # the common case, fast
             value = float(out)
+            if not math.isfinite(value):
+                return self._non_finite(value, x)
+            return value
+        fast = self._fast_output
+        if (
+            fast is not None
+            and type(out) is fast[0]
+            and getattr(out, "dtype", None) == fast[1]
+            and getattr(out, "ndim", None) == 0
+        ):
+            # a 0-d floating array or tensor of the type and dtype the first output had
+            value = float(out.detach()) if fast[2] else float(out)
             if not math.isfinite(value):
                 return self._non_finite(value, x)
             return value
@@ -118,6 +132,9 @@ class LossFunction:
         if self.out_dtype is None:
             self.out_dtype = str(array.dtype)
             self.first_output = out
+            if array.dtype.kind == "f" and getattr(out, "ndim", None) == 0 and hasattr(out, "dtype"):
+                # a tensor that carries a graph (torch) converts without it, quietly
+                self._fast_output = (type(out), out.dtype, callable(getattr(out, "detach", None)))
         value = float(array.reshape(()).astype(np.float64))
         if not math.isfinite(value):
             return self._non_finite(value, x)
@@ -149,7 +166,8 @@ class LossFunction:
 
     def __call__(self, x: np.ndarray) -> float:
         raise_pending()
-        self.replay()
+        if self._active is None or self._active:  # a loss that draws nothing has nothing to replay
+            self.replay()
         if self.eval_seconds is None:
             start = time.perf_counter()
             out = self.target.evaluate(x)
@@ -157,7 +175,8 @@ class LossFunction:
         else:
             out = self.target.evaluate(x)
         self.nfev += 1
-        self._learn_active()
+        if self._active is None:
+            self._learn_active()
         return self.scalar(out, x)
 
     @property

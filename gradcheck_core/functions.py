@@ -187,6 +187,11 @@ class _Generators:
         self.calls = 0
         self.drawn: list[int] = []
 
+    @property
+    def draws(self) -> bool | None:
+        """Whether ``fn`` drew from any generator in its first call (None before it was compared)."""
+        return bool(self.drawn) if self.calls >= 2 else None
+
     def __call__(self) -> None:
         self.calls += 1
         if self.calls == 1:  # nothing has run since the states were saved
@@ -213,7 +218,7 @@ def _check(
     opts: Options,
     seed: Any,
     start: float,
-    replay: Callable[[], None],
+    replay: _Generators,
 ) -> Report:
     """:func:`check_function` once the adapter and options are known."""
     fi = _FunctionInputs(adapter, fn, inputs)
@@ -330,7 +335,7 @@ def _check_outputs(
     checked: list[int],
     gradients: dict[int, list[Any]],
     opts: Options,
-    replay: Callable[[], None],
+    replay: _Generators,
     forward: bool,
 ) -> tuple[list[Report], list[BlockResult], list[Finding], int]:
     """Every checked output's VJP check (and, with ``forward``, its JVP checks) from shared evaluations.
@@ -360,7 +365,14 @@ def _check_outputs(
         _own_executor(opts.executor) as executor,
         adapter.target(projections, fi.params, float64=opts.float64) as target,
     ):
-        shared = SharedOutputs(target, len(checked), _rows_of(fi, checked, us, target.flat, opts))
+        # What the first call showed about fn's random draws holds for the generators both know.
+        known = {r.name for r in replay.generators} >= {r.name for r in target.rngs}
+        shared = SharedOutputs(
+            target,
+            len(checked),
+            _rows_of(fi, checked, us, target.flat, opts),
+            draws=replay.draws if known else None,
+        )
         each = copy.copy(opts)
         each.executor = executor
         try:
@@ -677,6 +689,7 @@ def _rows_of(
     leaves = {leaf.name: leaf for leaf in flat.leaves}
     if sorted(leaves) != sorted(f"input{i}" for i in fi.floating):
         return None
+    memo: dict[str, Any] = {}  # what the adapter learns about fn on the first call, for the next
 
     def rows(points: np.ndarray) -> np.ndarray:
         m = len(points)
@@ -684,7 +697,7 @@ def _rows_of(
             i: points[:, leaves[f"input{i}"].slice].reshape((m, *leaves[f"input{i}"].shape))
             for i in fi.floating
         }
-        ys = adapter.call_rows(fi.fn, fi.inputs, values)
+        ys = adapter.call_rows(fi.fn, fi.inputs, values, memo=memo)
         return np.stack(
             [
                 np.sum(np.where(u != 0, np.real(np.conj(u) * np.asarray(ys[j])), 0.0).reshape(m, -1), axis=1)
@@ -710,10 +723,13 @@ def _check_jvps(
     """Forward mode: ``<u_j, J_ij v_i>`` from the framework's JVP against finite differences.
 
     Appends one block ``input{i}->output{j} (jvp)`` per pair to ``blocks``.
-    The directional differences along ``v_i`` are taken at the same points for
-    every output (one step, the smallest any output would choose), so one
-    evaluation of ``fn`` serves all outputs; each output's value and noise
-    come from its VJP check.  A function without forward mode (a
+    Where output ``j``'s full sweep settled every entry of input ``i``, the
+    numerical ``<u_j, J_ij v_i>`` is its numerical gradient along ``v_i``
+    (:func:`_swept_slope`), at no further evaluation.  Otherwise directional
+    differences along ``v_i`` are taken at the same points for every output
+    (one step, the smallest any output would choose), so one evaluation of
+    ``fn`` serves all outputs; each output's value and noise come from its
+    VJP check.  A function without forward mode (a
     ``custom_vjp`` rule, a torch Function without ``jvp``) gets a
     ``no_forward_mode`` finding instead.
     """
@@ -744,18 +760,25 @@ def _check_jvps(
         direction[group[0].slice] = np.real(entries)
         if len(group) == 2:
             direction[group[1].slice] = np.imag(entries)
-        # the points the directional differences will evaluate, all at once
-        shared.prefetch(np.array(fd.directional_points(flat.x0, direction, rel)))
-        for j, u, m, fun in zip(checked, us, ms, funs):
+        # Where an output's sweep measured every entry of the input, its numerical
+        # gradient along the direction is <u, J v> already; else directional differences.
+        swept = [_swept_slope(m, group, direction) for m in ms]
+        if any(sw is None for sw in swept):  # the points directional differences evaluate, at once
+            shared.prefetch(np.array(fd.directional_points(flat.x0, direction, rel)))
+        for j, u, m, fun, sw in zip(checked, us, ms, funs, swept):
             analytic = project(u, out_tangents[j])
-            numeric, err, _ = fd.directional(
-                fun, flat.x0, direction, rel_step=rel, noise=m.ctx.noise, f0=m.ctx.f0
-            )
+            if sw is None:
+                numeric, err, _ = fd.directional(
+                    fun, flat.x0, direction, rel_step=rel, noise=m.ctx.noise, f0=m.ctx.f0
+                )
+                allowance = 8 * err
+            else:
+                numeric, allowance = sw
             hidden = False
             if 0 in (analytic, numeric):  # inside one stair of a staircase?
                 flat_bound = flat_slope(fun, flat.x0, m.ctx.f0, direction)
                 if flat_bound is not None:
-                    numeric, err = 0.0, flat_bound
+                    numeric, allowance = 0.0, 8 * flat_bound
                     # flat, and the rule's slope too small for float64 to show over the step
                     # (but not a zero computed with round-off, which the flat function confirms)
                     hidden = not _roundoff_slope(m.ctx, analytic, direction) and m.ctx.below_resolution(
@@ -766,8 +789,8 @@ def _check_jvps(
             terms = float(
                 np.linalg.norm(u) * np.linalg.norm(np.where(u != 0, np.asarray(out_tangents[j]), 0))
             )
-            tol = opts.atol + opts.rtol * max(terms, abs(numeric)) + 8 * err
-            ok = hidden or (abs(analytic - numeric) <= tol if np.isfinite(err) else True)
+            tol = opts.atol + opts.rtol * max(terms, abs(numeric)) + allowance
+            ok = hidden or (abs(analytic - numeric) <= tol if np.isfinite(allowance) else True)
             verdict = "inconclusive" if hidden else "pass" if ok else "fail"
             if hidden:
                 findings.append(
@@ -812,6 +835,36 @@ def _check_jvps(
                         {"analytic": analytic, "numeric": numeric},
                     )
                 )
+
+
+def _swept_slope(m: Measured, group: list[Any], direction: np.ndarray) -> tuple[float, float] | None:
+    """``<n, direction>`` from an output's full sweep ``n`` over one input, and its error bound.
+
+    ``group``: the input's leaves (real part, and imaginary part of a complex
+    input).  The bound sums each entry's own (its error bound, and ``rtol``
+    of its size for the truncation the central scheme does not estimate),
+    weighted by ``|direction|``.  None where the sweep did not settle every
+    entry of the input: sampled or fast mode, a kink, a block that is not a
+    clear pass, a non-finite estimate.
+    """
+    if m.mode != "full" or m.nondeterministic:
+        return None
+    opts = m.ctx.opts
+    names = [leaf.name for leaf in m.ctx.flat.leaves]
+    value = bound = 0.0
+    for leaf in group:
+        b = m.blocks[names.index(leaf.name)]
+        if b.verdict != "pass" or b.n_kink or b.n_checked != leaf.size:
+            return None
+        n = b.numeric
+        # the estimate's own error bound: the tolerance less its atol and rtol parts
+        err = b.tolerance - opts.atol - opts.rtol * np.maximum(np.abs(b.analytic), np.abs(n))
+        d = direction[leaf.slice][b.indices]
+        if not (np.all(np.isfinite(n)) and np.all(np.isfinite(err))):
+            return None
+        value += float(d @ n)
+        bound += float(np.abs(d) @ (np.maximum(err, 0.0) + opts.rtol * np.abs(n)))
+    return value, bound
 
 
 def _roundoff_slope(ctx: Any, slope: float, direction: np.ndarray) -> bool:

@@ -27,8 +27,10 @@ from .interrupts import raise_pending
 
 __all__ = ["SharedOutputs"]
 
-# Points with at most this many coordinates are keyed by their bytes, longer
-# ones by a 160-bit digest of them.
+# Points that differ from the check's point in at most this many coordinates
+# (the sweep's steps) are keyed by those coordinates and their values; others
+# by their bytes where short, else by a 160-bit digest of them.
+_SPARSE_KEY = 4
 _KEY_BYTES = 512
 # What a vectorised evaluation raises where the function cannot run that way
 # (torch.func.vmap on an .item(), on random draws, on an operator without a
@@ -36,9 +38,34 @@ _KEY_BYTES = 512
 _VECTORISE_FAILURES = (RuntimeError, NotImplementedError, TypeError)
 
 
-def _key(x: np.ndarray) -> bytes:
+def _whole_key(x: np.ndarray) -> bytes:
     raw = np.ascontiguousarray(x).tobytes()
-    return raw if len(raw) <= _KEY_BYTES else hashlib.blake2b(raw, digest_size=20).digest()
+    return b"w" + raw if len(raw) <= _KEY_BYTES else b"h" + hashlib.blake2b(raw, digest_size=20).digest()
+
+
+def _keys(rows: np.ndarray, x0_bits: np.ndarray) -> list[bytes]:
+    """One key per row of ``rows`` (float64, shape (m, n)): the same point, bit for bit, the same key.
+
+    A row that differs from ``x0`` (``x0_bits``: its bits as int64) in at most
+    :data:`_SPARSE_KEY` coordinates is keyed by their positions and values,
+    without hashing the whole row.
+    """
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    moved = rows.view(np.int64) != x0_bits  # bit for bit: -0.0 differs from 0.0, NaN from itself
+    counts = moved.sum(axis=1)
+    if len(rows) and int(counts.max()) > _SPARSE_KEY:
+        return [
+            _keys(rows[r : r + 1], x0_bits)[0] if c <= _SPARSE_KEY else _whole_key(rows[r])
+            for r, c in enumerate(counts.tolist())
+        ]
+    where, cols = np.nonzero(moved)
+    values = rows[where, cols]
+    ends = np.cumsum(counts).tolist()
+    keys, lo = [], 0
+    for hi in ends:
+        keys.append(b"s" + cols[lo:hi].tobytes() + values[lo:hi].tobytes())
+        lo = hi
+    return keys
 
 
 class SharedOutputs:
@@ -56,26 +83,38 @@ class SharedOutputs:
         computed at once (vectorised).  Tried on the first batch against
         point-by-point evaluations, and used only where they agree to
         round-off and the function draws no random numbers.
+    draws : bool, optional
+        False where the caller already knows that the function draws from
+        none of ``target.rngs`` (learnt from its first call): then no state
+        is saved, compared or replayed.  Default: found after the first
+        evaluation here.
 
     The ``n``-th evaluation of output ``j`` at a point returns the ``n``-th
     value computed there, so repeated evaluations (which look for
     nondeterminism) see the function's real repeats.
     """
 
-    def __init__(self, target: Any, k: int, rows: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        target: Any,
+        k: int,
+        rows: Callable[[np.ndarray], np.ndarray] | None = None,
+        draws: bool | None = None,
+    ) -> None:
         self.target = target
         self.k = k
         self.rows = rows
         #: None until tried; False after the vectorised rows failed or disagreed.
         self.rows_work: bool | None = None
         self.evaluations = 0
+        self._x0_bits = np.ascontiguousarray(target.flat.x0, dtype=np.float64).view(np.int64)
         self._values: dict[bytes, list[np.ndarray]] = {}
         self._seen: list[dict[bytes, int]] = [{} for _ in range(k)]
         self._lock = threading.Lock()
         self._serial = threading.Lock()
-        self._saved = [r.get() for r in target.rngs]
         # Generators the function draws from; decided after its first call.
-        self._active: list[int] | None = None
+        self._active: list[int] | None = [] if draws is False else None
+        self._saved = [] if draws is False else [r.get() for r in target.rngs]
 
     def _evaluate(self, x: np.ndarray) -> np.ndarray:
         raise_pending()
@@ -97,7 +136,7 @@ class SharedOutputs:
 
     def value(self, j: int, x: np.ndarray) -> float:
         """Output ``j``'s projection at ``x`` (evaluating ``fn`` only at a new point or repeat)."""
-        key = _key(x)
+        key = _keys(x[None, :], self._x0_bits)[0]
         with self._lock:
             n = self._seen[j].get(key, 0)
             self._seen[j][key] = n + 1
@@ -110,30 +149,41 @@ class SharedOutputs:
         return float(out[j])
 
     def batch(self, j: int, rows: np.ndarray) -> np.ndarray:
-        """Output ``j``'s projections at the rows of ``rows``, new points evaluated at once."""
-        keys = [_key(r) for r in rows]
-        out = np.empty(len(rows))
+        """Output ``j``'s projections at the rows of ``rows``, new points evaluated at once.
+
+        With one output there is no other to share them with: the rows are
+        evaluated (afresh, as a plain check would) without being remembered.
+        """
+        if self.k == 1:
+            return self._evaluate_rows(rows)[:, 0]
+        keys = _keys(rows, self._x0_bits)
+        known: list[float] = []
+        done: list[int] = []
         todo: list[int] = []
+        seen, stored = self._seen[j], self._values
         with self._lock:
             for r, key in enumerate(keys):
-                n = self._seen[j].get(key, 0)
-                self._seen[j][key] = n + 1
-                values = self._values.get(key)
+                n = seen.get(key, 0)
+                seen[key] = n + 1
+                values = stored.get(key)
                 if values is not None and n < len(values):
-                    out[r] = values[n][j]
+                    done.append(r)
+                    known.append(values[n][j])
                 else:
                     todo.append(r)
+        out = np.empty(len(rows))
+        out[done] = known
         if todo:
             fresh = self._evaluate_rows(rows[todo])
             with self._lock:
                 for r, values in zip(todo, fresh):
-                    self._values.setdefault(keys[r], []).append(values)
+                    stored.setdefault(keys[r], []).append(values)
             out[todo] = fresh[:, j]
         return out
 
     def prefetch(self, rows: np.ndarray) -> None:
         """Evaluate the rows not yet seen at once; later evaluations there read them."""
-        keys = [_key(r) for r in rows]
+        keys = _keys(rows, self._x0_bits)
         with self._lock:
             todo = [r for r, key in enumerate(keys) if key not in self._values]
         if todo:

@@ -200,6 +200,7 @@ class TorchAdapter(Adapter):
         work = {id(t): _work_dtype(t, float64) for t in flat.values}
         promotion = Promotion()
         working = _working(flat, [work[id(t)] for t in flat.values])
+        x0_bits = flat.x0.copy().view(np.int64)  # x0 as it is outside evaluations, bit for bit
 
         def make(piece: np.ndarray, original: torch.Tensor) -> torch.Tensor:
             return _tensor(piece, work[id(original)], original.device)
@@ -208,6 +209,15 @@ class TorchAdapter(Adapter):
             if working is not None and x is flat.x0:  # the tensors at x0, without a copy
                 with working.at_x0(), lock, float64_scope(promote, promotion):
                     return loss(working.structure())
+            moved = None if working is None else _few_moved(x, x0_bits)
+            # a point a few entries away from x0 (a sweep's step): those entries written into
+            # the working tensors, unless another thread is evaluating with them right now
+            if working is not None and moved is not None and working.lock.acquire(blocking=False):
+                try:
+                    with working.placed(moved, x[moved]), lock, float64_scope(promote, promotion):
+                        return loss(working.structure())
+                finally:
+                    working.lock.release()
             p = flat.unravel(x, make)
             with lock, float64_scope(promote, promotion):
                 return loss(p)
@@ -283,10 +293,17 @@ class TorchAdapter(Adapter):
         if working is not None:
             working.watch(tensors)
 
+        # True while the tensors hold the working tensors (.data) between evaluations along a
+        # block: they stay in place from one such evaluation to the next (swapping .data costs
+        # more than a small model's forward pass); any other evaluation, and the end of the
+        # check (the snapshot), puts the originals back.
+        installed = [False]
+
         @contextlib.contextmanager
         def holding(values: list[torch.Tensor]) -> Iterator[None]:
             """The tensors hold ``values`` (their ``.data``) while inside."""
             try:
+                installed[0] = False
                 for t, value in zip(tensors, values):
                     t.data = value
                 yield
@@ -303,6 +320,7 @@ class TorchAdapter(Adapter):
                 return
             pieces = flat.split(x)
             try:
+                installed[0] = False
                 for t, piece, dtype in zip(tensors, pieces, work):
                     t.data = _tensor(piece, dtype, t.device)
                 yield
@@ -317,12 +335,11 @@ class TorchAdapter(Adapter):
         def evaluate_along(block: slice, w: np.ndarray, s: float) -> Any:
             if working is None:
                 raise RuntimeError("no working parameters to move")
-            with (
-                lock,
-                working.moved(block, w, s) as values,
-                holding(values),
-                float64_scope(promote, promotion),
-            ):
+            with lock, working.moved(block, w, s) as values, float64_scope(promote, promotion):
+                if not installed[0]:
+                    for t, value in zip(tensors, values):
+                        t.data = value
+                    installed[0] = True
                 return loss()
 
         def gradient(x: np.ndarray | None = None) -> np.ndarray:
@@ -384,6 +401,16 @@ class TorchAdapter(Adapter):
         out[torch.as_tensor(mask, device=value.device)] = entries
         return out
 
+    def call_rows(
+        self,
+        fn: Callable[..., Any],
+        inputs: list[Any],
+        rows: dict[int, np.ndarray],
+        memo: dict[str, Any] | None = None,
+    ) -> list[np.ndarray]:
+        """``fn`` at many values of some inputs at once (see :func:`.autodiff.call_rows`)."""
+        return _call_rows(self, fn, inputs, rows, memo)
+
     def vjp(
         self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
     ) -> list[np.ndarray]:
@@ -438,11 +465,17 @@ def _module_loss(loss: Callable[..., Any], module: torch.nn.Module) -> Callable[
 
     return loss_of_values
 
-    def call_rows(
-        self, fn: Callable[..., Any], inputs: list[Any], rows: dict[int, np.ndarray]
-    ) -> list[np.ndarray]:
-        """``fn`` at many values of some inputs at once (see :func:`.autodiff.call_rows`)."""
-        return _call_rows(self, fn, inputs, rows)
+
+# A point that differs from x0 in at most this many entries is evaluated in the working tensors.
+_FEW_MOVED = 4
+
+
+def _few_moved(x: np.ndarray, x0_bits: np.ndarray) -> np.ndarray | None:
+    """The flat positions where ``x`` differs from ``x0`` bit for bit, if there are only a few (else None)."""
+    if x.dtype != np.float64 or x.shape != x0_bits.shape:
+        return None
+    moved = np.flatnonzero(np.ascontiguousarray(x).view(np.int64) != x0_bits)
+    return moved if len(moved) <= _FEW_MOVED else None
 
 
 def _working(

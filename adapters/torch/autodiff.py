@@ -21,7 +21,7 @@ import torch
 from gradcheck_core.errors import InputError, NotTwiceDifferentiable
 
 from ..base import Adapter, takes_argument
-from .float64 import _promotable, _work_dtype, float64_scope
+from .float64 import Promotion, _promotable, _work_dtype, float64_scope
 
 __all__ = [
     "call",
@@ -173,7 +173,11 @@ def call(adapter: Adapter, fn: Callable[..., Any], inputs: list[Any]) -> list[np
 
 
 def call_rows(
-    adapter: Adapter, fn: Callable[..., Any], inputs: list[Any], rows: dict[int, np.ndarray]
+    adapter: Adapter,
+    fn: Callable[..., Any],
+    inputs: list[Any],
+    rows: dict[int, np.ndarray],
+    memo: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """``fn`` at many values of some inputs at once, through ``torch.func.vmap``.
 
@@ -188,6 +192,12 @@ def call_rows(
     rows : dict
         Input position -> real values with a leading axis of points, for
         inputs that are plain (contiguous, dense, real) tensors.
+    memo : dict, optional
+        Kept by the caller between calls for the same ``fn``: holds the
+        :class:`~.float64.Promotion` learnt from one plain call of ``fn`` at
+        the fixed inputs, so that a function that needs no float64 forcing
+        runs under vmap without :class:`~.float64.Float64Mode` (which would
+        intercept every torch call of the batching machinery).
 
     Returns
     -------
@@ -220,7 +230,16 @@ def call_rows(
             args[i] = v
         return tuple(_as_list(fn(*args)))
 
-    with float64_scope(_promotable(xs)):
+    promotion = None if memo is None else memo.setdefault("promotion", Promotion())
+    if promotion is not None and promotion.needed is None and _promotable(xs):
+        # Learnt from one plain call at the fixed inputs: under vmap the mode would
+        # intercept every operator of the batching machinery too.
+        # (an exception here is left to the vectorised call below, which meets it as it would have)
+        with contextlib.suppress(Exception), float64_scope(True, promotion):
+            fn(*xs)
+    with warnings.catch_warnings(), float64_scope(_promotable(xs), promotion):
+        # vectorising is the check's own choice: torch's notes on slow batching rules are not the user's
+        warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
         outs = torch.func.vmap(one, randomness="error")(*points)
     return [np.asarray(adapter.to_numpy(o)) for o in outs]
 

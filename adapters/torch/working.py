@@ -133,6 +133,24 @@ class WorkingParameters:
                     self._put_back(k, lo, hi)
                 self._repair()
 
+    @contextlib.contextmanager
+    def placed(self, positions: np.ndarray, values: np.ndarray) -> Iterator[list[torch.Tensor]]:
+        """The tensors, holding ``x0`` but for ``values`` at the flat ``positions`` (a few), while inside."""
+        with self.lock:
+            spots = [(max(0, bisect.bisect_right(self.offsets, p) - 1), p) for p in positions.tolist()]
+            try:
+                for (k, p), v in zip(spots, values.tolist()):
+                    if self.sources is not None:
+                        self.flat.x0[p] = v
+                    else:
+                        self._copy_into(k, p, p + 1, np.array([v]))
+                self._mark()
+                yield self.tensors
+            finally:
+                for k, p in spots:
+                    self._put_back(k, p, p + 1)
+                self._repair()
+
     # -- internals -----------------------------------------------------------------
     def _parts(self, block: slice) -> list[tuple[int, int, int]]:
         """``(parameter, start, stop)`` of the pieces of ``block`` (flat indices) in each parameter."""
@@ -152,6 +170,9 @@ class WorkingParameters:
         x0 = self.flat.x0
         if self.sources is not None:
             offset = self.offsets[k]
+            if hi - lo == 1:  # one entry (a step of the full sweep): the same sum on Python floats
+                x0[lo] = float(w[0]) * s + float(self.sources[k][lo - offset])
+                return
             moved = x0[lo:hi]
             np.multiply(w, s, out=moved)
             moved += self.sources[k][lo - offset : hi - offset]
@@ -162,7 +183,10 @@ class WorkingParameters:
     def _put_back(self, k: int, lo: int, hi: int) -> None:
         offset = self.offsets[k]
         if self.sources is not None:
-            self.flat.x0[lo:hi] = self.sources[k][lo - offset : hi - offset]
+            if hi - lo == 1:
+                self.flat.x0[lo] = self.sources[k][lo - offset]
+            else:
+                self.flat.x0[lo:hi] = self.sources[k][lo - offset : hi - offset]
             return
         self._copy_into(k, lo, hi, self.flat.x0[lo:hi])
 
