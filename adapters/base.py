@@ -95,6 +95,11 @@ class Target:
         ``block`` (as numpy computes it), evaluated without building the
         point as a vector as long as ``x0``; None where the target has no
         such shortcut.
+    evaluate_shifted : callable or None
+        ``evaluate_shifted(x, idx, shift)`` -> the losses at the points ``x``
+        but for ``x[idx_k] + shift_k`` (one moved coordinate each, as numpy
+        computes the sum), built by the framework itself rather than as rows
+        of a matrix; it may return None (not ready: build the rows).
     precision : list of str
         Why evaluations may not be in float64 (each a sentence with a remedy).
     rngs : list of RngState
@@ -108,6 +113,7 @@ class Target:
     evaluate_batch: Callable[[np.ndarray], np.ndarray] | None = None
     evaluate_complex: Callable[[np.ndarray], Any] | None = None
     evaluate_along: Callable[[slice, np.ndarray, float], Any] | None = None
+    evaluate_shifted: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray | None] | None = None
     precision: list[str] = field(default_factory=list)
     rngs: list[RngState] = field(default_factory=list)
     framework: str = "numpy"

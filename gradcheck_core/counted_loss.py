@@ -225,6 +225,38 @@ class LossFunction:
         return value
 
     @property
+    def shifted(self) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray | None] | None:
+        """``shifted(x, idx, shift)``: the losses at ``x`` moved by ``shift_k`` on coordinate ``idx_k``.
+
+        Offered where the target builds such points itself (a compiled
+        ``vmap`` over the moved coordinate): no matrix of rows as long as
+        ``x`` each.  Returns None where the target is not ready for it; the
+        caller then builds the rows for :attr:`batch`.
+        """
+        if self.executor is not None or self.target.evaluate_shifted is None:
+            return None
+        return self._shifted
+
+    def _shifted(self, x: np.ndarray, idx: np.ndarray, shift: np.ndarray) -> np.ndarray | None:
+        evaluate_shifted = self.target.evaluate_shifted
+        if evaluate_shifted is None:
+            return None
+        raise_pending()
+        self.replay()
+        values = evaluate_shifted(x, idx, shift)
+        if values is None:
+            return None
+        out = np.asarray(values, dtype=np.float64).reshape(-1)
+        self.nfev += len(idx)
+        bad = ~np.isfinite(out)
+        if bad.any() and not self.tolerate:
+            k = int(np.flatnonzero(bad)[0])
+            point = np.array(x, dtype=np.float64)
+            point[idx[k]] += shift[k]
+            raise InputError(self._not_finite(float(out[k]), point))
+        return out
+
+    @property
     def batch(self) -> Callable[[np.ndarray], np.ndarray] | None:
         if self.executor is not None:
             return self._executor_batch

@@ -22,6 +22,7 @@ from gradcheck_core.flatten import Flat
 
 from ..base import python_rng_states
 from .callbacks import raise_if_users
+from .programs import compiled_program
 from .x64_mode import x64
 
 __all__ = ["BATCH_MEMORY", "COMPILED_RTOL", "MIN_BATCH", "PROBE_ROWS", "BatchedEvaluation"]
@@ -57,6 +58,9 @@ class BatchedEvaluation:
     row_seconds: float
     timed_sizes: set[int]
     batch_failed: bool
+    shifted_executables: dict[int, Any]
+    shifted_failed: bool
+    shifted_checked: bool
     evaluate: Callable[[np.ndarray], Any]
     scalar_of_vector: Callable[[Any], Any]
     compiled_input: Callable[[np.ndarray], Any]
@@ -97,6 +101,57 @@ class BatchedEvaluation:
                     raise
         return out
 
+    def evaluate_shifted(self, x: np.ndarray, idx: np.ndarray, shift: np.ndarray) -> np.ndarray | None:
+        """The losses at ``x`` moved by ``shift[k]`` on coordinate ``idx[k]``, the points built by XLA.
+
+        A full sweep's rows differ from ``x`` in one coordinate each; built
+        inside one compiled ``vmap`` they cost no matrix of rows on the host.
+        Offered once the vectorised loss has been checked against single calls
+        (None before, and in float32 checks, where the rows path rounds the
+        points as the parameters' dtype does); its own first values are
+        checked the same way.
+        """
+        if self.vmapped is None or self.batch_failed or self.shifted_failed or not self.float64:
+            return None
+        idx = np.asarray(idx, dtype=np.int64)
+        shift = np.asarray(shift, dtype=np.float64)
+        out = np.empty(len(idx))
+        step = max(1, min(len(idx), self.max_rows))
+        with x64(self.float64):
+            base = self.compiled_input(x)
+            for start in range(0, len(idx), step):
+                i, s = idx[start : start + step], shift[start : start + step]
+                try:
+                    out[start : start + len(i)] = self._shifted_padded(base, i, s)
+                except Exception as exc:
+                    raise_if_users(exc)
+                    raise
+        if not self.shifted_checked:
+            rows = np.repeat(np.asarray(x, dtype=np.float64)[None, :], min(2, len(idx)), axis=0)
+            rows[np.arange(len(rows)), idx[: len(rows)]] += shift[: len(rows)]
+            if not _same(out[: len(rows)], self._loop(rows), self.out_dtype):
+                self.shifted_failed = True
+                return None
+            self.shifted_checked = True
+        return out
+
+    def _shifted_padded(self, base: Any, i: np.ndarray, s: np.ndarray) -> np.ndarray:
+        k = len(i)
+        size = min((n for n in self.shifted_executables if n >= k), default=k)
+        if (size - k) * self.row_seconds > self.compile_seconds:
+            size = k
+        if size > k:
+            i = np.concatenate([i, np.repeat(i[-1:], size - k)])
+            s = np.concatenate([s, np.repeat(s[-1:], size - k)])
+        if size not in self.shifted_executables:
+            of_vector = self.scalar_of_vector
+
+            def moved(b: Any, i_: Any, s_: Any) -> Any:
+                return jax.vmap(lambda j, t: of_vector(b.at[j].add(t)))(i_, s_)
+
+            self.shifted_executables[size] = compiled_program(jax.jit(moved).trace(base, i, s), self.device)
+        return np.asarray(self.shifted_executables[size](base, i, s), dtype=np.float64)[:k]
+
     def _loop(self, rows: np.ndarray) -> np.ndarray:
         states = [(r, r.get()) for r in python_rng_states()]
         out = np.empty(len(rows))
@@ -111,7 +166,7 @@ class BatchedEvaluation:
         size = int(batch.shape[0])
         if size not in self.executables:
             start = time.perf_counter()
-            self.executables[size] = self.vmapped.lower(batch).compile()
+            self.executables[size] = compiled_program(self.vmapped.trace(batch), self.device)
             self.compile_seconds = time.perf_counter() - start
         return self.executables[size]
 

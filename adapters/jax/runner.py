@@ -26,7 +26,7 @@ from .autodiff import REVERSE_MODE_HINT, no_reverse_mode
 from .batching import BatchedEvaluation
 from .callbacks import is_tracing_error, raise_if_users
 from .precision import located_causes, narrow_operations, precision_sentence
-from .programs import Programs, programs_for
+from .programs import compiled_program
 from .promote import mixed_dtypes_error, promoted
 from .x64_mode import x64
 
@@ -69,7 +69,9 @@ class Runner(BatchedEvaluation):
         self.compiled = False  # whether ``single`` is the compiled loss
         self.vmapped: Any = None
         self.executables: dict[int, Any] = {}
-        self.programs = Programs()  # compiled programs, shared with earlier checks of the same program
+        self.shifted_executables: dict[int, Any] = {}
+        self.shifted_failed = False
+        self.shifted_checked = False
         self.max_rows = 1 << 30
         self.row_scratch: float | None = None
         self.compile_seconds = 0.0
@@ -158,11 +160,7 @@ class Runner(BatchedEvaluation):
                     for r, s in states:
                         r.set(s)
                     try:
-                        self.programs = programs_for(traced.jaxpr, self.device)
-                        self.executables = self.programs.batched
-                        if self.programs.single is None:
-                            self.programs.single = traced.lower().compile()
-                        compiled = self.programs.single
+                        compiled = compiled_program(traced, self.device)
                         start = time.perf_counter()
                         jax.block_until_ready(compiled(self.compiled_input(self.flat.x0)))
                         self.row_seconds = time.perf_counter() - start  # until batches are timed
@@ -178,6 +176,7 @@ class Runner(BatchedEvaluation):
                 r.set(s)
             if self.use_vmap and self.traceable:
                 target.evaluate_batch = self.evaluate_batch
+                target.evaluate_shifted = self.evaluate_shifted
 
     def _note_precision(self, out: Any) -> None:
         """On the first evaluation: say why the loss is not computed in float64."""
@@ -236,9 +235,7 @@ class Runner(BatchedEvaluation):
             at = self.vector(self.flat.x0 if x is None else x)
             try:
                 if self.compiled:
-                    if self.programs.gradient is None:
-                        self.programs.gradient = jax.jit(grad).lower(at).compile()
-                    grad = self.programs.gradient
+                    grad = compiled_program(jax.jit(grad).trace(at), self.device)
                 g = grad(at)
             except InputError:
                 raise
