@@ -294,6 +294,11 @@ class LossFunction:
                 parts_wanted = min(
                     parts_wanted, max(2, math.ceil(len(rows) * self.eval_seconds / PART_SECONDS))
                 )
+            # No more parts than two per worker: each part costs a round trip and the loss's
+            # unpickling on the worker, and more parts than workers buy only balance.
+            workers = _worker_count(executor)
+            if workers is not None:
+                parts_wanted = min(parts_wanted, 2 * workers)
         parts = np.array_split(rows, max(1, parts_wanted))
         if isinstance(executor, ProcessPoolExecutor):
             _require_picklable(worker)
@@ -319,6 +324,22 @@ class LossFunction:
                 self.replay()
                 out[k] = self.scalar(self.target.evaluate(r), r)
         return out
+
+
+def _worker_count(executor: Executor) -> int | None:
+    """How many evaluations ``executor`` runs at once, where it says (a process pool, a Dask client)."""
+    count = getattr(executor, "_max_workers", None)  # concurrent.futures pools
+    if isinstance(count, int) and count > 0:
+        return count
+    client = getattr(executor, "_client", None)  # distributed's ClientExecutor
+    nthreads = getattr(client, "nthreads", None)
+    if callable(nthreads):
+        try:
+            total = sum(int(v) for v in dict(nthreads()).values())
+        except Exception:  # a client that cannot answer now: keep the parts as they are
+            return None
+        return total or None
+    return None
 
 
 def _short(value: Any) -> str:
