@@ -324,12 +324,18 @@ def _keras_rows() -> None:
         # (keras.ops.identity(n) is the n x n identity matrix, not the identity function)
         return ops.copy(w), grad
 
+    # Registered, with its settings in get_config: the check rebuilds the model
+    # from its config as a float64 copy (loss(model)).
+    @keras.saving.register_keras_serializable(package="real_models")
     class Head(keras.layers.Layer):
         """A dense head; ``broken`` routes its kernel through a wrong backward."""
 
-        def __init__(self, units: int, **kwargs: Any) -> None:
+        def __init__(self, units: int, broken: bool = False, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.units, self.broken = units, False
+            self.units, self.broken = units, broken
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "units": self.units, "broken": self.broken}
 
         def build(self, shape: Any) -> None:
             self.kernel = self.add_weight(shape=(shape[-1], self.units), name="kernel")
@@ -347,8 +353,10 @@ def _keras_rows() -> None:
     model(x)
     cce = keras.losses.CategoricalCrossentropy(from_logits=True)
 
-    def loss() -> Any:
-        return cce(y, model(x, training=False))
+    def loss(m: Any) -> Any:
+        # m: the float64 copy of the model; a loss object made here is float64 too
+        ce = keras.losses.CategoricalCrossentropy(from_logits=True)
+        return ce(y, m(x, training=False))
 
     n = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     if backend == "tensorflow":
@@ -357,7 +365,7 @@ def _keras_rows() -> None:
         @tf.function
         def fb() -> Any:
             with tf.GradientTape() as tape:
-                value = loss()
+                value = cce(y, model(x, training=False))
             return tape.gradient(value, model.trainable_variables)
 
         t_fb = _timed(fb)
