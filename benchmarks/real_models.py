@@ -79,6 +79,16 @@ def _emit(row: dict) -> None:
     print(ROW + json.dumps(row), flush=True)
 
 
+def _why(label: str, report: Any) -> None:
+    """For a verdict other than the expected one: the blocks it came from and the findings."""
+    blocks = [f"{b.name} {b.verdict} ({b.rel_error:.2g})" for b in report.blocks if b.verdict != "pass"]
+    print(f"  {label}: {report.verdict}; {len(blocks)} of {len(report.blocks)} blocks not passed", flush=True)
+    for line in blocks[:20]:
+        print(f"    {line}", flush=True)
+    for f in report.findings:
+        print(f"    [{f.kind}] {f.block or ''}: {f.message[:300]}", flush=True)
+
+
 # -- torch -----------------------------------------------------------------------
 def _torch_wrong_identity(entry: list[int]) -> Any:
     """The identity, whose backward multiplies the entry ``entry[0]`` of the gradient by WRONG_FACTOR."""
@@ -383,8 +393,12 @@ def _keras_rows() -> None:
         t_fb = _timed(lambda: jax.block_until_ready(vg(tv)))
     opts = {"mode": "fast", "directions": BIG_DIRECTIONS, "progress": False}
     good = gc.check(loss, model, **opts)
+    if good.verdict != "pass":
+        _why("correct gradient", good)
     head.broken = True
     bad = gc.check(loss, model, **opts)
+    if bad.verdict != "fail":
+        _why("broken backward", bad)
     expected = f"{head.kernel.path}{_at(tuple(head.kernel.shape))}"
     _emit(
         _row(
