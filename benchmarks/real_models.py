@@ -17,8 +17,13 @@ torchvision does not import beside every torch build; the ResNet row runs in
 whichever interpreter has it (``--torchvision-python``, default: this one)
 and is skipped with the reason otherwise.
 
+The Keras rows check ``loss(model)``, which evaluates a float64 copy of the
+model, in inference mode with batch-normalisation statistics taken from the
+check's four images (see ``_keras_rows`` for why).
+
 Nothing is asserted; the numbers depend on the machine.  Run it with
-``python benchmarks/real_models.py`` (a few minutes on two CPU cores).
+``python benchmarks/real_models.py`` (about 40 minutes on two busy CPU cores,
+most of it the two Keras rows).
 """
 
 from __future__ import annotations
