@@ -17,8 +17,13 @@ torchvision does not import beside every torch build; the ResNet row runs in
 whichever interpreter has it (``--torchvision-python``, default: this one)
 and is skipped with the reason otherwise.
 
+The Keras rows check ``loss(model)``, which evaluates a float64 copy of the
+model, in inference mode with batch-normalisation statistics taken from the
+check's four images (see ``_keras_rows`` for why).
+
 Nothing is asserted; the numbers depend on the machine.  Run it with
-``python benchmarks/real_models.py`` (a few minutes on two CPU cores).
+``python benchmarks/real_models.py`` (about 40 minutes on two busy CPU cores,
+most of it the two Keras rows).
 """
 
 from __future__ import annotations
@@ -77,6 +82,16 @@ def _row(
 
 def _emit(row: dict) -> None:
     print(ROW + json.dumps(row), flush=True)
+
+
+def _why(label: str, report: Any) -> None:
+    """For a verdict other than the expected one: the blocks it came from and the findings."""
+    blocks = [f"{b.name} {b.verdict} ({b.rel_error:.2g})" for b in report.blocks if b.verdict != "pass"]
+    print(f"  {label}: {report.verdict}; {len(blocks)} of {len(report.blocks)} blocks not passed", flush=True)
+    for line in blocks[:20]:
+        print(f"    {line}", flush=True)
+    for f in report.findings:
+        print(f"    [{f.kind}] {f.block or ''}: {f.message[:300]}", flush=True)
 
 
 # -- torch -----------------------------------------------------------------------
@@ -324,12 +339,18 @@ def _keras_rows() -> None:
         # (keras.ops.identity(n) is the n x n identity matrix, not the identity function)
         return ops.copy(w), grad
 
+    # Registered, with its settings in get_config: the check rebuilds the model
+    # from its config as a float64 copy (loss(model)).
+    @keras.saving.register_keras_serializable(package="real_models")
     class Head(keras.layers.Layer):
         """A dense head; ``broken`` routes its kernel through a wrong backward."""
 
-        def __init__(self, units: int, **kwargs: Any) -> None:
+        def __init__(self, units: int, broken: bool = False, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.units, self.broken = units, False
+            self.units, self.broken = units, broken
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "units": self.units, "broken": self.broken}
 
         def build(self, shape: Any) -> None:
             self.kernel = self.add_weight(shape=(shape[-1], self.units), name="kernel")
@@ -342,13 +363,32 @@ def _keras_rows() -> None:
     )
     head = Head(10, name="head")
     model = keras.Sequential([base, head])
-    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype("float32")
-    y = np.eye(10, dtype="float32")[[5]]
-    model(x)
+    # Four images, in inference mode, with every batch normalisation's moving
+    # statistics set to those of the four images (as a trained model has them).
+    # With the initial statistics (mean 0, variance 1: the identity) the
+    # random-weight activations shrink layer after layer to ~1e-10: the loss is
+    # log(10) + 6e-11 and the gradients of most tensors are 1e-26 to 1e-10
+    # (median 2e-11), below what finite differences of a float64 loss can
+    # resolve.  Training mode (batch statistics) keeps every layer at unit
+    # scale, but then the beta of each projection's batch normalisation has a
+    # gradient of exactly 0 (the next batch normalisation removes any constant
+    # shift), which autodiff returns as round-off (1e-16) and finite
+    # differences cannot tell from 0.
+    x = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype("float32")
+    y = np.eye(10, dtype="float32")[[5, 1, 2, 7]]
+    norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0  # the moving statistics become the batch's
+    model(x, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
     cce = keras.losses.CategoricalCrossentropy(from_logits=True)
 
-    def loss() -> Any:
-        return cce(y, model(x, training=False))
+    def loss(m: Any) -> Any:
+        # m: the float64 copy of the model; a loss object made here is float64 too
+        ce = keras.losses.CategoricalCrossentropy(from_logits=True)
+        return ce(y, m(x, training=False))
 
     n = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     if backend == "tensorflow":
@@ -357,7 +397,7 @@ def _keras_rows() -> None:
         @tf.function
         def fb() -> Any:
             with tf.GradientTape() as tape:
-                value = loss()
+                value = cce(y, model(x, training=False))
             return tape.gradient(value, model.trainable_variables)
 
         t_fb = _timed(fb)
@@ -375,8 +415,13 @@ def _keras_rows() -> None:
         t_fb = _timed(lambda: jax.block_until_ready(vg(tv)))
     opts = {"mode": "fast", "directions": BIG_DIRECTIONS, "progress": False}
     good = gc.check(loss, model, **opts)
+    print(f"  correct gradient: {good.verdict}, {good.nfev} evaluations, {good.seconds:.0f} s", flush=True)
+    if good.verdict != "pass":
+        _why("correct gradient", good)
     head.broken = True
     bad = gc.check(loss, model, **opts)
+    if bad.verdict != "fail":
+        _why("broken backward", bad)
     expected = f"{head.kernel.path}{_at(tuple(head.kernel.shape))}"
     _emit(
         _row(

@@ -26,12 +26,12 @@ from ..detection import framework_of, to_numpy
 from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import grad_of_tensors, grad_of_variables
 from .float64 import Settings, float64_clone, float64_settings
+from .held import HeldPoint
 from .losses import float64_loss, reduce_values
 from .notes import _noted
 from .state import _replay, keras_rng_states
 from .values import (
     _FULL,
-    _assign,
     _collect,
     _dtype_of,
     _is_layer,
@@ -169,13 +169,17 @@ class KerasAdapter(Adapter):
         rngs = python_rng_states() + keras_rng_states([clone])
         saved = [r.get() for r in rngs]
         precision: list[str] = []
-
-        def put(x: np.ndarray) -> None:
-            for v, piece in zip(variables, flat.split(x)):
-                _assign(v, piece)
+        # Each point assigns only the copy's variables it changes (fast mode's
+        # points move one block).
+        held = HeldPoint(flat, variables, at_x0=False)
+        put = held.put
 
         def evaluate(x: np.ndarray) -> Any:
             put(x)
+            return _noted(loss(clone), precision, settings)
+
+        def evaluate_along(block: slice, w: np.ndarray, s: float) -> Any:
+            held.along(block, w, s)
             return _noted(loss(clone), precision, settings)
 
         def gradient(x: np.ndarray | None = None) -> np.ndarray:
@@ -193,6 +197,7 @@ class KerasAdapter(Adapter):
             evaluate=evaluate,
             gradient=gradient,
             call_grad=call_grad,
+            evaluate_along=evaluate_along,
             precision=precision,
             rngs=rngs,
             framework=self.name,
@@ -253,41 +258,24 @@ class KerasAdapter(Adapter):
             for v, value in state:
                 v.assign(value)
 
-        # The variables that may hold something other than x0: fast mode's moved
-        # points rewrite only these and the ones their block covers.
-        away: set[int] = set()
-
-        def write(x: np.ndarray) -> None:
-            away.update(range(len(variables)))
-            for v, piece in zip(variables, flat.split(x)):
-                _assign(v, piece)
+        # Fast mode's points rewrite only the variables they change.
+        held = HeldPoint(flat, variables, at_x0=True)
 
         def at(x: np.ndarray | None) -> None:
             # the point for a gradient: x0 exactly as given, or another point (gc.compare)
             if x is None:
                 put_back()
-                away.clear()
+                held.forget()
             else:
-                write(x)
+                held.put(x)
             _replay(rngs, saved_rngs)
 
         def evaluate(x: np.ndarray) -> Any:
-            write(x)
+            held.put(x)
             return _noted(call(), precision, settings)
 
         def evaluate_along(block: slice, w: np.ndarray, s: float) -> Any:
-            pieces = _pieces(flat, block)
-            covered = {k for k, _, _ in pieces}
-            for k in sorted(away - covered):
-                _assign(variables[k], flat.x0[flat.leaves[k].slice].reshape(flat.leaves[k].shape))
-                away.discard(k)
-            for k, lo, hi in pieces:
-                leaf = flat.leaves[k]
-                values = flat.x0[leaf.slice].copy()
-                a, b = lo - leaf.offset, hi - leaf.offset
-                values[a:b] = values[a:b] + s * w[lo - block.start : hi - block.start]
-                away.add(k)
-                _assign(variables[k], values.reshape(leaf.shape))
+            held.along(block, w, s)
             return _noted(call(), precision, settings)
 
         def gradient(x: np.ndarray | None = None) -> np.ndarray:
@@ -414,17 +402,6 @@ class KerasAdapter(Adapter):
     ) -> Callable[..., Any]:
         """``<grad loss, w>`` by nested tapes (see :func:`.autodiff.directional_gradient`)."""
         return _directional_gradient(loss, takes_argument(loss), _is_layer(params), self.flatten, params, w)
-
-
-def _pieces(flat: Flat, block: slice) -> list[tuple[int, int, int]]:
-    """``(leaf, start, stop)``: the part of ``block`` (flat indices) in each leaf it covers."""
-    start, stop = int(block.start), int(block.stop)
-    out = []
-    for k, leaf in enumerate(flat.leaves):
-        lo, hi = max(start, leaf.offset), min(stop, leaf.offset + leaf.size)
-        if lo < hi:
-            out.append((k, lo, hi))
-    return out
 
 
 def _rebuild(flat: Flat, tensors: list[Any]) -> Any:
