@@ -132,8 +132,11 @@ def test_a_functional_loss_gives_the_same_estimates_serially_and_in_threads() ->
     serial = gc.check(loss, params, mode="full", progress=False)
     threads = gc.check(loss, params, mode="full", progress=False, executor="threads")
     assert serial.verdict == threads.verdict == "pass"
+    # Threads may take the copying path where the serial check moves entries in place; torch can
+    # round a product of differently laid-out tensors differently in the last bit, which a
+    # difference quotient turns into about 1e-11: the estimates agree to that, not bit for bit.
     for a, b in zip(serial.blocks, threads.blocks):
-        np.testing.assert_array_equal(a.numeric, b.numeric)
+        np.testing.assert_allclose(a.numeric, b.numeric, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("shape", ["dict", "list", "tuple", "nested", "array"])
