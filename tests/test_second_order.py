@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax_rules import sin_right_to_first_order_only
 
 import gradcheck_core as gc
 
@@ -264,18 +265,10 @@ def test_torch_complex_inputs_at_order_two() -> None:
 
 @pytest.mark.jax
 def test_jax_custom_jvp_right_to_first_order_only() -> None:
-    jax = pytest.importorskip("jax")
+    pytest.importorskip("jax")
     import jax.numpy as jnp
 
-    @jax.custom_jvp
-    def f(x):  # type: ignore[no-untyped-def]
-        return jnp.sin(x)
-
-    @f.defjvp
-    def f_jvp(primals, tangents):  # type: ignore[no-untyped-def]
-        (x,), (t,) = primals, tangents
-        return jnp.sin(x), jax.lax.stop_gradient(jnp.cos(x)) * t
-
+    f = sin_right_to_first_order_only()
     x = jnp.array([0.3, 1.2, -0.7])
     assert gc.check_function(f, x).verdict == "pass"
     report = gc.check_function(f, x, order=2)
@@ -289,7 +282,6 @@ def test_jax_custom_jvp_right_to_first_order_only() -> None:
 @pytest.mark.jax
 def test_jax_derivatives_of_the_jvp_forward_over_forward() -> None:
     """run_function_jvp_second_order: the JVP (x, t) -> J(x) t, differentiated in both modes."""
-    import jax
     import jax.numpy as jnp
 
     from gradcheck_core.function_second_order import run_function_jvp_second_order
@@ -305,16 +297,7 @@ def test_jax_derivatives_of_the_jvp_forward_over_forward() -> None:
     for j in (0, 1):
         assert {f"input0->jvp[output{j}]", f"tangent1->jvp[output{j}] (jvp)"} <= names
 
-    @jax.custom_jvp
-    def g(t):  # type: ignore[no-untyped-def]
-        return jnp.sin(t)
-
-    @g.defjvp
-    def g_jvp(primals, tangents):  # type: ignore[no-untyped-def]
-        (t,), (dt,) = primals, tangents
-        return jnp.sin(t), jax.lax.stop_gradient(jnp.cos(t)) * dt
-
-    wrong = run_function_jvp_second_order(g, (x,), {}, gc.check_function)
+    wrong = run_function_jvp_second_order(sin_right_to_first_order_only(), (x,), {}, gc.check_function)
     assert wrong.verdict == "fail"
     assert set(wrong.failed_blocks) == {"input0->jvp[output0]", "input0->jvp[output0] (jvp)"}
     assert wrong.block("tangent0->jvp[output0]").verdict == "pass"  # linear in the tangent: right
