@@ -329,6 +329,7 @@ def estimate_noise(
     points: int = 8,
     rel_step: float = 1e-6,
     batch: Callable[[np.ndarray], np.ndarray] | None = None,
+    block: slice | None = None,
 ) -> tuple[float, int]:
     """Round-off noise of ``fun`` near ``x0`` by ECnoise (More and Wild, 2011).
 
@@ -338,7 +339,8 @@ def estimate_noise(
     differences agree and change sign (where they measure noise, not the
     function's curvature).
 
-    ``batch``, where given, evaluates the points of the segment at once.
+    ``batch``, where given, evaluates the points of the segment at once;
+    ``block``, where given, limits the direction to those coordinates.
 
     Returns
     -------
@@ -351,8 +353,13 @@ def estimate_noise(
     # Steps relative to each coordinate's own size: a probability of 1e-9 is
     # moved by 1e-15, not by 1e-6 (which would cross a clip or leave the domain);
     # a zero coordinate moves by the median size of the others.
-    v = _probe_direction(x0, rng)
-    line = _Line(fun, x0, slice(0, n), v)
+    block = block if block is not None else slice(0, n)
+    if block == slice(0, n):
+        v = _probe_direction(x0, rng)
+    else:
+        v = np.zeros(n)
+        v[block] = _probe_direction(x0[block], rng)
+    line = _Line(fun, x0, block, v[block])
     floor = EPS * abs(f0)
     nfev = 0
     for scale in (rel_step, 100 * rel_step, 1e4 * rel_step):

@@ -213,3 +213,27 @@ def test_probabilities_near_zero_are_differentiated_with_smaller_steps() -> None
     wrong = gc.check_loss(lambda y, p: loss(p), Y, P, grad=lambda p: -Y / p)
     assert wrong.verdict == "fail"
     assert wrong.findings_of("scale")[0].block == "y_pred"
+
+
+def test_kinks_along_every_parameter_are_not_read_as_low_precision() -> None:
+    """A large float64 model whose units sit next to their kinks is not called low precision.
+
+    120,000 ReLUs each within a relative 1e-7 of its kink: a noise probe moving
+    every parameter crosses thousands of them and reads about 1e-4 of "noise";
+    probed along single tensors the loss shows its float64 round-off.
+    """
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.5, 1.5, 120_000)
+    c = w * (1 + 1e-7 * rng.standard_normal(w.size))
+    b = rng.standard_normal(10)
+
+    def loss(p: dict[str, np.ndarray]) -> float:
+        return float(np.sum(np.maximum(p["w"] - c, 0.0)) + 100 * np.sum(np.sin(p["b"])))
+
+    def grad(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"w": (p["w"] - c > 0).astype(float), "b": 100 * np.cos(p["b"])}
+
+    report = gc.check(loss, {"b": b, "w": w}, grad, mode="fast")
+    assert report.verdict != "fail"
+    assert not report.findings_of("low_precision"), report
+    assert report.noise < 1e-10
