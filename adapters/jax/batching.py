@@ -135,11 +135,14 @@ class BatchedEvaluation:
             self.shifted_checked = True
         return out
 
+    def _block_size(self, k: int, compiled: dict[int, Any]) -> int:
+        """``k`` rows, or a compiled block size above it where padding costs less than compiling."""
+        size = min((s for s in compiled if s >= k), default=k)
+        return k if (size - k) * self.row_seconds > self.compile_seconds else size
+
     def _shifted_padded(self, base: Any, i: np.ndarray, s: np.ndarray) -> np.ndarray:
         k = len(i)
-        size = min((n for n in self.shifted_executables if n >= k), default=k)
-        if (size - k) * self.row_seconds > self.compile_seconds:
-            size = k
+        size = self._block_size(k, self.shifted_executables)
         if size > k:
             i = np.concatenate([i, np.repeat(i[-1:], size - k)])
             s = np.concatenate([s, np.repeat(s[-1:], size - k)])
@@ -220,9 +223,7 @@ class BatchedEvaluation:
     def _padded(self, part: np.ndarray) -> np.ndarray:
         """Evaluate rows, padded to a compiled block size where that is cheaper than compiling."""
         k = len(part)
-        size = min((s for s in self.executables if s >= k), default=k)
-        if (size - k) * self.row_seconds > self.compile_seconds:
-            size = k
+        size = self._block_size(k, self.executables)
         if size > k:
             part = np.concatenate([part, np.repeat(part[-1:], size - k, axis=0)])
         batch = self.compiled_input(part)
