@@ -1,8 +1,9 @@
 """Fast mode: random directional derivatives, then localisation by group testing.
 
-Per parameter, a few random Gaussian directions ``v`` (supported on that
-parameter) compare the analytic ``g . v`` with a Richardson-extrapolated
-directional derivative (6 evaluations each, whatever the parameter's size).
+Per parameter, a few random directions ``v`` (supported on that parameter,
+entries uniform with variance 1) compare the analytic ``g . v`` with a
+Richardson-extrapolated directional derivative (4 or 6 evaluations each,
+whatever the parameter's size; the first failing direction decides).
 The tolerance is the numerical error estimate plus ``rtol * ||g * v||``: the
 directional form of the per-entry rule, so a single wrong entry among 100,000
 shows up.
@@ -11,12 +12,15 @@ When a parameter fails, its wrong entries are found by adaptive group testing:
 the coordinates are halved, each half is tested with a random direction of its
 own, and only failing halves are split further.  ``s`` wrong entries among
 ``n`` cost about ``2 s log2(n)`` tests instead of ``2 n`` evaluations.  When
-every group keeps failing, the error is dense (a scale factor, a missing
-term); the search stops and a sample of entries is compared one by one, which
-is what the diagnosis needs.
+both halves of a parameter fail, a sample of 8 entries is compared one by one;
+if at least 2 of them are wrong the error is dense (a scale factor, a missing
+term) and the search stops there, with that sample for the diagnosis.  Where
+every group keeps failing for three levels the search also stops.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,7 +30,15 @@ from .problem import Problem
 from .report import BlockResult
 from .tolerance import block_result, rel_error, tolerance, undecidable
 
-__all__ = ["DENSE_LEVEL", "ENTRY_SAMPLE", "MAX_LOCATED", "confirms", "run_fast"]
+__all__ = [
+    "DENSE_FOUND",
+    "DENSE_LEVEL",
+    "DENSE_SAMPLE",
+    "ENTRY_SAMPLE",
+    "MAX_LOCATED",
+    "confirms",
+    "run_fast",
+]
 
 SAFETY = 8.0
 # Stop splitting when this many groups fail at one level...
@@ -35,6 +47,10 @@ MAX_LOCATED = 16
 DENSE_LEVEL = 3
 # Entries compared one by one in a densely wrong parameter.
 ENTRY_SAMPLE = 12
+# Entries sampled when both halves of a parameter fail, and how many of them
+# must be wrong for the error to count as dense (the search then stops).
+DENSE_SAMPLE = 8
+DENSE_FOUND = 2
 # Extra directions tried when a direction's error estimate is too large to decide.
 RETRIES = 3
 # Smaller steps tried along a direction whose segment crosses a kink (a ReLU
@@ -63,15 +79,24 @@ class _Tester:
         ``idx`` covers, not to the whole vector.
         """
         ctx = self.ctx
-        w = ctx.rng.standard_normal(_size(idx))
+        w = _direction(ctx.rng, _size(idx))
         a_dot, w_sum, aw_norm = fd.direction_bounds(ctx.analytic[idx], w)
         opts = ctx.opts
         base = opts.atol * w_sum + opts.rtol * aw_norm
         result = (True, False, a_dot, 0.0)
         x0 = ctx.flat.x0
+        settle = _settled(a_dot, base)
         for rel in (self.rel, max(self.rel, 1e-2)):
             d, err, used = fd.directional(
-                ctx.fun, x0, w, rel_step=rel, noise=ctx.noise, f0=ctx.f0, block=idx, kink_shrinks=KINK_SHRINKS
+                ctx.fun,
+                x0,
+                w,
+                rel_step=rel,
+                noise=ctx.noise,
+                f0=ctx.f0,
+                block=idx,
+                kink_shrinks=KINK_SHRINKS,
+                settle=settle,
             )
             self.evals += used
             tol = base + SAFETY * err
@@ -109,6 +134,40 @@ class _Tester:
         return result
 
 
+def _settled(a_dot: float, base: float) -> Callable[[float, float], bool]:
+    """Whether a directional value ``d`` with error estimate ``err`` already decides ``a_dot``.
+
+    Clearly wrong: the gap exceeds twice the whole tolerance ``base + SAFETY *
+    err``.  Clearly right: the gap is within ``base`` alone and the error is
+    small next to the values (the test is decidable).  A slope of zero on
+    either side is left to the full test, which looks for stairs.
+    """
+
+    def settle(d: float, err: float) -> bool:
+        if a_dot == 0 or d == 0:
+            return False
+        gap = abs(a_dot - d)
+        if gap > 2 * (base + SAFETY * err):
+            return True
+        return gap <= base and SAFETY * err <= 0.25 * max(abs(a_dot), abs(d))
+
+    return settle
+
+
+def _direction(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random direction: entries uniform on ``[-sqrt(3), sqrt(3)]`` (mean 0, variance 1).
+
+    Continuous, so no error cancels exactly in ``g . v`` (as two opposite
+    wrong entries would under random signs), and about five times cheaper to
+    draw than normal entries: on a 10M-entry weight the draw would otherwise
+    cost as much as the forward pass.
+    """
+    w = rng.random(size)
+    w -= 0.5
+    w *= 2 * np.sqrt(3.0)
+    return w
+
+
 def _size(group: slice) -> int:
     return int(group.stop) - int(group.start)
 
@@ -118,14 +177,22 @@ def _entries(groups: list[slice]) -> np.ndarray:
     return np.concatenate([np.arange(g.start, g.stop) for g in groups])
 
 
-def _locate(tester: _Tester, idx: slice) -> tuple[list[slice], int, bool]:
+def _locate(
+    tester: _Tester, idx: slice, looks_dense: Callable[[], bool] | None = None
+) -> tuple[list[slice], int, bool]:
     """Split failing groups (contiguous runs of coordinates) level by level.
+
+    ``looks_dense``, where given, is asked once, when both halves of ``idx``
+    fail: whether a sample of single entries shows the error everywhere (a
+    scale factor, a missing term), which ends the search at once.  One wrong
+    entry fails only one half and costs nothing extra.
 
     Returns the failing groups of the last level searched, the number of
     coordinates they cover, and whether the error looked dense.
     """
     failing = [idx]
     dense_levels = 0
+    first = True
     while True:
         if all(_size(g) == 1 for g in failing):
             return failing, len(failing), False
@@ -150,6 +217,9 @@ def _locate(tester: _Tester, idx: slice) -> tuple[list[slice], int, bool]:
         )
         if not children:
             return failing, sum(_size(g) for g in failing), False
+        if first and looks_dense is not None and dense_levels and looks_dense():
+            return [idx], _size(idx), True
+        first = False
         failing = children
         if dense_levels >= DENSE_LEVEL or len(failing) > MAX_LOCATED:
             return failing, sum(_size(g) for g in failing), True
@@ -181,6 +251,12 @@ def _compare_entries(
     for k, i in enumerate(entries):
         if not np.isfinite(a[k]):  # wrong whatever the numbers say
             bad[k] = True
+        elif a[k] != 0:
+            quick = _quick_entry(ctx, int(i), float(a[k]), rel)
+            if quick is not None:
+                n[k], tol[k] = quick
+                bad[k] = abs(a[k] - n[k]) > tol[k]
+                continue
         direction[i] = 1.0
         bound = ctx.flat_slope(direction)
         direction[i] = 0.0
@@ -214,6 +290,56 @@ def _compare_entries(
     return a, n, tol, bad, kink, hidden
 
 
+def _quick_entry(ctx: Problem, i: int, a: float, rel: float) -> tuple[float, float] | None:
+    """Entry ``i`` by the directional estimate along its unit vector: (value, tolerance), or None.
+
+    Four evaluations where the two longer steps already decide, six
+    otherwise.  None where the estimate cannot decide (a kink, a flat
+    stretch, an error bound too large next to the values): the caller then
+    takes the full look (stairs, kinks, shorter steps).
+    """
+    opts = ctx.opts
+
+    def base(d: float) -> float:
+        return opts.atol + opts.rtol * max(abs(a), abs(d))
+
+    def settle(d: float, err: float) -> bool:
+        return _settled(a, base(d))(d, err)
+
+    d, err, _ = fd.directional(
+        ctx.fun,
+        ctx.flat.x0,
+        _UNIT,
+        rel_step=rel,
+        noise=ctx.noise,
+        f0=ctx.f0,
+        block=slice(i, i + 1),
+        settle=settle,
+    )
+    if not np.isfinite(err) or d == 0 or SAFETY * err > 0.25 * max(abs(a), abs(d)):
+        return None
+    return d, base(d) + SAFETY * err
+
+
+_UNIT = np.ones(1)
+
+
+def _dense_probe(
+    ctx: Problem, idx: slice, rel: float, sampled: list[tuple[np.ndarray, tuple[np.ndarray, ...]]]
+) -> Callable[[], bool]:
+    """:func:`_locate`'s ``looks_dense`` for the block ``idx``: it appends the sample it compared to ``sampled``."""
+
+    def looks_dense() -> bool:
+        if _size(idx) <= 2 * DENSE_SAMPLE:
+            return False
+        chosen = np.sort(ctx.rng.choice(_entries([idx]), size=DENSE_SAMPLE, replace=False))
+        compared = _compare_entries(ctx, chosen, rel)
+        sampled.append((chosen, compared))
+        return int(compared[3].sum()) >= DENSE_FOUND
+
+    return looks_dense
+
+
 def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
     """Fast mode over every parameter.
 
@@ -242,7 +368,7 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
         unsure = 0
         budget = ctx.opts.directions + RETRIES
         done = 0
-        while done < ctx.opts.directions and budget > 0:
+        while done < ctx.opts.directions and budget > 0 and not failed:
             budget -= 1
             passed, decidable, a_dot, d = tester.test(idx)
             if not decidable and passed:
@@ -251,7 +377,7 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
             da.append(a_dot)
             dn.append(d)
             done += 1
-            failed |= not passed
+            failed = not passed  # one failing direction decides the parameter
         da_arr, dn_arr = np.array(da), np.array(dn)
         if not failed:
             if done == 0:
@@ -267,15 +393,19 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
                 continue
             blocks.append(_directional_block(leaf, da_arr, dn_arr, "pass"))
             continue
-        groups, covered, dense = _locate(tester, idx)
+        sampled: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
+        groups, covered, dense = _locate(tester, idx, _dense_probe(ctx, idx, tester.rel, sampled))
         candidates = _entries(groups)
-        if dense or len(candidates) > ENTRY_SAMPLE:
-            entries = np.sort(
-                ctx.rng.choice(candidates, size=min(len(candidates), ENTRY_SAMPLE), replace=False)
-            )
+        if dense and sampled and covered == leaf.size:
+            entries, (a, n, tol, bad, kink, hidden) = sampled[0]
         else:
-            entries = np.sort(candidates)
-        a, n, tol, bad, kink, hidden = _compare_entries(ctx, entries, tester.rel)
+            if dense or len(candidates) > ENTRY_SAMPLE:
+                entries = np.sort(
+                    ctx.rng.choice(candidates, size=min(len(candidates), ENTRY_SAMPLE), replace=False)
+                )
+            else:
+                entries = np.sort(candidates)
+            a, n, tol, bad, kink, hidden = _compare_entries(ctx, entries, tester.rel)
         blk = block_result(leaf, entries - leaf.offset, a, n, tol, bad, kink, hidden)
         blk.checked_by = "directions"
         blk.directional_analytic, blk.directional_numeric = da_arr, dn_arr
