@@ -59,7 +59,9 @@ def test_a_segment_across_a_kink_is_never_settled_early() -> None:
         asked.append(d)
         return True
 
-    _, err, used = fd.directional(f, x0, np.array([1.0, 0.0]), rel_step=1e-2, noise=1e-16, f0=f(x0), settle=settle)
+    _, err, used = fd.directional(
+        f, x0, np.array([1.0, 0.0]), rel_step=1e-2, noise=1e-16, f0=f(x0), settle=settle
+    )
     assert asked == [] and used == 6 and not np.isfinite(err)
 
 
