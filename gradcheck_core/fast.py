@@ -9,9 +9,10 @@ directional form of the per-entry rule, so a single wrong entry among 100,000
 shows up.
 
 When a parameter fails, its wrong entries are found by adaptive group testing:
-the coordinates are halved, each half is tested with a random direction of its
-own, and only failing halves are split further.  ``s`` wrong entries among
-``n`` cost about ``2 s log2(n)`` tests instead of ``2 n`` evaluations.  When
+the coordinates are halved, the first half is tested along the group's own
+direction and the second judged by difference, and only failing halves are
+split further.  ``s`` wrong entries among ``n`` cost about ``s log2(n)``
+tests instead of ``2 n`` evaluations.  When
 both halves of a parameter fail, a sample of 8 entries is compared one by one;
 if at least 2 of them are wrong the error is dense (a scale factor, a missing
 term) and the search stops there, with that sample for the diagnosis.  Where
@@ -21,6 +22,7 @@ every group keeps failing for three levels the search also stops.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -58,8 +60,22 @@ RETRIES = 3
 KINK_SHRINKS = 2
 
 
+class _Look(NamedTuple):
+    """One plain directional test: its direction (on the group's entries), ``g . w``, ``D_w f`` and error estimate."""
+
+    w: np.ndarray
+    a_dot: float
+    d: float
+    err: float
+
+
 class _Tester:
-    """Directional tests on groups of coordinates."""
+    """Directional tests on groups of coordinates.
+
+    After each test, :attr:`last` holds the test's :class:`_Look` where it
+    was a plain directional estimate with a finite error (None after a
+    staircase or a flat stretch was judged instead).
+    """
 
     def __init__(self, ctx: Problem) -> None:
         self.ctx = ctx
@@ -69,17 +85,21 @@ class _Tester:
             else fd.relative_step("richardson", ctx.noise_rel)
         )
         self.evals = 0
+        self.last: _Look | None = None
 
-    def test(self, idx: slice) -> tuple[bool, bool, float, float]:
+    def test(self, idx: slice, w: np.ndarray | None = None) -> tuple[bool, bool, float, float]:
         """(passed, decidable, analytic g.v, numerical D_v f) for a random v on the entries ``idx``.
 
+        ``w``: the direction's entries on ``idx``, where not a new random one.
         When the error estimate swamps the derivative (a loss whose gradient is
         tiny next to its value, or a noisy one), the same direction is tried
         again with a larger step.  The work is in proportion to the entries
         ``idx`` covers, not to the whole vector.
         """
         ctx = self.ctx
-        w = ctx.rng.standard_normal(_size(idx))
+        self.last = None
+        if w is None:
+            w = ctx.rng.standard_normal(_size(idx))
         a_dot, w_sum, aw_norm = fd.direction_bounds(ctx.analytic[idx], w)
         opts = ctx.opts
         base = opts.atol * w_sum + opts.rtol * aw_norm
@@ -129,9 +149,27 @@ class _Tester:
                         return False, True, a_dot, wide
                     return True, False, a_dot, 0.0  # moves, but too faintly to tell
             result = (passed, decidable, a_dot, d)
+            self.last = _Look(w, a_dot, d, err) if np.isfinite(err) else None
             if decidable or rel >= 1e-2:
                 break
         return result
+
+    def rest(self, parent: _Look, first: _Look, idx: slice) -> bool:
+        """Whether the second half ``idx`` of a group passes, from the group's test and its first half's.
+
+        The first half was tested along the group's own direction, cut to its
+        entries; directional derivatives add up, so the second half's along
+        the rest of that direction is the group's minus the first half's, at
+        no evaluation.  Its error bound is the sum of both (and their
+        round-off).  :attr:`last` then holds the second half's look.
+        """
+        ctx, opts = self.ctx, self.ctx.opts
+        w = parent.w[len(first.w) :]
+        a_dot, w_sum, aw_norm = fd.direction_bounds(ctx.analytic[idx], w)
+        d = parent.d - first.d
+        err = parent.err + first.err + 4 * fd.EPS * (abs(parent.d) + abs(first.d))
+        self.last = _Look(w, a_dot, d, err)
+        return abs(a_dot - d) <= opts.atol * w_sum + opts.rtol * aw_norm + SAFETY * err
 
 
 def _settled(a_dot: float, base: float) -> Callable[[float, float], bool]:
@@ -164,7 +202,7 @@ def _entries(groups: list[slice]) -> np.ndarray:
 
 
 def _locate(
-    tester: _Tester, idx: slice, looks_dense: Callable[[], bool] | None = None
+    tester: _Tester, idx: slice, looks_dense: Callable[[], bool] | None = None, look: _Look | None = None
 ) -> tuple[list[slice], int, bool]:
     """Split failing groups (contiguous runs of coordinates) level by level.
 
@@ -173,9 +211,15 @@ def _locate(
     scale factor, a missing term), which ends the search at once.  One wrong
     entry fails only one half and costs nothing extra.
 
+    ``look``: the failing test of ``idx`` itself.  A group whose failing test
+    is known has its first half tested along the same direction, and its
+    second half judged from the difference (:meth:`_Tester.rest`): one test
+    per level instead of two on one wrong entry.
+
     Returns the failing groups of the last level searched, the number of
     coordinates they cover, and whether the error looked dense.
     """
+    looks: dict[tuple[int, int], _Look] = {} if look is None else {(idx.start, idx.stop): look}
     failing = [idx]
     dense_levels = 0
     first = True
@@ -189,10 +233,20 @@ def _locate(
                 continue
             half = g.start + _size(g) // 2
             pair = [slice(g.start, half), slice(half, g.stop)]
-            results = [tester.test(c)[0] for c in pair]
+            parent = looks.pop((g.start, g.stop), None)
+            results = []
+            if parent is not None:
+                results.append(tester.test(pair[0], parent.w[: half - g.start])[0])
+                first = tester.last
+                if first is not None:
+                    _keep(looks, pair[0], first, results[0])
+                    results.append(tester.rest(parent, first, pair[1]))
+                    _keep(looks, pair[1], tester.last, results[1])
+            if len(results) < 2:
+                results = _tested(tester, pair, looks)
             tries = 0
             while all(results) and tries < 2:  # the bug hid behind small weights: look again
-                results = [tester.test(c)[0] for c in pair]
+                results = _tested(tester, pair, looks)
                 tries += 1
             children.extend(c for c, ok in zip(pair, results) if not ok)
         tested = sum(2 if _size(g) > 1 else 0 for g in failing)
@@ -209,6 +263,24 @@ def _locate(
         failing = children
         if dense_levels >= DENSE_LEVEL or len(failing) > MAX_LOCATED:
             return failing, sum(_size(g) for g in failing), True
+
+
+def _tested(tester: _Tester, pair: list[slice], looks: dict[tuple[int, int], _Look]) -> list[bool]:
+    """Both halves tested along new directions of their own; their looks kept where they fail."""
+    results = []
+    for c in pair:
+        results.append(tester.test(c)[0])
+        _keep(looks, c, tester.last, results[-1])
+    return results
+
+
+def _keep(looks: dict[tuple[int, int], _Look], group: slice, look: _Look | None, passed: bool) -> None:
+    """Remember the failing test of ``group`` for its own split."""
+    key = (int(group.start), int(group.stop))
+    if look is not None and not passed:
+        looks[key] = look
+    else:
+        looks.pop(key, None)
 
 
 def _compare_entries(
@@ -351,6 +423,7 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
             continue
         da, dn = [], []
         failed = False
+        failed_look: _Look | None = None
         unsure = 0
         budget = ctx.opts.directions + RETRIES
         done = 0
@@ -364,6 +437,7 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
             dn.append(d)
             done += 1
             failed = not passed  # one failing direction decides the parameter
+            failed_look = tester.last
         da_arr, dn_arr = np.array(da), np.array(dn)
         if not failed:
             if done == 0:
@@ -380,7 +454,9 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
             blocks.append(_directional_block(leaf, da_arr, dn_arr, "pass"))
             continue
         sampled: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
-        groups, covered, dense = _locate(tester, idx, _dense_probe(ctx, idx, tester.rel, sampled))
+        groups, covered, dense = _locate(
+            tester, idx, _dense_probe(ctx, idx, tester.rel, sampled), failed_look
+        )
         candidates = _entries(groups)
         if dense and sampled and covered == leaf.size:
             entries, (a, n, tol, bad, kink, hidden) = sampled[0]

@@ -100,8 +100,8 @@ def test_one_wrong_entry_is_located_without_the_dense_sample() -> None:
     block = next(b for b in report.blocks if b.name == "w")
     assert report.failed_blocks == ["w"] and block.n_bad == 1
     assert block.indices.tolist() == [1234]
-    # log2(2000) = 11 levels of two tests, no entry sample of the whole block
-    assert report.nfev < 3 + 8 + 3 * 6 + 6 + 2 * 12 * 6 + 6
+    # log2(2000) = 11 levels of one test each (the second half by difference), no entry sample
+    assert report.nfev <= 3 + 8 + 3 * 6 + 6 + 12 * 4 + 6  # two tests a level: about 120
 
 
 def test_the_correct_gradient_passes_with_two_steps_per_direction() -> None:
@@ -110,3 +110,22 @@ def test_the_correct_gradient_passes_with_two_steps_per_direction() -> None:
     assert report.verdict == "pass"
     # two blocks, three directions each, four evaluations each when settled early
     assert report.nfev <= 3 + 8 + 2 * 3 * 4
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    st.lists(st.integers(0, 1999), min_size=1, max_size=4, unique=True),
+    st.sampled_from([-1.0, 0.3, 2.0]),
+)
+def test_wrong_entries_are_located_exactly_with_second_halves_judged_by_difference(
+    positions: list[int], delta: float
+) -> None:
+    """The second half of each failing group is judged from the group's test minus the first half's."""
+    f, g, p = _dense_problem(2000)
+    wrong = g(p)
+    wrong["w"][positions] += delta * (1 + np.abs(wrong["w"][positions]))
+    report = gc.check(f, p, wrong, mode="fast", progress=False)
+    block = next(b for b in report.blocks if b.name == "w")
+    assert report.failed_blocks == ["w"]
+    bad = block.indices[np.abs(block.analytic - block.numeric) > block.tolerance]
+    assert sorted(bad.tolist()) == sorted(positions) and block.n_bad == len(positions)
