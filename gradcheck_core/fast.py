@@ -237,10 +237,10 @@ def _locate(
             results = []
             if parent is not None:
                 results.append(tester.test(pair[0], parent.w[: half - g.start])[0])
-                first = tester.last
-                if first is not None:
-                    _keep(looks, pair[0], first, results[0])
-                    results.append(tester.rest(parent, first, pair[1]))
+                left = tester.last
+                if left is not None:
+                    _keep(looks, pair[0], left, results[0])
+                    results.append(tester.rest(parent, left, pair[1]))
                     _keep(looks, pair[1], tester.last, results[1])
             if len(results) < 2:
                 results = _tested(tester, pair, looks)
