@@ -19,7 +19,7 @@ from gradcheck_core.errors import InputError
 from gradcheck_core.flatten import leaf_items
 
 from .base import Adapter, Target
-from .detection import MODULES, framework_of, get_adapter, is_instance, keras_backend, to_numpy
+from .detection import MODULES, framework_of, get_adapter, is_array, is_instance, keras_backend, to_numpy
 
 __all__ = [
     "Adapter",
@@ -28,6 +28,7 @@ __all__ = [
     "detect",
     "framework_of",
     "get_adapter",
+    "is_array",
     "loss_adapter",
     "precision_notes",
     "to_numpy",

@@ -59,6 +59,12 @@ class RngState:
     set: Callable[[Any], None]
 
 
+def wide_array(value: Any) -> np.ndarray:
+    """A float64 numpy copy of ``value``, complex128 where it is complex."""
+    array = np.asarray(value)
+    return np.array(array, dtype=np.complex128 if array.dtype.kind == "c" else np.float64)
+
+
 def python_rng_states() -> list[RngState]:
     """numpy's legacy global generator and Python's ``random``."""
     return [

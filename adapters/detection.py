@@ -72,6 +72,11 @@ def framework_of(value: Any) -> str | None:
     return None
 
 
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is an array or tensor of a framework (a Python number is not)."""
+    return framework_of(value) is not None and not isinstance(value, (int, float))
+
+
 def _is_jax_pytree_node(value: Any) -> bool:
     """A registered JAX pytree node (a dataclass, an Equinox or nnx module) holding JAX arrays.
 

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from gradcheck_core.errors import InputError
 
-from .base import Adapter, RngState, Target, python_rng_states, takes_argument
+from .base import Adapter, RngState, Target, python_rng_states, takes_argument, wide_array
 
 __all__ = ["ADAPTER", "TensorFlowAdapter"]
 
@@ -280,7 +280,7 @@ class TensorFlowAdapter(Adapter):
             targets, xs, output_gradients=weights, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
         return [
-            _wide_array(tf.convert_to_tensor(g)) if _differentiable(x) else np.zeros(x.shape)
+            wide_array(tf.convert_to_tensor(g).numpy()) if _differentiable(x) else np.zeros(x.shape)
             for g, x in zip(grads, xs)
         ]
 
@@ -341,7 +341,7 @@ class TensorFlowAdapter(Adapter):
             result = []
             for o in outs:
                 t = acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                result.append(_wide_array(t))
+                result.append(wide_array(t.numpy()))
         except (LookupError, NotImplementedError) as exc:
             raise InputError(
                 f"TensorFlow has no forward mode for this function ({type(exc).__name__}: {exc}); "
@@ -537,12 +537,6 @@ def _flat_gradient(grads: list[Any], wrt: list[Any]) -> np.ndarray:
 def _differentiable(t: Any) -> bool:
     """True for floating and complex tensors (the ones the tape differentiates)."""
     return bool(t.dtype.is_floating or t.dtype.is_complex)
-
-
-def _wide_array(t: tf.Tensor) -> np.ndarray:
-    """A tensor as float64 numpy (complex128 for a complex one)."""
-    array = np.asarray(t.numpy())
-    return array.astype(np.complex128 if array.dtype.kind == "c" else np.float64)
 
 
 ADAPTER = TensorFlowAdapter()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import differences as fd
+from .adapters import clip_note
 from .counted_loss import prepared
 from .diagnose import (
     diagnose_block,
@@ -216,8 +217,6 @@ def _given_precision(dtype: str, analytic: np.ndarray, opts: Options) -> tuple[O
 
 def _clip_note(loss: Any) -> str | None:
     """Why the loss is clipped, when an adapter can tell (Keras's crossentropies)."""
-    from .adapters import clip_note
-
     return clip_note(loss)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .adapters import detect
 from .errors import CheckFailed, InputError
 from .flatten import Flat, Leaf
 from .table import fixed_width, html_document, html_table
@@ -388,8 +389,6 @@ def compare(
     -------
     Comparison
     """
-    from .adapters import detect
-
     if not isinstance(candidates, Mapping) or len(candidates) < 2:
         raise InputError(
             "compare needs at least two candidates: {'torch': (loss, params), 'jax': (loss, params)}."

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .adapters import detect, is_array
 from .errors import CheckFailed, InputError
 from .function_second_order import run_function_jvp_second_order, run_function_second_order
 from .functions import check_function
@@ -350,7 +351,5 @@ def check_grads(
 
 def _differentiates_jvp(args: tuple[Any, ...]) -> bool:
     """Whether the framework of ``args`` differentiates a JVP again (forward over forward): JAX."""
-    from .adapters import detect, framework_of
-
-    arrays = [a for a in args if framework_of(a) is not None and not isinstance(a, (int, float))]
+    arrays = [a for a in args if is_array(a)]
     return bool(arrays) and bool(detect(arrays).differentiates_jvp)

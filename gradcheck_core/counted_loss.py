@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .adapters import detect
 from .errors import InputError
 from .interrupts import interrupts_deferred, raise_pending
 
@@ -441,8 +442,6 @@ def prepared(
     adapter, target, LossFunction
         The random generators are restored to their saved states on exit.
     """
-    from .adapters import detect
-
     adapter = adapter if adapter is not None else detect(params)
     with (
         interrupts_deferred(),

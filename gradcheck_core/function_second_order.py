@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .adapters import detect, is_array
+from .adapters.base import python_rng_states
 from .counted_loss import _same_state
 from .errors import InputError, NotTwiceDifferentiable
 from .report import Finding, Report
@@ -124,7 +126,7 @@ def run_function_jvp_second_order(
         tangents = {
             i: rng.standard_normal(np.shape(adapter.to_numpy(x)))
             for i, x in enumerate(inputs)
-            if _is_array(x) and np.asarray(adapter.to_numpy(x)).dtype.kind == "f"
+            if is_array(x) and np.asarray(adapter.to_numpy(x)).dtype.kind == "f"
         }
         if not tangents:
             raise InputError("fn has no floating input to check.")
@@ -145,12 +147,6 @@ def _random_cotangent(output: np.ndarray, rng: np.random.Generator, complex_ok: 
     return None
 
 
-def _is_array(x: Any) -> bool:
-    from .adapters import framework_of
-
-    return framework_of(x) is not None and not isinstance(x, (int, float))
-
-
 def _derived_check(
     fn: Callable[..., Any],
     inputs: tuple[Any, ...],
@@ -160,15 +156,13 @@ def _derived_check(
     what: str,
 ) -> Report:
     """Check the function ``derive`` builds from ``fn`` (its VJP or JVP) at ``inputs`` and its extras."""
-    from .adapters import detect
-
     start = time.perf_counter()
-    arrays = [x for x in inputs if _is_array(x)]
+    arrays = [x for x in inputs if is_array(x)]
     if not arrays:
         raise InputError("check_function needs at least one array or tensor input to differentiate.")
     adapter = detect(arrays)
     for i, x in enumerate(inputs):
-        if _is_array(x) and np.asarray(adapter.to_numpy(x)).dtype.kind == "c":
+        if is_array(x) and np.asarray(adapter.to_numpy(x)).dtype.kind == "c":
             raise InputError(
                 f"input {i} is complex; check_function(order=2) checks real inputs only for now. "
                 "Pass the real and imaginary parts as two real inputs, e.g. "
@@ -176,8 +170,6 @@ def _derived_check(
             )
     # Every call of fn starts from the random state of now, so that a random fn
     # (dropout) draws the same values for the derived function and for every difference.
-    from .adapters.base import python_rng_states
-
     rngs = adapter.rng_states() + python_rng_states()
     saved = [r.get() for r in rngs]
 

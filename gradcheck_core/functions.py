@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from . import differences as fd
+from .adapters import detect, framework_of, is_array, loss_adapter
+from .adapters.base import python_rng_states
 from .check import Measured, judge, measured, report_of, run_check
 from .counted_loss import LossFunction, _own_executor, _same_state
 from .errors import InputError
@@ -52,8 +54,6 @@ def check_loss(
     **options
         As for :func:`check`.
     """
-    from .adapters import loss_adapter
-
     adapter = loss_adapter(loss_fn, y_pred)
     closure = (
         adapter.loss_closure(loss_fn, y_true, y_pred)
@@ -120,8 +120,6 @@ def check_function(
         ``torch.autograd.gradgradcheck`` does); see
         :func:`gradcheck_core.function_second_order.run_function_second_order`.
     """
-    from .adapters import detect
-
     if not inputs:
         raise InputError("check_function needs at least one input: check_function(fn, x, ...).")
     if options.get("order", 1) != 1:
@@ -132,14 +130,12 @@ def check_function(
         return run_function_second_order(fn, inputs, options, check_function)
     if not isinstance(check_undefined_grad, bool):
         raise InputError(f"check_undefined_grad={check_undefined_grad!r} must be True or False.")
-    from .adapters import framework_of
-
     # Python numbers are constants of the function, not inputs to differentiate.
     arrays = [
         leaf
         for x in inputs
         for _, leaf in leaf_items(x, lambda v: framework_of(v) is not None)
-        if framework_of(leaf) is not None and not isinstance(leaf, (int, float))
+        if is_array(leaf)
     ]
     if not arrays:
         raise InputError("check_function needs at least one array or tensor input to differentiate.")
@@ -162,8 +158,6 @@ def check_function(
     # Every call of fn (outputs, VJPs, JVPs, evaluations) starts from the
     # generators' states at the start, so a function that draws random numbers
     # (dropout) draws the same ones each time; the user's stream is put back.
-    from .adapters.base import python_rng_states
-
     replay = _Generators(adapter.rng_states() + python_rng_states())
     try:
         return _check(

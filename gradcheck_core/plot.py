@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import differences as fd
+from .adapters import detect
 from .errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -438,7 +439,6 @@ def step_errors(
     -------
     StepCurve
     """
-    from .adapters import detect
     from .counted_loss import LossFunction
 
     steps_arr = np.asarray(steps if steps is not None else np.logspace(-13, -1, 49), dtype=np.float64)

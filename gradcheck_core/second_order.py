@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from . import differences as fd
+from .adapters import detect
+from .adapters.base import takes_argument
 from .errors import InputError
 from .options import Options
 from .report import Finding, Report
@@ -53,8 +55,6 @@ def _first_order(opts: Options) -> Options:
 
 
 def _takes_argument(loss: Callable[..., Any]) -> bool:
-    from .adapters.base import takes_argument
-
     return takes_argument(loss)
 
 
@@ -87,8 +87,6 @@ def run_second_order(
         One block per parameter: the entries of ``H w`` for that parameter
         (``report.what == "hessian"``).
     """
-    from .adapters import detect
-
     adapter = adapter if adapter is not None else detect(params)
     flat = adapter.flatten(params)
     rng = np.random.default_rng(opts.seed)

@@ -22,6 +22,7 @@ import numpy as np
 from gradcheck_core.errors import InputError, ReverseModeUnsupported
 from gradcheck_core.flatten import Flat
 
+from ..base import wide_array
 from .promote import promoted
 
 __all__ = [
@@ -379,12 +380,6 @@ def hvp_function(flat: Flat, loss: Callable[..., Any], w: np.ndarray) -> Callabl
     return product
 
 
-def _wide_cotangent(u: np.ndarray | None) -> np.ndarray:
-    """A cotangent as float64, or complex128 for a complex output's."""
-    u = np.asarray(u)
-    return u.astype(np.complex128 if u.dtype.kind == "c" else np.float64)
-
-
 def vjp_function(
     fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
 ) -> tuple[Callable[..., Any], list[Any], list[int]]:
@@ -409,7 +404,7 @@ def vjp_function(
     n = len(inputs)
     floating = [i for i, a in enumerate(inputs) if _is_floating(a)]
     slots = [k for k, u in enumerate(cotangents) if u is not None]
-    extra = [_wide_cotangent(cotangents[k]) for k in slots]
+    extra = [wide_array(cotangents[k]) for k in slots]
 
     def vjp_of_fn(*args: Any) -> tuple[Any, ...]:
         xs, us = list(args[:n]), args[n:]

@@ -20,7 +20,7 @@ import torch
 
 from gradcheck_core.errors import InputError, NotTwiceDifferentiable
 
-from ..base import Adapter, takes_argument
+from ..base import Adapter, takes_argument, wide_array
 from .float64 import Promotion, _promotable, _work_dtype, float64_scope
 
 __all__ = [
@@ -291,14 +291,8 @@ def vjp(
         g = by_input.get(id(x)) if isinstance(x, torch.Tensor) else None
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else np.shape(x)
         zero = g is None or g._is_zerotensor()  # a ZeroTensor: torch's symbolic zeros
-        result.append(np.zeros(shape) if zero else _wide_array(adapter.to_numpy(g)))
+        result.append(np.zeros(shape) if zero else wide_array(adapter.to_numpy(g)))
     return result
-
-
-def _wide_array(value: Any) -> np.ndarray:
-    """float64 (complex128 for complex values) numpy copy."""
-    array = np.asarray(value)
-    return np.asarray(array, dtype=np.complex128 if array.dtype.kind == "c" else np.float64)
 
 
 def nondifferentiable_outputs(fn: Callable[..., Any], inputs: list[Any]) -> list[str | None]:
@@ -381,7 +375,7 @@ def jvp(
                     continue
                 tangent = fwad.unpack_dual(o).tangent
                 result.append(
-                    np.zeros(tuple(o.shape)) if tangent is None else _wide_array(adapter.to_numpy(tangent))
+                    np.zeros(tuple(o.shape)) if tangent is None else wide_array(adapter.to_numpy(tangent))
                 )
             return result
     except (RuntimeError, NotImplementedError) as exc:
@@ -475,7 +469,7 @@ def vjp_function(
     floating = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
     slots = [k for k, u in enumerate(cotangents) if u is not None]
     device = next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
-    extra = [torch.as_tensor(_wide_array(cotangents[k]), device=device) for k in slots]
+    extra = [torch.as_tensor(wide_array(cotangents[k]), device=device) for k in slots]
 
     def vjp_of_fn(*args: Any) -> tuple[torch.Tensor, ...]:
         xs, us = list(args[:n]), args[n:]
