@@ -433,3 +433,35 @@ def test_a_kept_program_is_not_used_once_the_captured_data_changed() -> None:
     X[:] = 2.0  # the same loss object, other data
     assert gc.check(loss, p, 2 * X * p, mode="full").verdict == "pass"
     assert gc.check(loss, p, 2 * np.ones(6) * p, mode="full").verdict == "fail"
+
+
+def _callback_vjp_loss(factor: float):
+    """A loss whose custom VJP computes its gradient on the host (``pure_callback``), times ``factor``."""
+
+    @jax.custom_vjp
+    def f(x):
+        return jnp.sum(jnp.sin(x))
+
+    def fwd(x):
+        return f(x), x
+
+    def bwd(x, g):
+        cos = jax.pure_callback(
+            lambda a: (np.cos(np.asarray(a)) * factor).astype(a.dtype),
+            jax.ShapeDtypeStruct(x.shape, x.dtype),
+            x,
+        )
+        return (g * cos,)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def test_programs_that_differ_only_in_a_host_callback_are_not_confused() -> None:
+    """JAX prints a callback's address masked: the same jaxpr text, another function, another program."""
+    x = jnp.linspace(0.1, 0.9, 5)
+    assert gc.check(_callback_vjp_loss(1.0), x, mode="full").verdict == "pass"
+    wrong = gc.check(_callback_vjp_loss(1.5), x, mode="full")
+    assert wrong.verdict == "fail" and wrong.findings[0].kind == "scale"
+    assert gc.check(_callback_vjp_loss(1.0), x, mode="fast").verdict == "pass"
+    assert gc.check(_callback_vjp_loss(1.5), x, mode="fast").verdict == "fail"

@@ -25,7 +25,7 @@ __all__ = ["KEPT", "compiled_program"]
 #: How many compiled programs are kept (the least recently used go first).
 KEPT = 32
 
-_kept: OrderedDict[tuple[str, str], tuple[list[Any], Any]] = OrderedDict()
+_kept: OrderedDict[tuple[str, str, tuple[int, ...]], tuple[list[Any], list[Any], Any]] = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -40,22 +40,60 @@ def compiled_program(traced: Any, device: Any) -> Any:
         Where the program runs (part of the key).
     """
     closed = traced.jaxpr
-    key = (str(closed.jaxpr), str(device))
+    # Python functions the program calls while it runs (pure_callback and the like) print
+    # with their addresses masked: two different callbacks give the same text, so they
+    # are told apart by identity (and kept alive with the program, so no id is reused).
+    hosts = _host_functions(closed.jaxpr)
+    key = (str(closed.jaxpr), str(device), tuple(id(f) for f in hosts))
     consts = list(closed.consts)
     with _lock:
         hit = _kept.get(key)
         if hit is not None and _equal(hit[0], consts):
             _kept.move_to_end(key)
-            return hit[1]
+            return hit[2]
     program = traced.lower().compile()
     # numpy constants are the caller's arrays, which may change in place later: keep copies
     kept = [np.array(c) if isinstance(c, np.ndarray) else c for c in consts]
     with _lock:
-        _kept[key] = (kept, program)
+        _kept[key] = (kept, hosts, program)
         _kept.move_to_end(key)
         while len(_kept) > KEPT:
             _kept.popitem(last=False)
     return program
+
+
+def _host_functions(jaxpr: Any) -> list[Any]:
+    """The Python callables in the parameters of ``jaxpr``'s equations, sub-jaxprs included, in order.
+
+    The rules of ``custom_jvp``/``custom_vjp`` calls are left out: they act
+    when a program is traced (their work is then part of the jaxpr), not when
+    it runs.
+    """
+    found: list[Any] = []
+
+    def visit(value: Any, rules: bool) -> None:
+        inner = getattr(value, "jaxpr", None)
+        if hasattr(value, "eqns"):
+            walk(value)
+        elif inner is not None and hasattr(inner, "eqns"):
+            walk(inner)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                visit(v, rules)
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v, rules)
+        elif callable(value) and not isinstance(value, type) and not rules:
+            found.append(value)
+
+    def walk(j: Any) -> None:
+        for eqn in j.eqns:
+            rules = eqn.primitive.name.startswith("custom_")
+            for v in eqn.params.values():
+                visit(v, rules)
+
+    walk(jaxpr)
+    return found
 
 
 def _equal(a: list[Any], b: list[Any]) -> bool:
