@@ -13,7 +13,7 @@ the coordinates are halved, the first half is tested along the group's own
 direction and the second judged by difference, and only failing halves are
 split further.  ``s`` wrong entries among ``n`` cost about ``s log2(n)``
 tests instead of ``2 n`` evaluations.  When
-both halves of a parameter fail, a sample of 8 entries is compared one by one;
+both halves of a parameter fail, a sample of 12 entries is compared one by one;
 if at least 2 of them are wrong the error is dense (a scale factor, a missing
 term) and the search stops there, with that sample for the diagnosis.  Where
 every group keeps failing for three levels the search also stops.
@@ -50,8 +50,10 @@ DENSE_LEVEL = 3
 # Entries compared one by one in a densely wrong parameter.
 ENTRY_SAMPLE = 12
 # Entries sampled when both halves of a parameter fail, and how many of them
-# must be wrong for the error to count as dense (the search then stops).
-DENSE_SAMPLE = 8
+# must be wrong for the error to count as dense (the search then stops).  The
+# sample is what the diagnosis sees: 8 entries of a max pooling's gradient
+# (mostly zeros) made a scale look like a missing term.
+DENSE_SAMPLE = ENTRY_SAMPLE
 DENSE_FOUND = 2
 # Extra directions tried when a direction's error estimate is too large to decide.
 RETRIES = 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -129,3 +130,45 @@ def test_wrong_entries_are_located_exactly_with_second_halves_judged_by_differen
     assert report.failed_blocks == ["w"]
     bad = block.indices[np.abs(block.analytic - block.numeric) > block.tolerance]
     assert sorted(bad.tolist()) == sorted(positions) and block.n_bad == len(positions)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize(("factor", "kind"), [(1.01, "scale"), (-1.0, "sign")])
+def test_a_dense_error_on_a_mostly_zero_gradient_is_named_right(factor: float, kind: str, seed: int) -> None:
+    """Max pooling passes gradient to one entry in four; the sample must still show a scale as a scale."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + seed))
+
+    class Pool(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(a)
+            return F.max_pool2d(a, 2)
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (a,) = ctx.saved_tensors
+            with torch.enable_grad():
+                a = a.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(F.max_pool2d(a, 2), a, g)
+            return grad * factor
+
+    def loss(p):  # type: ignore[no-untyped-def]
+        return (w * Pool.apply(p["x"])).mean() + 0.05 * Square.apply(p["x"])
+
+    class Square(torch.autograd.Function):  # the L2 term, its gradient corrupted the same way
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(a)
+            return (a**2).sum()
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (a,) = ctx.saved_tensors
+            return g * 2 * a * factor
+
+    report = gc.check(loss, {"x": x}, mode="fast", progress=False)
+    assert report.verdict == "fail"
+    assert [f.kind for f in report.findings if f.block == "x"][:1] == [kind]
