@@ -439,7 +439,9 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
             dn.append(d)
             done += 1
             failed = not passed  # one failing direction decides the parameter
-            failed_look = tester.last
+            if failed:
+                failed_look = tester.last
+            tester.last = None  # a direction as long as the parameter: not kept past its test
         da_arr, dn_arr = np.array(da), np.array(dn)
         if not failed:
             if done == 0:
@@ -459,6 +461,7 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
         groups, covered, dense = _locate(
             tester, idx, _dense_probe(ctx, idx, tester.rel, sampled), failed_look
         )
+        tester.last = failed_look = None
         candidates = _entries(groups)
         if dense and sampled and covered == leaf.size:
             entries, (a, n, tol, bad, kink, hidden) = sampled[0]
