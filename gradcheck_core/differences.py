@@ -600,30 +600,40 @@ def _richardson_along(
     The error estimate is infinite where the one-sided slopes reveal a kink
     on the segment; the slope gap then says how large the kink looked.
     """
-    d, gap = [], []
-    for s in steps[:2]:
+    d: list[float] = []
+    gap: list[float] = []
+
+    def take(s: float) -> None:
         fp, fm = at(s), at(-s)
         d.append((fp - fm) / (2 * s))
         gap.append(((fp - f0) - (f0 - fm)) / s)  # right slope - left slope
-    if settle is not None and abs(gap[0] - 2 * gap[1]) <= 20 * noise / steps[1] + 1e-3 * abs(gap[0]):
-        early = (4 * d[1] - d[0]) / 3
-        early_err = abs(d[1] - d[0]) / 3 + (4 * noise / steps[1] + noise / steps[0]) / 3
-        if np.isfinite(early) and np.isfinite(early_err) and settle(float(early), float(early_err)):
-            return float(early), float(early_err), 0.0, 4
-    fp, fm = at(steps[2]), at(-steps[2])
-    d.append((fp - fm) / (2 * steps[2]))
-    gap.append(((fp - f0) - (f0 - fm)) / steps[2])
-    r1 = (4 * d[1] - d[0]) / 3
-    r2 = (4 * d[2] - d[1]) / 3
+
+    take(steps[0])
+    take(steps[1])
+    r1, roundoff1 = _extrapolated(d[0], d[1], steps[0], steps[1], noise)
+    if settle is not None and _bend(gap, 0, steps, noise) == 0:
+        early_err = abs(d[1] - d[0]) / 3 + roundoff1
+        if np.isfinite(r1) and np.isfinite(early_err) and settle(float(r1), float(early_err)):
+            return float(r1), float(early_err), 0.0, 4
+    take(steps[2])
+    r2, roundoff = _extrapolated(d[1], d[2], steps[1], steps[2], noise)
     value = r2 + (r2 - r1) / 15
-    roundoff = (4 * noise / steps[2] + noise / steps[1]) / 3
     # For a smooth function the slope gap halves with the step; along a line
     # through a kink it does not, and then no derivative exists to compare.
-    rough = 0.0
-    for k in (0, 1):
-        slack = 20 * noise / steps[k + 1] + 1e-3 * abs(gap[k])
-        if abs(gap[k] - 2 * gap[k + 1]) > slack:
-            rough = max(rough, abs(gap[k] - 2 * gap[k + 1]))
+    rough = max(_bend(gap, 0, steps, noise), _bend(gap, 1, steps, noise))
     if rough > 0 or not np.isfinite(rough):
         return float(value), float("inf"), float(rough), 6
     return float(value), float(abs(r2 - r1) + roundoff), 0.0, 6
+
+
+def _extrapolated(
+    d_long: float, d_short: float, long: float, short: float, noise: float
+) -> tuple[float, float]:
+    """One Richardson step from central differences at steps ``long`` and ``short = long / 2``: value, round-off."""
+    return (4 * d_short - d_long) / 3, (4 * noise / short + noise / long) / 3
+
+
+def _bend(gap: list[float], k: int, steps: tuple[float, float, float], noise: float) -> float:
+    """How far the slope gap at step ``k`` fails to halve at the next step (0 where it halves, as when smooth)."""
+    excess = abs(gap[k] - 2 * gap[k + 1])
+    return excess if excess > 20 * noise / steps[k + 1] + 1e-3 * abs(gap[k]) else 0.0
