@@ -102,9 +102,7 @@ class _Tester:
         self.last = None
         if w is None:
             w = ctx.rng.standard_normal(_size(idx))
-        a_dot, w_sum, aw_norm = fd.direction_bounds(ctx.analytic[idx], w)
-        opts = ctx.opts
-        base = opts.atol * w_sum + opts.rtol * aw_norm
+        a_dot, base = self._bounds(idx, w)
         result = (True, False, a_dot, 0.0)
         x0 = ctx.flat.x0
         settle = _settled(a_dot, base)
@@ -165,13 +163,18 @@ class _Tester:
         no evaluation.  Its error bound is the sum of both (and their
         round-off).  :attr:`last` then holds the second half's look.
         """
-        ctx, opts = self.ctx, self.ctx.opts
         w = parent.w[len(first.w) :]
-        a_dot, w_sum, aw_norm = fd.direction_bounds(ctx.analytic[idx], w)
+        a_dot, base = self._bounds(idx, w)
         d = parent.d - first.d
         err = parent.err + first.err + 4 * fd.EPS * (abs(parent.d) + abs(first.d))
         self.last = _Look(w, a_dot, d, err)
-        return abs(a_dot - d) <= opts.atol * w_sum + opts.rtol * aw_norm + SAFETY * err
+        return abs(a_dot - d) <= base + SAFETY * err
+
+    def _bounds(self, idx: slice, w: np.ndarray) -> tuple[float, float]:
+        """``g . w`` on the entries ``idx`` and the tolerance before the error estimate, ``atol sum|w| + rtol ||g * w||``."""
+        opts = self.ctx.opts
+        a_dot, w_sum, aw_norm = fd.direction_bounds(self.ctx.analytic[idx], w)
+        return a_dot, opts.atol * w_sum + opts.rtol * aw_norm
 
 
 def _settled(a_dot: float, base: float) -> Callable[[float, float], bool]:
