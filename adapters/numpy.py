@@ -19,6 +19,8 @@ from gradcheck_core.errors import InputError
 
 from .base import Adapter, Target, python_rng_states, takes_argument
 
+_FLOAT64 = np.dtype(np.float64)
+
 
 class NumpyAdapter(Adapter):
     """numpy arrays; complex parameters take a complex gradient ``dL/dRe + 1j * dL/dIm``."""
@@ -40,9 +42,10 @@ class NumpyAdapter(Adapter):
 
             def evaluate(x: np.ndarray) -> Any:
                 # one float64 copy of the point; the loss gets views of it
+                own = x.copy() if x.dtype == _FLOAT64 else np.array(x, dtype=np.float64)
                 if build is not None:
-                    return loss(build(np.array(x, dtype=np.float64)))
-                return loss(flat.unravel(np.array(x, dtype=np.float64), _piece))
+                    return loss(build(own))
+                return loss(flat.unravel(own, _piece))
 
             def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
                 return fn(flat.unravel(flat.x0 if x is None else x, _float64_copy))
@@ -149,15 +152,18 @@ def _views_of(flat: Any) -> Callable[[np.ndarray], Any] | None:
     """
     if flat.has_complex or not all(isinstance(v, np.ndarray) for v in flat.values):
         return None
-    cuts = [(leaf.slice, leaf.shape) for leaf in flat.leaves]
+    # a vector leaf is its slice as it is (a reshape would cost as much again)
+    cuts = [(leaf.slice, None if len(leaf.shape) == 1 else leaf.shape) for leaf in flat.leaves]
     tree = flat.skeleton
     if tree[0] == "dict" and tree[1] is dict and all(c[0] == "leaf" for c in tree[3]):
         # the common case, a dict of arrays: one comprehension
         named = [(key, *cuts[c[1]]) for key, c in zip(tree[2], tree[3])]
-        return lambda x: {key: x[cut].reshape(shape) for key, cut, shape in named}
+        return lambda x: {
+            key: x[cut] if shape is None else x[cut].reshape(shape) for key, cut, shape in named
+        }
     if tree[0] == "leaf":
         cut, shape = cuts[0]
-        return lambda x: x[cut].reshape(shape)
+        return (lambda x: x[cut]) if shape is None else (lambda x: x[cut].reshape(shape))
 
     def node(tree: Any) -> Callable[[list[np.ndarray]], Any] | None:
         kind = tree[0]
@@ -183,7 +189,7 @@ def _views_of(flat: Any) -> Callable[[np.ndarray], Any] | None:
     make = root
 
     def build(x: np.ndarray) -> Any:
-        return make([x[cut].reshape(shape) for cut, shape in cuts])
+        return make([x[cut] if shape is None else x[cut].reshape(shape) for cut, shape in cuts])
 
     return build
 
