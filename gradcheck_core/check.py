@@ -96,7 +96,7 @@ def _short(value: Any) -> str:
 
 def _check_finite_parameters(flat: Any) -> None:
     """NaN or inf in the parameters themselves (not at a step): name the entry."""
-    bad = np.flatnonzero(~np.isfinite(flat.x0))
+    bad = fd.non_finite(flat.x0)
     if not bad.size:
         return
     b, local = flat.block_of(int(bad[0]))

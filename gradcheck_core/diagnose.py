@@ -37,6 +37,7 @@ from itertools import permutations
 
 import numpy as np
 
+from .differences import non_finite
 from .flatten import Flat
 from .report import BlockResult, Finding
 
@@ -341,7 +342,7 @@ def non_finite_findings(analytic: np.ndarray, flat: Flat) -> list[Finding]:
     out = []
     for leaf in flat.leaves:
         g = analytic[leaf.slice]
-        broken = np.flatnonzero(~np.isfinite(g))
+        broken = non_finite(g)
         if not len(broken):
             continue
         spots = [tuple(int(i) for i in np.unravel_index(int(k), leaf.shape)) for k in broken[:5]]

@@ -425,7 +425,7 @@ def run_fast(ctx: Problem) -> tuple[list[BlockResult], str, float]:
     scale = fd.max_abs(ctx.analytic)
     for leaf in ctx.flat.leaves:
         idx = leaf.slice
-        broken = leaf.offset + np.flatnonzero(~np.isfinite(ctx.analytic[idx]))
+        broken = leaf.offset + fd.non_finite(ctx.analytic[idx])
         if len(broken):
             blocks.append(_broken_block(ctx, leaf, broken, tester.rel))
             continue

@@ -40,6 +40,9 @@ __all__ = ["WorkingParameters"]
 
 _EXACT_SOURCES = (torch.float16, torch.float32, torch.float64)
 
+# Entries a move of a long block adds at a time (a buffer of 512 KiB).
+_CHUNK = 1 << 16
+
 
 def _exact_source(tensor: torch.Tensor, values: np.ndarray) -> np.ndarray | None:
     """``tensor`` as a 1-d numpy array whose float64 values are exactly ``values`` (None if it has none)."""
@@ -92,6 +95,7 @@ class WorkingParameters:
         self.watched: list[tuple[int, torch.Tensor]] = list(enumerate(self.tensors))
         self.versions: list[int] = []
         self.lock = threading.RLock()
+        self._buffer = np.empty(0)
         self._mark()
 
     @property
@@ -173,9 +177,19 @@ class WorkingParameters:
             if hi - lo == 1:  # one entry (a step of the full sweep): the same sum on Python floats
                 x0[lo] = float(w[0]) * s + float(self.sources[k][lo - offset])
                 return
+            # Outside a move x0 holds the sources' float64 values (each move is
+            # written back), so s * w is added to it in place, a chunk at a time
+            # through a small buffer: the same sums as s * w + source, bit for bit,
+            # in one pass over the block instead of two.
             moved = x0[lo:hi]
-            np.multiply(w, s, out=moved)
-            moved += self.sources[k][lo - offset : hi - offset]
+            size = hi - lo
+            if self._buffer.size < min(size, _CHUNK):
+                self._buffer = np.empty(min(size, _CHUNK))
+            for a in range(0, size, _CHUNK):
+                b = min(a + _CHUNK, size)
+                step = self._buffer[: b - a]
+                np.multiply(w[a:b], s, out=step)
+                moved[a:b] += step
             return
         values = x0[lo:hi] + s * w
         self._copy_into(k, lo, hi, values)
