@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcheck_core import differences as fd
@@ -83,3 +83,20 @@ def test_directional_derivative() -> None:
     assert nfev == 6
     assert abs(value - exact) <= max(err, 1e-9 * abs(exact))
     assert abs(value - exact) / abs(exact) < 1e-11
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    size=st.integers(0, 3 * fd._CHUNK + 17),
+    where=st.lists(st.floats(0, 1, exclude_max=True), max_size=6),
+    kinds=st.lists(st.sampled_from([np.nan, np.inf, -np.inf]), min_size=6, max_size=6),
+)
+def test_non_finite_names_every_nan_and_inf_in_a_long_vector(
+    size: int, where: list[float], kinds: list[float]
+) -> None:
+    a = np.random.default_rng(size).standard_normal(size)
+    for u, bad in zip(where if size else [], kinds):
+        a[int(u * size)] = bad
+    found = fd.non_finite(a)
+    assert found.dtype.kind == "i"
+    assert found.tolist() == np.flatnonzero(~np.isfinite(a)).tolist()

@@ -167,3 +167,31 @@ def test_a_loss_that_raises_at_a_moved_point_leaves_x0_and_the_parameters_whole(
             fun.along(slice(2, 9), np.ones(7), 0.5)
         assert x0.tobytes() == saved.tobytes()
     assert _bits(net) == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_long_block_moves_chunk_by_chunk_to_exactly_x0_plus_s_w(dtype: torch.dtype) -> None:
+    from gradcheck_core.adapters.torch import ADAPTER
+    from gradcheck_core.adapters.torch.working import _CHUNK, WorkingParameters
+
+    g = torch.Generator().manual_seed(0)
+    # a block of 2.5 chunks that starts inside the first tensor and ends inside the second
+    tensors = [
+        torch.randn(3 * _CHUNK // 2, generator=g, dtype=dtype),
+        torch.randn(_CHUNK, 3, generator=g, dtype=dtype),
+    ]
+    before = [t.clone() for t in tensors]
+    flat = ADAPTER.flatten(tensors)
+    working = WorkingParameters(flat, [torch.float64, torch.float64], tensors)
+    assert working.shares_x0
+    saved = flat.x0.copy()
+    start, stop = 7, 7 + 5 * _CHUNK // 2
+    w = np.random.default_rng(1).standard_normal(stop - start)
+    for s in (1e-3, -2.5e-7):
+        expected = saved.copy()
+        expected[start:stop] = w * s + saved[start:stop]
+        with working.moved(slice(start, stop), w, s) as values:
+            inside = np.concatenate([v.detach().numpy().reshape(-1) for v in values])
+        assert inside.tobytes() == expected.tobytes()
+        assert flat.x0.tobytes() == saved.tobytes()
+    assert all(torch.equal(t, b) for t, b in zip(tensors, before))
