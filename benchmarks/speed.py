@@ -287,17 +287,18 @@ def _rss_now() -> int:
 
 
 def _peak_above(fn: Callable[[], Any]) -> tuple[Any, float, int]:
-    """``fn()``, its wall time, and the process's peak resident memory during it above that before.
+    """``fn()``, its time (by :data:`CLOCK`, as the unit it is divided by), and its peak memory.
 
-    The peak is Linux's high-water mark (``VmHWM``), reset just before ``fn``
-    runs (writing 5 to ``/proc/self/clear_refs``).
+    The peak is the process's resident memory above that before ``fn``:
+    Linux's high-water mark (``VmHWM``), reset just before ``fn`` runs
+    (writing 5 to ``/proc/self/clear_refs``).
     """
     base = _rss_now()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    start = time.perf_counter()
+    start = CLOCK()
     out = fn()
-    seconds = time.perf_counter() - start
+    seconds = CLOCK() - start
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
     return out, seconds, peak - base
