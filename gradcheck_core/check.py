@@ -215,11 +215,6 @@ def _given_precision(dtype: str, analytic: np.ndarray, opts: Options) -> tuple[O
     return widened, finding
 
 
-def _clip_note(loss: Any) -> str | None:
-    """Why the loss is clipped, when an adapter can tell (Keras's crossentropies)."""
-    return clip_note(loss)
-
-
 def _analytic_and_dtype(grad: Any, target: Any, adapter: Any) -> tuple[np.ndarray, str | None]:
     """The gradient to check as a flat vector, and its dtype when it was given narrower than float64."""
     flat = target.flat
@@ -517,7 +512,7 @@ def judge(m: Measured) -> None:
             leaf = flat.leaves[[lf.name for lf in flat.leaves].index(b.name)]
             x_local = flat.x0[b.indices + leaf.offset]
             found: list[Finding] = []
-            flat_finding = saturation_finding(b, _clip_note(m.loss))
+            flat_finding = saturation_finding(b, clip_note(m.loss))
             # entries where the loss is flat explain the failure better than a bug pattern
             if flat_finding is None or flat_finding.detail["n_flat"] < b.n_bad:
                 found = diagnose_block(b, x_local, analytic[leaf.slice])

@@ -354,12 +354,9 @@ def estimate_noise(
     # moved by 1e-15, not by 1e-6 (which would cross a clip or leave the domain);
     # a zero coordinate moves by the median size of the others.
     block = block if block is not None else slice(0, n)
-    if block == slice(0, n):
-        v = _probe_direction(x0, rng)
-    else:
-        v = np.zeros(n)
-        v[block] = _probe_direction(x0[block], rng)
-    line = _Line(fun, x0, block, v[block])
+    vb = _probe_direction(x0[block], rng)  # the direction on the block (zero elsewhere)
+    line = _Line(fun, x0, block, vb)
+    v: np.ndarray | None = None  # the whole direction, built only for the rows of a batch
     floor = EPS * abs(f0)
     nfev = 0
     for scale in (rel_step, 100 * rel_step, 1e4 * rel_step):
@@ -368,6 +365,11 @@ def estimate_noise(
         ts = np.arange(0, points + 1) * scale
         values = np.empty(len(ts))
         if batch is not None:  # all points at once (``batch``: the values at the rows)
+            if v is None and block == slice(0, n):
+                v = vb
+            elif v is None:
+                v = np.zeros(n)
+                v[block] = vb
             values[0] = f0
             values[1:] = batch(x0[None, :] + ts[1:, None] * v[None, :])
         else:

@@ -54,10 +54,6 @@ def _first_order(opts: Options) -> Options:
     return one
 
 
-def _takes_argument(loss: Callable[..., Any]) -> bool:
-    return takes_argument(loss)
-
-
 def run_second_order(
     loss: Callable[..., Any],
     params: Any,
@@ -92,7 +88,7 @@ def run_second_order(
     rng = np.random.default_rng(opts.seed)
     w = rng.standard_normal(flat.n)
     w_struct = flat.unravel(w)
-    functional = _takes_argument(loss)
+    functional = takes_argument(loss)
     if grad is not None and not callable(grad):
         raise InputError(
             "order=2 needs the gradient at points near the parameters, so grad= must be a function "
