@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import differences as fd
 from .adapters import detect
 from .errors import InputError
 from .interrupts import interrupts_deferred, raise_pending
@@ -204,7 +205,7 @@ class LossFunction:
 
         def point() -> np.ndarray:
             x = self.flat.x0.copy()
-            x[block] = x[block] + s * w
+            x[block] = x[block] + fd.scaled(w, s)
             return x
 
         return self.scalar(out, point)

@@ -16,6 +16,8 @@ Everything here works on a scalar function ``fun`` of one float64 vector
 * :func:`estimate_noise` measures the loss's round-off noise with the ECnoise
   difference-table method of More and Wild (2011).
 * :func:`directional` is the Richardson directional derivative used by fast mode.
+* :func:`random_direction` draws its random directions; :func:`scaled` is the
+  ``s * w`` every move along one computes, in float64.
 """
 
 from __future__ import annotations
@@ -36,14 +38,22 @@ __all__ = [
     "directional_points",
     "estimate_noise",
     "max_abs",
+    "random_direction",
     "refine",
     "relative_step",
+    "scaled",
     "sweep",
     "taken_steps",
 ]
 
 EPS = float(np.finfo(np.float64).eps)
 METHODS = ("central", "forward", "richardson", "complex")
+
+# Random directions at least this long are drawn and kept in float32: half the
+# memory of float64 entries (at 10M parameters, half the parameters' float64
+# bytes) and drawn faster.  Their entries are float64 numbers like any others;
+# every sum and product with them is taken in float64 (see :func:`scaled`).
+LONG_DIRECTION = 1 << 19
 
 # Evaluations per coordinate of each scheme (the central value f(x0) is shared).
 EVALS_PER_COORDINATE = {"central": 2, "forward": 1, "richardson": 4, "complex": 1}
@@ -435,8 +445,8 @@ def non_finite(a: np.ndarray) -> np.ndarray:
 
 def _sum_abs(a: np.ndarray) -> float:
     if a.size <= _CHUNK:
-        return float(np.sum(np.abs(a)))
-    return float(sum(float(np.sum(np.abs(a[k : k + _CHUNK]))) for k in _chunks(a.size)))
+        return float(np.sum(np.abs(a), dtype=np.float64))
+    return float(sum(float(np.sum(np.abs(a[k : k + _CHUNK]), dtype=np.float64)) for k in _chunks(a.size)))
 
 
 def _norm_of_product(a: np.ndarray, b: np.ndarray) -> float:
@@ -454,7 +464,11 @@ def direction_bounds(analytic: np.ndarray, w: np.ndarray) -> tuple[float, float,
 
     Long blocks are reduced in chunks, without temporaries as long as the block.
     """
-    return float(analytic @ w), _sum_abs(w), _norm_of_product(analytic, w)
+    if w.dtype == analytic.dtype or w.size <= _CHUNK:
+        dot = float(analytic @ w)
+    else:  # a float32 direction: products in float64, a chunk at a time (no float64 copy of w)
+        dot = float(sum(float(analytic[k : k + _CHUNK] @ w[k : k + _CHUNK]) for k in _chunks(w.size)))
+    return dot, _sum_abs(w), _norm_of_product(analytic, w)
 
 
 class _Line:
@@ -480,7 +494,7 @@ class _Line:
             return float(self.along(self.support, self.vs, s))
         if self.x is None:
             self.x = self.x0.copy()
-        self.x[self.support] = self.x0[self.support] + s * self.vs
+        self.x[self.support] = self.x0[self.support] + scaled(self.vs, s)
         return self.fun(self.x)
 
 
@@ -499,13 +513,45 @@ def _probe_direction(x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     typical = 1.0  # unused where no entry is zero
     if 0 < zeros < x0.size:
         typical = float(np.median(np.abs(x0[x0 != 0]), overwrite_input=True))
-    v = rng.standard_normal(x0.size)
+    v = random_direction(rng, x0.size)  # scaled in place: float32 stays float32 (a direction still)
     for k in _chunks(x0.size):
         part = np.abs(x0[k : k + _CHUNK])
         if zeros:
             part[part == 0] = typical
         v[k : k + _CHUNK] *= part
     return v
+
+
+def random_direction(rng: np.random.Generator, size: int) -> np.ndarray:
+    """``size`` standard normal entries: float64, or float32 from :data:`LONG_DIRECTION` entries on.
+
+    A float32 entry is a float64 number too; callers move along the
+    direction with :func:`scaled`, never with ``s * w`` on a Python float
+    (which numpy would round to float32).
+    """
+    if size >= LONG_DIRECTION:
+        return rng.standard_normal(size, dtype=np.float32)
+    return rng.standard_normal(size)
+
+
+def scaled(w: np.ndarray, s: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``s * w`` computed and returned in float64, whatever the floating dtype of ``w``.
+
+    Parameters
+    ----------
+    w : numpy.ndarray
+        A direction (float64, or float32 where long; see :func:`random_direction`).
+    s : float
+        The step along it.
+    out : numpy.ndarray, optional
+        A float64 array of ``w``'s shape to write the product into.
+
+    Returns
+    -------
+    numpy.ndarray
+        The float64 products, ``out`` where given.
+    """
+    return np.multiply(w, s, out=out, dtype=np.float64)
 
 
 def _support(v: np.ndarray) -> slice | np.ndarray:
@@ -536,7 +582,8 @@ def directional_points(x0: np.ndarray, v: np.ndarray, rel_step: float) -> list[n
     xs, vs = x0[support], v[support]
     points = []
     for s in _steps(xs, vs, rel_step):
-        for moved in (xs + s * vs, xs - s * vs):
+        step = scaled(vs, s)
+        for moved in (xs + step, xs - step):
             x = x0.copy()
             x[support] = moved
             points.append(x)

@@ -101,7 +101,7 @@ class _Tester:
         ctx = self.ctx
         self.last = None
         if w is None:
-            w = ctx.rng.standard_normal(_size(idx))
+            w = fd.random_direction(ctx.rng, _size(idx))
         a_dot, base = self._bounds(idx, w)
         result = (True, False, a_dot, 0.0)
         x0 = ctx.flat.x0

@@ -100,3 +100,54 @@ def test_non_finite_names_every_nan_and_inf_in_a_long_vector(
     found = fd.non_finite(a)
     assert found.dtype.kind == "i"
     assert found.tolist() == np.flatnonzero(~np.isfinite(a)).tolist()
+
+
+def test_long_directions_are_float32_and_move_in_float64() -> None:
+    rng = np.random.default_rng(4)
+    assert fd.random_direction(rng, fd.LONG_DIRECTION - 1).dtype == np.float64
+    w = fd.random_direction(rng, fd.LONG_DIRECTION)
+    assert w.dtype == np.float32 and w.shape == (fd.LONG_DIRECTION,)
+    assert 0.99 < float(np.std(w, dtype=np.float64)) < 1.01
+    # numpy computes s * w on a Python float in float32; scaled does not
+    s = 1e-3 / 3
+    exact = w.astype(np.float64) * s
+    assert fd.scaled(w, s).tobytes() == exact.tobytes()
+    assert not np.array_equal(s * w, exact)
+    out = np.empty(w.size)
+    assert fd.scaled(w, s, out=out) is out and out.tobytes() == exact.tobytes()
+
+
+@settings(max_examples=15, deadline=None)
+@given(size=st.integers(1, 3 * fd._CHUNK + 5), seed=st.integers(0, 2**32 - 1))
+def test_direction_bounds_of_a_float32_direction_are_those_of_its_float64_values(
+    size: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal(size) * 10.0 ** rng.uniform(-3, 3, size)
+    w = rng.standard_normal(size).astype(np.float32)
+    got = fd.direction_bounds(g, w)
+    want = (
+        float(g @ w.astype(np.float64)),
+        float(np.abs(w.astype(np.float64)).sum()),
+        float(np.linalg.norm(g * w)),
+    )
+    for a, b in zip(got, want):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-12 * float(np.abs(g * w).sum()))
+
+
+def test_a_directional_derivative_along_a_float32_direction_matches_its_float64_values() -> None:
+    # the path without fun.along: the moved point is built as a vector
+    x = np.random.default_rng(5).uniform(-1, 1, 40)
+    w = np.random.default_rng(6).standard_normal(40).astype(np.float32)
+    seen = []
+
+    def f(p: np.ndarray) -> float:
+        seen.append(p.copy())
+        return rosen(p)
+
+    got = fd.directional(f, x, w, rel_step=1e-3, noise=1e-14, f0=rosen(x))
+    seen_32 = list(seen)
+    seen.clear()
+    want = fd.directional(f, x, w.astype(np.float64), rel_step=1e-3, noise=1e-14, f0=rosen(x))
+    assert got == want
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(seen_32, seen))

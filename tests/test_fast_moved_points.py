@@ -66,9 +66,11 @@ def test_a_moved_point_is_the_full_vector_point(kind: str, dtype: torch.dtype, d
             start = data.draw(st.integers(0, n - 1), label="start")
             stop = data.draw(st.integers(start + 1, n), label="stop")  # may span several parameters
             s = data.draw(st.floats(-1e-2, 1e-2, allow_nan=False), label="s")
-            w = np.random.default_rng(start).standard_normal(stop - start)
+            # a long direction is kept in float32 (random_direction): moved in float64 all the same
+            w_dtype = data.draw(st.sampled_from([np.float64, np.float32]), label="w dtype")
+            w = np.random.default_rng(start).standard_normal(stop - start).astype(w_dtype)
             x = x0.copy()
-            x[start:stop] = x[start:stop] + s * w
+            x[start:stop] = x[start:stop] + s * w.astype(np.float64)
             assert fun.along(slice(start, stop), w, s) == fun(x)
             assert x0.tobytes() == saved.tobytes()  # x0 is whole after every evaluation
         assert fun(x0) == fun(saved)
@@ -169,8 +171,9 @@ def test_a_loss_that_raises_at_a_moved_point_leaves_x0_and_the_parameters_whole(
     assert _bits(net) == before
 
 
+@pytest.mark.parametrize("w_dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_long_block_moves_chunk_by_chunk_to_exactly_x0_plus_s_w(dtype: torch.dtype) -> None:
+def test_a_long_block_moves_chunk_by_chunk_to_exactly_x0_plus_s_w(dtype: torch.dtype, w_dtype: Any) -> None:
     from gradcheck_core.adapters.torch import ADAPTER
     from gradcheck_core.adapters.torch.working import _CHUNK, WorkingParameters
 
@@ -186,10 +189,10 @@ def test_a_long_block_moves_chunk_by_chunk_to_exactly_x0_plus_s_w(dtype: torch.d
     assert working.shares_x0
     saved = flat.x0.copy()
     start, stop = 7, 7 + 5 * _CHUNK // 2
-    w = np.random.default_rng(1).standard_normal(stop - start)
+    w = np.random.default_rng(1).standard_normal(stop - start).astype(w_dtype)
     for s in (1e-3, -2.5e-7):
         expected = saved.copy()
-        expected[start:stop] = w * s + saved[start:stop]
+        expected[start:stop] = w.astype(np.float64) * s + saved[start:stop]
         with working.moved(slice(start, stop), w, s) as values:
             inside = np.concatenate([v.detach().numpy().reshape(-1) for v in values])
         assert inside.tobytes() == expected.tobytes()

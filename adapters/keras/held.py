@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gradcheck_core.differences import scaled
 from gradcheck_core.flatten import Flat
 
 from .values import _assign
@@ -85,7 +86,7 @@ class HeldPoint:
             leaf = self.flat.leaves[k]
             values = x0[leaf.slice].copy()
             a, b = lo - leaf.offset, hi - leaf.offset
-            values[a:b] = values[a:b] + s * w[lo - block.start : hi - block.start]
+            values[a:b] = values[a:b] + scaled(w[lo - block.start : hi - block.start], s)
             self.away.add(k)
             _assign(self.variables[k], values.reshape(leaf.shape))
 

@@ -60,18 +60,25 @@ def _scalar_tensor(out: Any) -> torch.Tensor:
 
 def _gradient_of(out: torch.Tensor, leaves: list[torch.Tensor], adapter: Adapter) -> np.ndarray:
     """autograd's gradient, in flatten order; a complex leaf's ``dL/dRe + 1j dL/dIm`` as its two parts."""
-    grads = torch.autograd.grad(out, leaves, allow_unused=True)
-    chunks = []
-    for g, t in zip(grads, leaves):
-        if g is None:
-            chunks.append(np.zeros(t.numel() * (2 if t.is_complex() else 1)))
-            continue
-        array = np.asarray(adapter.to_numpy(g)).reshape(-1)
-        if t.is_complex():
-            chunks += [np.real(array).astype(np.float64), np.imag(array).astype(np.float64)]
-        else:
-            chunks.append(np.asarray(array, dtype=np.float64))
-    return np.concatenate(chunks)
+    grads: list[torch.Tensor | None] = list(torch.autograd.grad(out, leaves, allow_unused=True))
+    sizes = [t.numel() * (2 if t.is_complex() else 1) for t in leaves]
+    flat = np.zeros(sum(sizes))
+    start = 0
+    for k, (t, size) in enumerate(zip(leaves, sizes)):
+        # each gradient is let go once copied: the gradients and the flat vector
+        # are not both held whole (at 10M parameters, their float64 bytes again)
+        g, grads[k] = grads[k], None
+        if g is not None:
+            array = np.asarray(adapter.to_numpy(g)).reshape(-1)
+            del g
+            if t.is_complex():
+                flat[start : start + size // 2] = np.real(array)
+                flat[start + size // 2 : start + size] = np.imag(array)
+            else:
+                flat[start : start + size] = array
+            del array
+        start += size
+    return flat
 
 
 def _as_list(out: Any) -> list[Any]:

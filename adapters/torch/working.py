@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradcheck_core.differences import scaled
 from gradcheck_core.flatten import Flat
 
 from .float64 import _tensor
@@ -188,10 +189,10 @@ class WorkingParameters:
             for a in range(0, size, _CHUNK):
                 b = min(a + _CHUNK, size)
                 step = self._buffer[: b - a]
-                np.multiply(w[a:b], s, out=step)
+                scaled(w[a:b], s, out=step)
                 moved[a:b] += step
             return
-        values = x0[lo:hi] + s * w
+        values = x0[lo:hi] + scaled(w, s)
         self._copy_into(k, lo, hi, values)
 
     def _put_back(self, k: int, lo: int, hi: int) -> None:
