@@ -215,17 +215,21 @@ def _given_precision(dtype: str, analytic: np.ndarray, opts: Options) -> tuple[O
     return widened, finding
 
 
+def _no_autodiff(target: Any) -> InputError:
+    return InputError(
+        f"{target.framework} has no automatic differentiation, so there is no gradient to "
+        "check: pass your backward pass as grad= (a function called like the loss, or "
+        "the gradient values: the structure of params, a dict such as {'dW1': ..., "
+        "'db1': ...}, or one flat vector)."
+    )
+
+
 def _analytic_and_dtype(grad: Any, target: Any, adapter: Any) -> tuple[np.ndarray, str | None]:
     """The gradient to check as a flat vector, and its dtype when it was given narrower than float64."""
     flat = target.flat
     if grad is None:
         if target.gradient is None:
-            raise InputError(
-                f"{target.framework} has no automatic differentiation, so there is no gradient to "
-                "check: pass your backward pass as grad= (a function called like the loss, or "
-                "the gradient values: the structure of params, a dict such as {'dW1': ..., "
-                "'db1': ...}, or one flat vector)."
-            )
+            raise _no_autodiff(target)
         vec = np.asarray(target.gradient(), dtype=np.float64).reshape(-1)
         if vec.size != flat.n:
             raise InputError(f"the framework's gradient has {vec.size} entries, the parameters {flat.n}.")
@@ -402,6 +406,15 @@ def measured(
         t_eval = time.perf_counter() - t0
         if opts.mode == "full" and opts.sample is None:
             _refuse_huge_full_sweep(flat.n, per_coord * flat.n, per_coord * flat.n * t_eval)
+        if grad is None and target.gradient is None:
+            raise _no_autodiff(target)  # before the probe's evaluations
+        # The noise probe comes before the gradient: its direction and the gradient,
+        # each as long as the parameters, are then never held at once.
+        try:
+            noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng, batch=fun.batch if batch_probe else None)
+        except InputError:  # the probe left the loss's domain; the sweep will say where
+            noise = fd.EPS * abs(f0)
+        noise = _kinks_left_out(fun, flat, f0, noise, rng, fun.batch if batch_probe else None)
         fun.replay()  # the gradient sees the same random draws as every evaluation
         analytic, given_dtype = _analytic_and_dtype(grad, target, adapter)
         findings: list[Finding] = []
@@ -441,11 +454,6 @@ def measured(
                 )
             )
 
-        try:
-            noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng, batch=fun.batch if batch_probe else None)
-        except InputError:  # the probe left the loss's domain; the sweep will say where
-            noise = fd.EPS * abs(f0)
-        noise = _kinks_left_out(fun, flat, f0, noise, rng, fun.batch if batch_probe else None)
         noise = max(noise, spread, _rounding_floor(fun.out_dtype, f0))
         # Noise relative to the loss's scale: its value, or (for a loss that is
         # near 0 here, like a residual at its optimum) how much it changes over

@@ -81,8 +81,15 @@ def test_unsupported_value() -> None:
 
 
 def test_numpy_without_grad_asks_for_grad() -> None:
+    calls = []
+
+    def counted(p: dict) -> float:
+        calls.append(1)
+        return ok_loss(p)
+
     with pytest.raises(gc.GradcheckError, match="grad="):
-        gc.check(ok_loss, {"W": W})
+        gc.check(counted, {"W": W})
+    assert len(calls) == 1  # said after the first value, before the noise probe's evaluations
 
 
 @pytest.mark.parametrize(
