@@ -106,6 +106,12 @@ class Target:
         but for ``x[idx_k] + shift_k`` (one moved coordinate each, as numpy
         computes the sum), built by the framework itself rather than as rows
         of a matrix; it may return None (not ready: build the rows).
+    evaluate_moved : callable or None
+        ``evaluate_moved(i, v)`` -> the loss's raw output at ``flat.x0`` but
+        for entry ``i`` set to ``v``, the point built by the target in its
+        own pieces (the loss gets its own copy, which it may keep or change);
+        what ``evaluate`` returns at that point.  None where the target has
+        no such shortcut.
     precision : list of str
         Why evaluations may not be in float64 (each a sentence with a remedy).
     rngs : list of RngState
@@ -120,6 +126,7 @@ class Target:
     evaluate_complex: Callable[[np.ndarray], Any] | None = None
     evaluate_along: Callable[[slice, np.ndarray, float], Any] | None = None
     evaluate_shifted: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray | None] | None = None
+    evaluate_moved: Callable[[int, float], Any] | None = None
     precision: list[str] = field(default_factory=list)
     rngs: list[RngState] = field(default_factory=list)
     framework: str = "numpy"

@@ -9,6 +9,7 @@ check ends, also after an exception or Ctrl-C.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,6 +48,15 @@ class NumpyAdapter(Adapter):
                     return loss(build(own))
                 return loss(flat.unravel(own, _piece))
 
+            evaluate_moved = _moved_of(flat, loss)
+            if evaluate_moved is None:
+
+                def evaluate_moved(i: int, v: float) -> Any:
+                    # the point as evaluate() builds it, without copying it twice
+                    own = flat.x0.copy()
+                    own[i] = v
+                    return loss(build(own) if build is not None else flat.unravel(own, _piece))
+
             def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
                 return fn(flat.unravel(flat.x0 if x is None else x, _float64_copy))
 
@@ -59,6 +69,7 @@ class NumpyAdapter(Adapter):
                 gradient=None,
                 call_grad=call_grad,
                 evaluate_complex=None if flat.has_complex else evaluate_complex,
+                evaluate_moved=evaluate_moved,
                 rngs=python_rng_states(),
                 framework=self.name,
                 worker=RowWorker(loss, flat, np.random.get_state()),
@@ -156,42 +167,110 @@ def _views_of(flat: Any) -> Callable[[np.ndarray], Any] | None:
     cuts = [(leaf.slice, None if len(leaf.shape) == 1 else leaf.shape) for leaf in flat.leaves]
     tree = flat.skeleton
     if tree[0] == "dict" and tree[1] is dict and all(c[0] == "leaf" for c in tree[3]):
-        # the common case, a dict of arrays: one comprehension
+        # the common case, a dict of arrays: one plain loop (a comprehension costs a
+        # function call of its own at every evaluation)
         named = [(key, *cuts[c[1]]) for key, c in zip(tree[2], tree[3])]
-        return lambda x: {
-            key: x[cut] if shape is None else x[cut].reshape(shape) for key, cut, shape in named
-        }
+
+        def build_dict(x: np.ndarray) -> dict[Any, np.ndarray]:
+            views = {}
+            for key, cut, shape in named:
+                views[key] = x[cut] if shape is None else x[cut].reshape(shape)
+            return views
+
+        return build_dict
     if tree[0] == "leaf":
         cut, shape = cuts[0]
         return (lambda x: x[cut]) if shape is None else (lambda x: x[cut].reshape(shape))
 
-    def node(tree: Any) -> Callable[[list[np.ndarray]], Any] | None:
-        kind = tree[0]
-        if kind == "leaf":
-            k = tree[1]
-            return lambda pieces: pieces[k]
-        if kind == "dict" and tree[1] is dict:
-            keys, parts = tree[2], [node(c) for c in tree[3]]
-            if any(p is None for p in parts):
-                return None
-            pairs = list(zip(keys, parts))
-            return lambda pieces: {key: part(pieces) for key, part in pairs}  # type: ignore[misc]
-        if kind == "seq" and tree[1] in (list, tuple):
-            typ, parts = tree[1], [node(c) for c in tree[2]]
-            if any(p is None for p in parts):
-                return None
-            return lambda pieces: typ([part(pieces) for part in parts])  # type: ignore[misc]
+    make = _structure_of(flat.skeleton)
+    if make is None:
         return None
-
-    root = node(flat.skeleton)
-    if root is None:
-        return None
-    make = root
 
     def build(x: np.ndarray) -> Any:
         return make([x[cut] if shape is None else x[cut].reshape(shape) for cut, shape in cuts])
 
     return build
+
+
+def _structure_of(tree: Any) -> Callable[[list[np.ndarray]], Any] | None:
+    """``make(pieces)``: the structure of the skeleton ``tree`` around one piece per leaf.
+
+    For dicts, lists and tuples (and single leaves); None for other nodes.
+    """
+    kind = tree[0]
+    if kind == "leaf":
+        k = tree[1]
+        return lambda pieces: pieces[k]
+    if kind == "dict" and tree[1] is dict:
+        keys, parts = tree[2], [_structure_of(c) for c in tree[3]]
+        if any(p is None for p in parts):
+            return None
+        pairs = list(zip(keys, parts))
+        return lambda pieces: {key: part(pieces) for key, part in pairs}  # type: ignore[misc]
+    if kind == "seq" and tree[1] in (list, tuple):
+        typ, parts = tree[1], [_structure_of(c) for c in tree[2]]
+        if any(p is None for p in parts):
+            return None
+        return lambda pieces: typ([part(pieces) for part in parts])  # type: ignore[misc]
+    return None
+
+
+def _moved_of(flat: Any, loss: Callable[..., Any]) -> Callable[[int, float], Any] | None:
+    """``evaluate_moved(i, v)``: ``loss`` at ``flat.x0`` but for entry ``i`` set to ``v``.
+
+    Each array the loss gets is a new float64 copy of its parameter's piece
+    of ``x0``, made in the parameter's shape (cheaper than views of one
+    copied vector, each reshaped).  For real array parameters in dicts, lists
+    and tuples; None for other structures.
+    """
+    if flat.has_complex or not all(isinstance(v, np.ndarray) for v in flat.values):
+        return None
+    x0 = flat.x0
+    # each parameter's piece of x0 in its shape (views: nothing is copied here)
+    pieces = [x0[leaf.slice].reshape(leaf.shape) for leaf in flat.leaves]
+    starts = [leaf.offset for leaf in flat.leaves]
+    vectors = [len(leaf.shape) == 1 for leaf in flat.leaves]
+    find = bisect.bisect_right
+
+    def move(piece: np.ndarray, b: int, i: int, v: float) -> None:
+        """Set entry ``i`` of the vector, which falls in parameter ``b``, to ``v`` in that parameter's copy."""
+        if vectors[b]:
+            piece[i - starts[b]] = v
+        else:
+            piece.flat[i - starts[b]] = v
+
+    tree = flat.skeleton
+    if tree[0] == "dict" and tree[1] is dict and all(c[0] == "leaf" for c in tree[3]):
+        # the common case, a dict of arrays: one plain loop (a comprehension costs a
+        # function call of its own at every evaluation)
+        named = [(key, pieces[c[1]]) for key, c in zip(tree[2], tree[3])]
+        key_of = {c[1]: key for key, c in zip(tree[2], tree[3])}
+        spots = [(key_of[b], starts[b], vectors[b]) for b in range(len(pieces))]
+
+        def evaluate_dict(i: int, v: float) -> Any:
+            p = {}
+            for key, piece in named:
+                p[key] = piece.copy()
+            # the last parameter that starts at or before entry i holds it
+            key, start, vector = spots[find(starts, i) - 1]
+            if vector:
+                p[key][i - start] = v
+            else:
+                p[key].flat[i - start] = v
+            return loss(p)
+
+        return evaluate_dict
+    make = _structure_of(tree)
+    if make is None:
+        return None
+
+    def evaluate_tree(i: int, v: float) -> Any:
+        copies = [piece.copy() for piece in pieces]
+        b = find(starts, i) - 1
+        move(copies[b], b, i, v)
+        return loss(make(copies))
+
+    return evaluate_tree
 
 
 def _piece(piece: np.ndarray, original: Any) -> Any:

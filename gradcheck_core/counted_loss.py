@@ -11,6 +11,7 @@ once through the adapter's batch evaluation or an executor.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import pickle
@@ -181,6 +182,87 @@ class LossFunction:
             self._learn_active()
         return self.scalar(out, x)
 
+    def moves(
+        self,
+        x0: np.ndarray,
+        idx: np.ndarray,
+        shift: np.ndarray,
+        tick: Callable[[int], None] | None = None,
+    ) -> np.ndarray | None:
+        """The losses at ``x0`` moved by ``shift_k`` on coordinate ``idx_k``, one after another.
+
+        The values, counts, random replays and errors of ``self(x)`` at each of
+        these points in turn, from one loop that costs less per evaluation.
+
+        Parameters
+        ----------
+        x0 : numpy.ndarray
+            The float64 point every move starts from.
+        idx : numpy.ndarray
+            The coordinate each evaluation moves.
+        shift : numpy.ndarray
+            How far each one moves: the point is ``x0`` but for ``x0[idx_k] + shift_k``.
+        tick : callable, optional
+            ``tick(k)`` after every ``k`` evaluations (a progress bar); the
+            ticks add up to ``len(idx)``.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            One value per move; None before the first evaluation (which
+            learns what the loss draws and returns) and for a point that is
+            not float64: then evaluate the points one by one with ``self(x)``.
+        """
+        if self._active is None or self.eval_seconds is None or self.out_dtype is None:
+            return None
+        if x0.dtype != np.float64:
+            return None
+        # each moved entry as ``x[i] + s`` computes it, in one numpy sum
+        pairs = list(zip(idx.tolist(), (x0[idx] + shift).tolist()))
+        every = _tick_every(self.eval_seconds) if tick is not None else max(1, len(pairs))
+        # the target builds each point itself where it can (from x0 only)
+        evaluate_moved = self.target.evaluate_moved if x0 is self.flat.x0 else None
+        evaluate = self.target.evaluate
+        draws = bool(self._active)
+        replay = self.replay
+        values: list[float] = []
+        append = values.append
+        isfinite = math.isfinite
+        float64 = np.float64
+        # Otherwise one vector moves in place, and evaluate() copies it, as for self(x).
+        x = None if evaluate_moved is not None else x0.copy()
+        done = 0  # evaluations that returned: nfev counts them also when a later one raises
+        try:
+            for first in range(0, len(pairs), every):
+                for i, v in pairs[first : first + every]:
+                    raise_pending()
+                    if draws:
+                        replay()
+                    if x is None:
+                        out = evaluate_moved(i, v)  # type: ignore[misc]
+                    else:
+                        x[i] = v
+                        out = evaluate(x)
+                        x[i] = x0[i]
+                    done += 1
+                    # the common outputs, as scalar() converts them
+                    kind = type(out)
+                    if kind is float:
+                        value = out
+                    elif kind is float64:
+                        value = float(out)
+                    else:
+                        append(self.scalar(out, functools.partial(_moved_point, x0, i, v)))
+                        continue
+                    if not isfinite(value):
+                        value = self._non_finite(value, _moved_point(x0, i, v))
+                    append(value)
+                if tick is not None:
+                    tick(min(every, len(pairs) - first))
+        finally:
+            self.nfev += done
+        return np.array(values, dtype=np.float64)
+
     @property
     def along(self) -> Callable[[slice, np.ndarray, float], float] | None:
         """``along(block, w, s)``: the loss at ``x0`` moved by ``s * w`` on ``block`` (None: not offered).
@@ -326,6 +408,26 @@ class LossFunction:
                 self.replay()
                 out[k] = self.scalar(self.target.evaluate(r), r)
         return out
+
+
+# Progress ticks of moves() come after evaluations worth about this many seconds
+# (at most _TICK_MOST evaluations): a bar redraws ten times a second at most.
+_TICK_SECONDS = 0.01
+_TICK_MOST = 64
+
+
+def _tick_every(eval_seconds: float) -> int:
+    """How many evaluations of ``eval_seconds`` each go between two progress ticks."""
+    if eval_seconds <= 0:
+        return _TICK_MOST
+    return max(1, min(_TICK_MOST, int(_TICK_SECONDS / eval_seconds)))
+
+
+def _moved_point(x0: np.ndarray, i: int, v: float) -> np.ndarray:
+    """``x0`` with entry ``i`` set to ``v``: the point an error message names."""
+    x = x0.copy()
+    x[i] = v
+    return x
 
 
 def _worker_count(executor: Executor) -> int | None:
