@@ -401,10 +401,12 @@ def estimate_noise(
     sigmas = []
     signs = []
     for k in range(1, len(ts)):
-        table = np.diff(table)
+        # np.diff, np.mean and np.any as the array methods they call (a few entries: the
+        # functions' own dispatch would cost more than the arithmetic)
+        table = table[1:] - table[:-1]
         gamma = factorial(k) ** 2 / factorial(2 * k)
-        sigmas.append(float(np.sqrt(gamma * np.mean(table**2))))
-        signs.append(bool(np.any(table > 0) and np.any(table < 0)))
+        sigmas.append(float(np.sqrt(gamma * (table**2).mean())))
+        signs.append(bool((table > 0).any() and (table < 0).any()))
     for k in range(len(sigmas) - 2):
         trio = sigmas[k : k + 3]
         if min(trio) > 0 and max(trio) <= 4 * min(trio) and signs[k]:

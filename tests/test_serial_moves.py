@@ -372,3 +372,21 @@ def test_a_plain_function_still_takes_the_plain_loop() -> None:
     values = fd._evaluate_shifted(lambda x: float(np.sum(np.sin(x))), None, x0, idx, shift, None)
     expected = [float(np.sum(np.sin(np.where(np.arange(8) == i, x0[i] + 1e-3, x0)))) for i in range(8)]
     assert values.tolist() == expected
+
+
+def test_the_progress_bar_of_a_full_check_reaches_its_total(capsys: Any) -> None:
+    rng = np.random.default_rng(2)
+    params = {"W": rng.standard_normal((60, 5)), "b": rng.standard_normal(5)}  # > 256: one side at a time
+    x = rng.standard_normal((3, 60))
+
+    def loss(p: dict[str, np.ndarray]) -> float:
+        return float(np.sum(np.tanh(x @ p["W"] + p["b"]) ** 2))
+
+    def grad(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = np.tanh(x @ p["W"] + p["b"])
+        d = 2 * t * (1 - t * t)
+        return {"W": x.T @ d, "b": d.sum(0)}
+
+    assert gc.check(loss, params, grad, mode="full", progress=True).verdict == "pass"
+    frames = capsys.readouterr().err.split("\r")
+    assert "305/305 coordinates" in frames[-1]
