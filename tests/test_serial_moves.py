@@ -24,14 +24,21 @@ def _params() -> dict[str, np.ndarray]:
     return {"W": rng.standard_normal((5, 3)), "b": rng.standard_normal(3)}
 
 
-def _value(p: dict[str, np.ndarray]) -> float:
-    return float(np.sum(np.tanh(X @ p["W"] + p["b"]) ** 2))
+def _tanh_layer(x: np.ndarray) -> tuple[Any, Any]:
+    """``sum(tanh(x W + b)^2)`` and its gradient, as functions of ``p = {"W", "b"}``."""
+
+    def value(p: dict[str, np.ndarray]) -> float:
+        return float(np.sum(np.tanh(x @ p["W"] + p["b"]) ** 2))
+
+    def grad(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = np.tanh(x @ p["W"] + p["b"])
+        d = 2 * t * (1 - t * t)
+        return {"W": x.T @ d, "b": d.sum(0)}
+
+    return value, grad
 
 
-def _grad(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    t = np.tanh(X @ p["W"] + p["b"])
-    d = 2 * t * (1 - t * t)
-    return {"W": X.T @ d, "b": d.sum(0)}
+_value, _grad = _tanh_layer(X)
 
 
 def _moves(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -377,15 +384,7 @@ def test_a_plain_function_still_takes_the_plain_loop() -> None:
 def test_the_progress_bar_of_a_full_check_reaches_its_total(capsys: Any) -> None:
     rng = np.random.default_rng(2)
     params = {"W": rng.standard_normal((60, 5)), "b": rng.standard_normal(5)}  # > 256: one side at a time
-    x = rng.standard_normal((3, 60))
-
-    def loss(p: dict[str, np.ndarray]) -> float:
-        return float(np.sum(np.tanh(x @ p["W"] + p["b"]) ** 2))
-
-    def grad(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        t = np.tanh(x @ p["W"] + p["b"])
-        d = 2 * t * (1 - t * t)
-        return {"W": x.T @ d, "b": d.sum(0)}
+    loss, grad = _tanh_layer(rng.standard_normal((3, 60)))
 
     assert gc.check(loss, params, grad, mode="full", progress=True).verdict == "pass"
     frames = capsys.readouterr().err.split("\r")
