@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import random
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,14 @@ __all__ = ["Adapter", "RngState", "Target", "python_rng_states", "takes_argument
 
 def takes_argument(loss: Callable[..., Any]) -> bool:
     """True if ``loss`` is to be called as ``loss(p)``, False for ``loss()``."""
+    code = getattr(loss, "__code__", None)
+    if (
+        type(loss) is types.FunctionType
+        and code is not None
+        and "__wrapped__" not in loss.__dict__
+        and "__signature__" not in loss.__dict__
+    ):  # a plain function: its code says what inspect.signature would
+        return bool(code.co_argcount or code.co_flags & inspect.CO_VARARGS)
     try:
         sig = inspect.signature(loss)
     except (TypeError, ValueError):

@@ -507,6 +507,10 @@ def _own_executor(executor: Any) -> Iterator[Executor | None]:
 def _same_state(a: Any, b: Any) -> bool:
     """Whether two saved generator states are equal (False when unsure)."""
     try:
+        if _legacy_numpy_state(a) and _legacy_numpy_state(b):
+            # numpy's legacy state ('MT19937', key, pos, has_gauss, cached_gaussian):
+            # the key compared as one array, the rest as numbers (no exception raised and caught)
+            return a[0] == b[0] and a[2:] == b[2:] and bool(np.array_equal(a[1], b[1]))
         if isinstance(a, tuple) and isinstance(b, tuple):
             # Python's random state, (3, 625 ints, None), compares at once; a
             # tuple holding arrays (numpy's legacy state) raises and is compared
@@ -556,3 +560,14 @@ def prepared(
             yield adapter, target, fun
         finally:
             fun.restore_rngs()
+
+
+def _legacy_numpy_state(state: Any) -> bool:
+    """Whether ``state`` has the form of ``np.random.get_state()``: a name, a key array and three numbers."""
+    return (
+        type(state) is tuple
+        and len(state) == 5
+        and isinstance(state[0], str)
+        and isinstance(state[1], np.ndarray)
+        and all(isinstance(v, (int, float)) for v in state[2:])
+    )

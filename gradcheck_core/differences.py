@@ -397,16 +397,7 @@ def estimate_noise(
             break
     else:
         return floor, nfev
-    table = values.copy()
-    sigmas = []
-    signs = []
-    for k in range(1, len(ts)):
-        # np.diff, np.mean and np.any as the array methods they call (a few entries: the
-        # functions' own dispatch would cost more than the arithmetic)
-        table = table[1:] - table[:-1]
-        gamma = factorial(k) ** 2 / factorial(2 * k)
-        sigmas.append(float(np.sqrt(gamma * (table**2).mean())))
-        signs.append(bool((table > 0).any() and (table < 0).any()))
+    sigmas, signs = _difference_levels(values)
     for k in range(len(sigmas) - 2):
         trio = sigmas[k : k + 3]
         if min(trio) > 0 and max(trio) <= 4 * min(trio) and signs[k]:
@@ -414,6 +405,24 @@ def estimate_noise(
     # No clean plateau: the differences are dominated by curvature or by
     # irregular noise; the highest-order value is a safe over-estimate.
     return max(sigmas[-1], min(sigmas), floor), nfev
+
+
+def _difference_levels(values: np.ndarray) -> tuple[list[float], list[bool]]:
+    """ECnoise's scaled differences: per order ``k``, ``sqrt(gamma_k mean(d_k**2))`` and whether ``d_k`` changes sign.
+
+    ``d_k`` is the ``k``-th difference of ``values`` and ``gamma_k =
+    (k!)**2 / (2k)!``.  ``np.diff``, ``np.mean`` and ``np.any`` are taken as
+    the array methods they call: on a few entries the functions' own dispatch
+    costs more than the arithmetic.
+    """
+    table = np.asarray(values, dtype=np.float64)
+    sigmas, signs = [], []
+    for k in range(1, len(table)):
+        table = table[1:] - table[:-1]
+        gamma = factorial(k) ** 2 / factorial(2 * k)
+        sigmas.append(float(np.sqrt(gamma * (table**2).mean())))
+        signs.append(bool((table > 0).any() and (table < 0).any()))
+    return sigmas, signs
 
 
 # Blocks longer than this are reduced in chunks (no temporary as long as the

@@ -180,6 +180,9 @@ class _Generators:
         self.saved = [r.get() for r in generators]
         self.calls = 0
         self.drawn: list[int] = []
+        #: True once every generator was put back to its saved state (by a target
+        #: given these states) and nothing has run since: :meth:`restore` has nothing to do.
+        self.restored = False
 
     @property
     def draws(self) -> bool | None:
@@ -199,6 +202,8 @@ class _Generators:
 
     def restore(self) -> None:
         """Every generator as it was at the start."""
+        if self.restored:
+            return
         for r, s in zip(self.generators, self.saved):
             r.set(s)
 
@@ -219,9 +224,14 @@ def _check(
     if not fi.floating and not fi.skipped:
         raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
     replay()
-    outputs = adapter.call(fn, list(inputs))
-    replay()
-    reasons = _output_reasons(adapter, fn, inputs, outputs)
+    memo: dict[str, Any] = {}  # what the adapter learns about fn on its first call, for later ones
+    if hasattr(adapter, "call_and_reasons"):  # the outputs and why some are left out, from one call
+        outputs, reasons = adapter.call_and_reasons(fn, list(inputs), memo=memo)
+        replay()
+    else:
+        outputs = adapter.call(fn, list(inputs))
+        replay()
+        reasons = _output_reasons(adapter, fn, inputs, outputs)
     rng = np.random.default_rng(seed)
     cotangents: list[np.ndarray | None] = []
     skipped = list(fi.skipped)
@@ -305,7 +315,14 @@ def _check(
         return _nothing_checked(adapter, opts, skipped, time.perf_counter() - start, undefined=True)
     replay()
     reports, jvp_blocks, jvp_findings, evaluations = _check_outputs(
-        fi, cotangents, checked, gradients, opts, replay, forward=vjp is None and hasattr(adapter, "jvp")
+        fi,
+        cotangents,
+        checked,
+        gradients,
+        opts,
+        replay,
+        forward=vjp is None and hasattr(adapter, "jvp"),
+        memo=memo,
     )
     merged = merge_reports(reports)
     merged.skipped = skipped
@@ -331,6 +348,7 @@ def _check_outputs(
     opts: Options,
     replay: _Generators,
     forward: bool,
+    memo: dict[str, Any] | None = None,
 ) -> tuple[list[Report], list[BlockResult], list[Finding], int]:
     """Every checked output's VJP check (and, with ``forward``, its JVP checks) from shared evaluations.
 
@@ -338,7 +356,8 @@ def _check_outputs(
     (:class:`~gradcheck_core.shared_outputs.SharedOutputs`); the outputs'
     sweeps take one step, the smallest any of them would choose (a smaller
     step only adds round-off, which each output's bounds account for), so
-    they differentiate at the same points.
+    they differentiate at the same points.  ``memo``: what the adapter
+    learnt about ``fn`` on its first call, for its vectorised calls.
 
     Returns
     -------
@@ -357,14 +376,14 @@ def _check_outputs(
     with (
         interrupts_deferred(),
         _own_executor(opts.executor) as executor,
-        adapter.target(projections, fi.params, float64=opts.float64) as target,
+        _open_target(adapter, projections, fi.params, opts.float64, replay, memo) as target,
     ):
         # What the first call showed about fn's random draws holds for the generators both know.
         known = {r.name for r in replay.generators} >= {r.name for r in target.rngs}
         shared = SharedOutputs(
             target,
             len(checked),
-            _rows_of(fi, checked, us, target.flat, opts),
+            _rows_of(fi, checked, us, target.flat, opts, memo),
             draws=replay.draws if known else None,
         )
         each = copy.copy(opts)
@@ -398,6 +417,10 @@ def _check_outputs(
                     _check_jvps(fi, checked, us, shared, ms, opts, replay, jvp_blocks, jvp_findings)
         finally:
             shared.restore_rngs()
+    # The target put the generators back to the states given to it, when they were all of them.
+    replay.restored = getattr(adapter, "target_takes_hints", False) and [r.name for r in target.rngs] == [
+        r.name for r in replay.generators
+    ]
     reports = []
     for j, m in zip(checked, ms):
         report = report_of(m, "function")
@@ -408,6 +431,30 @@ def _check_outputs(
                 f.block = f"{f.block}->output{j}"
         reports.append(report)
     return reports, jvp_blocks, jvp_findings, shared.evaluations
+
+
+def _open_target(
+    adapter: Any,
+    loss: Callable[..., Any],
+    params: dict[str, Any],
+    float64: bool,
+    replay: _Generators,
+    memo: dict[str, Any] | None,
+) -> Any:
+    """``adapter.target`` for ``loss``, told what is known already where the adapter takes it.
+
+    The generators' states were saved at the start (``replay`` puts them back
+    at the end), so the target need not read them again; ``memo`` holds what
+    the first call of ``fn`` showed (whether it needs the float64 mode),
+    which holds for ``loss``, the projections of ``fn``'s outputs.
+    """
+    if getattr(adapter, "target_takes_hints", False):
+        values = {r.name: s for r, s in zip(replay.generators, replay.saved)}
+        promotion = None if memo is None else memo.get("promotion")
+        if promotion is not None and promotion.needed is None:
+            promotion = None  # not learnt (the first call raised): the target learns it itself
+        return adapter.target(loss, params, float64=float64, rng_values=values, promotion=promotion)
+    return adapter.target(loss, params, float64=float64)
 
 
 def _zeros_or_none(output: np.ndarray) -> np.ndarray | None:
@@ -667,7 +714,12 @@ class _SpreadInputs:
 
 
 def _rows_of(
-    fi: _FunctionInputs, checked: list[int], us: list[np.ndarray], flat: Any, opts: Options
+    fi: _FunctionInputs,
+    checked: list[int],
+    us: list[np.ndarray],
+    flat: Any,
+    opts: Options,
+    memo: dict[str, Any] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray] | None:
     """The projections at many points at once, where the adapter can vectorise ``fn`` (else None).
 
@@ -683,7 +735,7 @@ def _rows_of(
     leaves = {leaf.name: leaf for leaf in flat.leaves}
     if sorted(leaves) != sorted(f"input{i}" for i in fi.floating):
         return None
-    memo: dict[str, Any] = {}  # what the adapter learns about fn on the first call, for the next
+    memo = {} if memo is None else memo  # what the adapter learns about fn on one call, for the next
 
     def rows(points: np.ndarray) -> np.ndarray:
         m = len(points)

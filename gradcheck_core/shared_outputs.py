@@ -110,6 +110,7 @@ class SharedOutputs:
         self._x0_bits = np.ascontiguousarray(target.flat.x0, dtype=np.float64).view(np.int64)
         self._values: dict[bytes, list[np.ndarray]] = {}
         self._seen: list[dict[bytes, int]] = [{} for _ in range(k)]
+        self._prefetched = False  # True once prefetch stored values for later evaluations
         self._lock = threading.Lock()
         self._serial = threading.Lock()
         # Generators the function draws from; decided after its first call.
@@ -136,6 +137,11 @@ class SharedOutputs:
 
     def value(self, j: int, x: np.ndarray) -> float:
         """Output ``j``'s projection at ``x`` (evaluating ``fn`` only at a new point or repeat)."""
+        if self.k == 1 and not self._prefetched:
+            # One output and nothing evaluated ahead: every call is a new evaluation (a point
+            # seen before is a repeat), so nothing needs remembering.  A later prefetch
+            # evaluates the points it is given afresh, which a repeat here would have done.
+            return float(self._evaluate(x)[0])
         key = _keys(x[None, :], self._x0_bits)[0]
         with self._lock:
             n = self._seen[j].get(key, 0)
@@ -189,6 +195,7 @@ class SharedOutputs:
         if todo:
             fresh = self._evaluate_rows(rows[todo])
             with self._lock:
+                self._prefetched = True
                 for r, values in zip(todo, fresh):
                     self._values.setdefault(keys[r], []).append(values)
 

@@ -37,6 +37,7 @@ from gradcheck_core.flatten import Flat
 from ..base import Adapter, RngState, Target, python_rng_states, takes_argument
 from .autodiff import _gradient_of, _scalar_tensor, with_layout
 from .autodiff import call as _call
+from .autodiff import call_and_reasons as _call_and_reasons
 from .autodiff import call_rows as _call_rows
 from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import jvp as _jvp
@@ -157,9 +158,29 @@ class TorchAdapter(Adapter):
         return lambda yp: loss_fn(y_true, yp)
 
     # -- the check --------------------------------------------------------------
+    #: :meth:`target` takes what the caller knows already: ``rng_values`` and ``promotion``.
+    target_takes_hints = True
+
     @contextlib.contextmanager
-    def target(self, loss: Callable[..., Any], params: Any, *, float64: bool = True) -> Iterator[Target]:
-        """Prepare ``loss`` for evaluation at float64 vectors; restore everything on exit."""
+    def target(
+        self,
+        loss: Callable[..., Any],
+        params: Any,
+        *,
+        float64: bool = True,
+        rng_values: Mapping[str, Any] | None = None,
+        promotion: Promotion | None = None,
+    ) -> Iterator[Target]:
+        """Prepare ``loss`` for evaluation at float64 vectors; restore everything on exit.
+
+        ``rng_values``: the random generators' states by name (as
+        :class:`~gradcheck_core.adapters.base.RngState` names them), saved by
+        the caller; where it holds every generator, the generators are
+        replayed and put back to these states instead of being read again.
+        ``promotion``: whether the loss needs :class:`~.float64.Float64Mode`,
+        where the caller learnt it from a call of the same code at ``params``
+        (default: learnt from the first evaluation).
+        """
         flat = self.flatten(params)
         tensors: list[torch.Tensor] = list(flat.values)
         modules = _modules_in(params)
@@ -169,14 +190,18 @@ class TorchAdapter(Adapter):
         rngs = self.rng_states() + python_rng_states()
         if not functional:
             _check_in_place(flat)
-        snapshot = _Snapshot(tensors, modules, rngs)
+        names = [r.name for r in rngs]
+        given = None if rng_values is None or not set(names) <= set(rng_values) else rng_values
+        snapshot = _Snapshot(tensors, modules, rngs, None if given is None else [given[k] for k in names])
         try:
             if functional:
                 # torch.func.functional_call swaps tensors into the module: with
                 # a module, evaluations take turns (threads of an executor=).
                 lock: Any = threading.RLock() if modules else contextlib.nullcontext()
                 module = params if isinstance(params, torch.nn.Module) else None
-                target = self._functional_target(loss, flat, float64, promote, snapshot, lock, module)
+                target = self._functional_target(
+                    loss, flat, float64, promote, snapshot, lock, module, promotion
+                )
             else:
                 target = self._stateful_target(loss, flat, float64, promote, snapshot)
             target.precision = precision
@@ -194,11 +219,12 @@ class TorchAdapter(Adapter):
         snapshot: _Snapshot,
         lock: Any,
         module: torch.nn.Module | None = None,
+        known: Promotion | None = None,
     ) -> Target:
         if module is not None:  # loss(m) receives the module, holding the values
             loss = _module_loss(loss, module)
         work = {id(t): _work_dtype(t, float64) for t in flat.values}
-        promotion = Promotion()
+        promotion = Promotion() if known is None else known
         working = _working(flat, [work[id(t)] for t in flat.values])
         x0_bits = flat.x0.copy().view(np.int64)  # x0 as it is outside evaluations, bit for bit
 
@@ -265,7 +291,16 @@ class TorchAdapter(Adapter):
 
         batch = _Batched(self, loss, flat, evaluate, snapshot, promote, promotion)
         worker = RowWorker(
-            loss, flat, float64, promote, shares_modules=not isinstance(lock, contextlib.nullcontext)
+            loss,
+            flat,
+            float64,
+            promote,
+            shares_modules=not isinstance(lock, contextlib.nullcontext),
+            states=(
+                snapshot.rng_value("torch"),
+                snapshot.rng_value("numpy.random"),
+                snapshot.rng_value("random"),
+            ),
         )
         return Target(
             worker=worker,
@@ -376,6 +411,12 @@ class TorchAdapter(Adapter):
     def call(self, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
         """``fn(*inputs)`` at float64 copies of the inputs, outputs as numpy (see :func:`.autodiff.call`)."""
         return _call(self, fn, inputs)
+
+    def call_and_reasons(
+        self, fn: Callable[..., Any], inputs: list[Any], memo: dict[str, Any] | None = None
+    ) -> tuple[list[np.ndarray], list[str | None]]:
+        """:meth:`call` and :meth:`nondifferentiable_outputs` from one call (see :func:`.autodiff.call_and_reasons`)."""
+        return _call_and_reasons(self, fn, inputs, memo)
 
     def nondifferentiable_outputs(self, fn: Callable[..., Any], inputs: list[Any]) -> list[str | None]:
         """Why each output is left out (None: checked); see :func:`.autodiff.nondifferentiable_outputs`."""

@@ -25,6 +25,7 @@ from .float64 import Promotion, _promotable, _work_dtype, float64_scope
 
 __all__ = [
     "call",
+    "call_and_reasons",
     "call_rows",
     "directional_gradient",
     "jvp",
@@ -173,10 +174,23 @@ def call(adapter: Adapter, fn: Callable[..., Any], inputs: list[Any]) -> list[np
     list of numpy.ndarray
         One array per output.
     """
+    return call_and_reasons(adapter, fn, inputs)[0]
+
+
+def call_and_reasons(
+    adapter: Adapter, fn: Callable[..., Any], inputs: list[Any], memo: dict[str, Any] | None = None
+) -> tuple[list[np.ndarray], list[str | None]]:
+    """:func:`call` and :func:`nondifferentiable_outputs` from one call of ``fn``.
+
+    ``memo``, as for :func:`call_rows`: what this call shows about ``fn``
+    (whether it needs :class:`~.float64.Float64Mode`) is kept there, for
+    :func:`call_rows` to use without a call of its own.
+    """
     xs = _inputs(inputs, True)
-    with float64_scope(_promotable(xs)), torch.enable_grad():
+    promotion = None if memo is None else memo.setdefault("promotion", Promotion())
+    with float64_scope(_promotable(xs), promotion), torch.enable_grad():
         outs = _as_list(fn(*xs))
-    return [np.asarray(adapter.to_numpy(o)) for o in outs]
+    return [np.asarray(adapter.to_numpy(o)) for o in outs], _reasons(outs)
 
 
 def call_rows(
@@ -313,6 +327,11 @@ def nondifferentiable_outputs(fn: Callable[..., Any], inputs: list[Any]) -> list
     xs = _inputs(inputs, True)
     with float64_scope(_promotable(xs)), torch.enable_grad():
         outs = _as_list(fn(*xs))
+    return _reasons(outs)
+
+
+def _reasons(outs: list[Any]) -> list[str | None]:
+    """Why each output is not differentiable (None: it is), for :func:`nondifferentiable_outputs`."""
     reasons: list[str | None] = []
     for o in outs:
         if not isinstance(o, torch.Tensor):
@@ -360,27 +379,32 @@ def jvp(
 
     xs = _inputs(inputs, True)
     try:
-        with _dual_level(), float64_scope(_promotable(xs)):
-            duals = []
-            for x, v in zip(xs, tangents):
-                if (
-                    v is None
-                    or not isinstance(x, torch.Tensor)
-                    or not (x.is_floating_point() or x.is_complex())
-                ):
-                    duals.append(x)
-                else:
-                    tangent = torch.as_tensor(
-                        np.asarray(v).reshape(tuple(x.shape)), dtype=x.dtype, device=x.device
-                    )
-                    duals.append(fwad.make_dual(x, tangent))
-            outs = _as_list(fn(*duals))
+        with _dual_level():
+            with float64_scope(_promotable(xs)):
+                duals = []
+                for x, v in zip(xs, tangents):
+                    if (
+                        v is None
+                        or not isinstance(x, torch.Tensor)
+                        or not (x.is_floating_point() or x.is_complex())
+                    ):
+                        duals.append(x)
+                    else:
+                        tangent = torch.as_tensor(
+                            np.asarray(v).reshape(tuple(x.shape)), dtype=x.dtype, device=x.device
+                        )
+                        duals.append(fwad.make_dual(x, tangent))
+                outs = _as_list(fn(*duals))
+                found = [
+                    (o, fwad.unpack_dual(o).tangent) if isinstance(o, torch.Tensor) else (o, None)
+                    for o in outs
+                ]
+            # (numpy conversions outside the float64 mode: the mode has nothing to widen there)
             result = []
-            for o in outs:
+            for o, tangent in found:
                 if not isinstance(o, torch.Tensor):
                     result.append(np.zeros(np.shape(o)))
                     continue
-                tangent = fwad.unpack_dual(o).tangent
                 result.append(
                     np.zeros(tuple(o.shape)) if tangent is None else wide_array(adapter.to_numpy(tangent))
                 )
@@ -398,14 +422,20 @@ def _dual_level() -> Iterator[None]:
     """``forward_ad.dual_level()``, quiet about torch's own deprecation notices."""
     import torch.autograd.forward_ad as fwad
 
-    with warnings.catch_warnings():
-        # Forward mode loads its decompositions through torch.jit.script on
-        # first use, which warns; load them here, quietly.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with contextlib.suppress(ImportError):  # other torch versions
-            importlib.import_module("torch._decomp.decompositions_for_jvp")
+    if not _JVP_DECOMPOSITIONS:
+        with warnings.catch_warnings():
+            # Forward mode loads its decompositions through torch.jit.script on
+            # first use, which warns; load them here, quietly.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with contextlib.suppress(ImportError):  # other torch versions
+                importlib.import_module("torch._decomp.decompositions_for_jvp")
+        _JVP_DECOMPOSITIONS.append(True)
     with fwad.dual_level():
         yield
+
+
+# Holds True once forward mode's decompositions are loaded (once per process).
+_JVP_DECOMPOSITIONS: list[bool] = []
 
 
 # -- second order ------------------------------------------------------------------

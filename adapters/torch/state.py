@@ -89,7 +89,11 @@ class _Snapshot:
     """Everything a check could disturb, saved once and put back on exit."""
 
     def __init__(
-        self, tensors: list[torch.Tensor], modules: list[torch.nn.Module], rngs: list[RngState]
+        self,
+        tensors: list[torch.Tensor],
+        modules: list[torch.nn.Module],
+        rngs: list[RngState],
+        rng_values: list[Any] | None = None,
     ) -> None:
         self.default_dtype = torch.get_default_dtype()
         self.mode_depth = mode_depth()
@@ -109,7 +113,12 @@ class _Snapshot:
             if b is not None
         ]
         self.rngs = rngs
-        self.rng_values = [r.get() for r in rngs]
+        # (the states as the caller read them a moment ago, where it passes them: not read again)
+        self.rng_values = [r.get() for r in rngs] if rng_values is None else list(rng_values)
+
+    def rng_value(self, name: str) -> Any:
+        """The saved state of the generator called ``name``."""
+        return self.rng_values[[r.name for r in self.rngs].index(name)]
 
     def replay(self) -> None:
         """Put the random generators back to where the check started."""

@@ -44,10 +44,19 @@ class RowWorker:
     shares_modules : bool
         The loss swaps tensors into modules (``functional_call``):
         evaluations in one process take turns.
+    states : tuple, optional
+        The states of torch's, numpy's and Python's generators to replay, as
+        the caller saved them at the start (default: read now).
     """
 
     def __init__(
-        self, loss: Callable[..., Any], flat: Flat, float64: bool, promote: bool, shares_modules: bool
+        self,
+        loss: Callable[..., Any],
+        flat: Flat,
+        float64: bool,
+        promote: bool,
+        shares_modules: bool,
+        states: tuple[Any, Any, Any] | None = None,
     ) -> None:
         self.loss = loss
         self.flat = flat
@@ -56,7 +65,9 @@ class RowWorker:
         self.shares_modules = shares_modules
         #: Replay the generators before each row (set by the check once it knows the loss draws).
         self.draws = True
-        self.states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+        self.states = (
+            (torch.get_rng_state(), np.random.get_state(), random.getstate()) if states is None else states
+        )
 
     def _replay(self) -> None:
         torch.set_rng_state(self.states[0])

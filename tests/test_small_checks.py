@@ -1,0 +1,337 @@
+"""The fixed cost of a small check: what is computed once, or more cheaply, gives the same results."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random
+from math import factorial
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gradcheck_core as gc
+from gradcheck_core.adapters.base import takes_argument
+from gradcheck_core.counted_loss import _same_state
+from gradcheck_core.differences import _difference_levels, estimate_noise
+from gradcheck_core.shared_outputs import SharedOutputs
+from gradcheck_core.tolerance import rel_error
+
+
+def _levels_by_numpy(values: np.ndarray) -> tuple[list[float], list[bool]]:
+    """The difference table as numpy builds it, one order at a time."""
+    table = values.copy()
+    sigmas, signs = [], []
+    for k in range(1, len(values)):
+        table = np.diff(table)
+        gamma = factorial(k) ** 2 / factorial(2 * k)
+        sigmas.append(float(np.sqrt(gamma * np.mean(table**2))))
+        signs.append(bool(np.any(table > 0) and np.any(table < 0)))
+    return sigmas, signs
+
+
+@pytest.mark.parametrize("points", [3, 8, 9, 12, 20])
+def test_difference_levels_match_numpys_table_bit_for_bit(points: int) -> None:
+    rng = np.random.default_rng(points)
+    for trial in range(400):
+        base = rng.standard_normal() * 10.0 ** int(rng.integers(-8, 8))
+        kind = trial % 4
+        if kind == 0:  # round-off noise on a constant
+            values = base + rng.standard_normal(points + 1) * 1e-16 * abs(base)
+        elif kind == 1:  # a smooth function along a short segment
+            values = np.sin(base + np.arange(points + 1) * 1e-6)
+        elif kind == 2:
+            values = rng.standard_normal(points + 1)
+        else:  # quantised values
+            values = np.round(base + rng.standard_normal(points + 1) * 1e-3, 3)
+        assert _difference_levels(values) == _levels_by_numpy(values)
+
+
+def test_difference_levels_of_non_finite_values_match_numpys() -> None:
+    for values in (
+        np.array([1.0, np.nan, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]),
+        np.full(9, np.inf),
+        np.zeros(9),
+    ):
+        with np.errstate(all="ignore"):
+            want = _levels_by_numpy(values)
+        got = _difference_levels(values)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[1] == want[1]
+
+
+def test_noise_estimate_is_unchanged_on_a_float32_like_function() -> None:
+    x0 = np.linspace(-1.0, 1.0, 7)
+    fun = lambda x: float(np.float32(np.sum(np.sin(x), dtype=np.float32)))  # noqa: E731
+    noise, nfev = estimate_noise(fun, x0, fun(x0), np.random.default_rng(0))
+    assert nfev > 0
+    assert 1e-9 < noise < 1e-5  # float32 round-off of a value near 0..7, not float64's
+
+
+def test_rel_error_is_the_norm_ratio_bit_for_bit() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        k = int(rng.integers(0, 30))
+        a = rng.standard_normal(k) * 10.0 ** int(rng.integers(-100, 100))
+        n = a * (1 + rng.standard_normal(k) * 1e-8)
+        denom = np.linalg.norm(a) + np.linalg.norm(n)
+        want = float(np.linalg.norm(a - n) / denom) if denom > 0 else 0.0
+        assert rel_error(a, n) == want
+    assert rel_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert rel_error(np.zeros((2, 2)), np.ones((2, 2))) == 1.0
+    assert rel_error(np.array([1.0, np.nan]), np.array([1.0, 2.0])) == 0.0  # a NaN norm, as before
+
+
+def test_numpy_legacy_states_compare_by_key_and_position() -> None:
+    np.random.seed(7)
+    a = np.random.get_state()
+    assert _same_state(a, np.random.get_state())
+    np.random.random()
+    assert not _same_state(a, np.random.get_state())
+    np.random.seed(7)
+    np.random.standard_normal()  # leaves a cached Gaussian: only has_gauss and the cache differ
+    b = np.random.get_state()
+    np.random.seed(7)
+    np.random.standard_normal(2)
+    c = np.random.get_state()
+    assert (b[1] == c[1]).all() and b[2] == c[2]
+    assert not _same_state(b, c)
+    assert _same_state(random.getstate(), random.getstate())
+
+
+def _plain(x: Any) -> Any:
+    return x
+
+
+def _no_args() -> None:
+    return None
+
+
+def _star(*a: Any) -> Any:
+    return a
+
+
+def _keywords(**k: Any) -> Any:
+    return k
+
+
+def _keyword_only(*, k: Any) -> Any:
+    return k
+
+
+def _defaulted(x: Any = 1) -> Any:
+    return x
+
+
+def _positional_only(x: Any, /) -> Any:
+    return x
+
+
+@functools.wraps(_plain)
+def _wrapped_nothing() -> None:
+    return None
+
+
+class _Holder:
+    def method(self) -> None:
+        return None
+
+    def method_of_one(self, x: Any) -> Any:
+        return x
+
+
+def _by_signature(fn: Any) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)
+    return any(p.kind in (*kinds, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in sig.parameters.values())
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        _plain,
+        _no_args,
+        _star,
+        _keywords,
+        _keyword_only,
+        _defaulted,
+        _positional_only,
+        _wrapped_nothing,
+        lambda: 0,
+        lambda p: p,
+        _Holder().method,
+        _Holder().method_of_one,
+        functools.partial(_plain, 1),
+        print,
+    ],
+)
+def test_takes_argument_agrees_with_the_signature(fn: Any) -> None:
+    assert takes_argument(fn) == _by_signature(fn)
+
+
+class _OneOutputTarget:
+    """A target of one projection, ``sum(x)``, counting its evaluations."""
+
+    def __init__(self, x0: np.ndarray) -> None:
+        from gradcheck_core.adapters import get_adapter
+
+        self.flat = get_adapter("numpy").flatten({"x": x0})
+        self.rngs: list[Any] = []
+        self.calls = 0
+
+    def evaluate(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.array([float(np.sum(x)) + self.calls * 1e-3])  # each call tells itself apart
+
+
+def test_one_output_evaluates_every_call_and_reads_prefetched_points() -> None:
+    x0 = np.arange(3.0)
+    target = _OneOutputTarget(x0)
+    shared = SharedOutputs(target, 1, draws=False)
+    first, again = shared.value(0, x0), shared.value(0, x0)
+    assert target.calls == 2 and first != again  # a repeat is a new evaluation
+    moved = x0 + np.array([1.0, 0.0, 0.0])
+    shared.prefetch(moved[None, :])
+    assert target.calls == 3
+    assert shared.value(0, moved) == pytest.approx(4.0 + 3e-3)  # the prefetched value, read
+    assert target.calls == 3
+    assert shared.value(0, moved) == pytest.approx(4.0 + 4e-3)  # a repeat there: evaluated
+    assert shared.value(0, x0) == pytest.approx(3.0 + 5e-3)
+    assert target.calls == 5 and shared.evaluations == 5
+
+
+# -- torch ------------------------------------------------------------------------
+
+
+def _torch() -> Any:
+    return pytest.importorskip("torch")
+
+
+def test_torch_outputs_and_reasons_come_from_one_call() -> None:
+    torch = _torch()
+    from gradcheck_core.adapters.torch.adapter import ADAPTER
+
+    calls = []
+
+    def fn(x: Any) -> Any:
+        calls.append(1)
+        return torch.sin(x), x.detach() * 2, (x > 0).long()
+
+    x = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+    memo: dict[str, Any] = {}
+    outputs, reasons = ADAPTER.call_and_reasons(fn, [x], memo=memo)
+    assert len(calls) == 1
+    assert reasons == ADAPTER.nondifferentiable_outputs(fn, [x])
+    assert reasons[0] is None and reasons[1] is not None and reasons[2] is not None
+    for got, want in zip(outputs, ADAPTER.call(fn, [x])):
+        np.testing.assert_array_equal(got, want)
+    assert memo["promotion"].needed is False  # nothing narrow met: the mode is not needed
+
+
+def _states() -> tuple[Any, Any, Any]:
+    torch = _torch()
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _same_states(a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> bool:
+    torch = _torch()
+    return bool(torch.equal(a[0], b[0])) and _same_state(a[1], b[1]) and a[2] == b[2]
+
+
+@pytest.mark.parametrize("draws", [False, True])
+def test_check_function_leaves_every_generator_as_it_found_it(draws: bool) -> None:
+    torch = _torch()
+
+    def fn(x: Any) -> Any:
+        if draws:
+            np.random.random()
+            random.random()
+            return torch.nn.functional.dropout(x, 0.5, training=True) + torch.sin(x)
+        return torch.sin(x)
+
+    x = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64)
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    before = _states()
+    report = gc.check_function(fn, x)
+    assert report.verdict == "pass"
+    assert _same_states(before, _states())
+
+
+def test_generators_are_put_back_after_fn_raises_mid_check() -> None:
+    torch = _torch()
+    calls = []
+
+    def fn(x: Any) -> Any:
+        calls.append(1)
+        torch.rand(3)
+        np.random.random()
+        if len(calls) > 4:  # inside the sweep
+            raise ValueError("boom")
+        return torch.sin(x)
+
+    x = torch.linspace(-1.0, 1.0, 4, dtype=torch.float64)
+    before = _states()
+    depth = torch._C._len_torch_function_stack()
+    with pytest.raises(ValueError, match="boom"):
+        gc.check_function(fn, x)
+    assert _same_states(before, _states())
+    assert torch._C._len_torch_function_stack() == depth
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_torch_target_replays_and_restores_the_states_it_is_given() -> None:
+    torch = _torch()
+    from gradcheck_core.adapters.torch.adapter import ADAPTER
+
+    torch.manual_seed(5)
+    start = torch.get_rng_state()
+    torch.rand(4)  # the generator moves on before the target opens
+    values = {"torch": start, "numpy.random": np.random.get_state(), "random": random.getstate()}
+    x = torch.zeros(3, dtype=torch.float64)
+    with ADAPTER.target(lambda p: p["x"].sum(), {"x": x}, rng_values=values) as target:
+        assert target.worker.states[0] is start
+        torch.rand(2)
+    assert torch.equal(torch.get_rng_state(), start)  # put back to the given state, not the one at open
+
+
+def test_a_captured_float32_tensor_is_still_widened_in_every_evaluation() -> None:
+    torch = _torch()
+    w = torch.linspace(0.1, 0.9, 6, dtype=torch.float32)
+
+    def fn(x: Any) -> Any:
+        return torch.sin(x * w) + torch.tensor(0.1) * x  # a float32 constant and a default-dtype one
+
+    x = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64)
+    report = gc.check_function(fn, x)
+    assert report.verdict == "pass"
+    assert not [f for f in report.findings if f.kind == "low_precision"]
+    assert report.noise < 1e-12  # float64 round-off: every evaluation ran in float64
+
+
+def test_a_wrong_backward_still_fails_on_a_small_input() -> None:
+    torch = _torch()
+
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any) -> Any:
+            ctx.save_for_backward(x)
+            return torch.sin(x)
+
+        @staticmethod
+        def backward(ctx: Any, g: Any) -> Any:
+            (x,) = ctx.saved_tensors
+            return g * torch.cos(x) * 1.01
+
+    x = torch.linspace(-1.0, 1.0, 10, dtype=torch.float64)
+    report = gc.check_function(Wrong.apply, x)
+    assert report.verdict == "fail"
+    assert any(f.block == "input0->output0" for f in report.findings)
+    assert any(b.name == "input0->output0 (jvp)" for b in report.blocks) or any(
+        f.kind == "no_forward_mode" for f in report.findings
+    )
