@@ -108,6 +108,8 @@ def test_long_directions_are_float32_and_move_in_float64() -> None:
     w = fd.random_direction(rng, fd.LONG_DIRECTION)
     assert w.dtype == np.float32 and w.shape == (fd.LONG_DIRECTION,)
     assert 0.99 < float(np.std(w, dtype=np.float64)) < 1.01
+    one, other = (fd.random_direction(np.random.default_rng(4), fd.LONG_DIRECTION) for _ in range(2))
+    assert one.tobytes() == other.tobytes()  # a seed gives the same direction
     # numpy computes s * w on a Python float in float32; scaled does not
     s = 1e-3 / 3
     exact = w.astype(np.float64) * s
@@ -151,3 +153,25 @@ def test_a_directional_derivative_along_a_float32_direction_matches_its_float64_
     want = fd.directional(f, x, w.astype(np.float64), rel_step=1e-3, noise=1e-14, f0=rosen(x))
     assert got == want
     assert all(a.tobytes() == b.tobytes() for a, b in zip(seen_32, seen))
+
+
+@pytest.mark.parametrize("size", [fd.LONG_DIRECTION, fd.LONG_DIRECTION + 3 * fd._CHUNK // 2 + 1])
+def test_a_long_direction_is_standard_normal(size: int) -> None:
+    w = fd.random_direction(np.random.default_rng(size), size).astype(np.float64)
+    n = w.size
+    assert n == size and np.all(np.isfinite(w))
+    assert abs(float(w.mean())) < 5 / np.sqrt(n)
+    assert abs(float(w.std()) - 1) < 0.005
+    # the normal's quantiles: P(|w| < 1) = 0.6827, P(w < 1.96) = 0.975, P(w < -2.576) = 0.005
+    for fraction, expected in (
+        (np.mean(np.abs(w) < 1), 0.6827),
+        (np.mean(w < 1.96), 0.975),
+        (np.mean(w < -2.576), 0.005),
+        (np.mean(w > 0), 0.5),
+    ):
+        assert abs(float(fraction) - expected) < 5 * np.sqrt(expected * (1 - expected) / n)
+    assert float(np.abs(w).max()) < 5.8
+    # the two halves of each chunk (cosines and sines of one radius) are uncorrelated
+    half = fd._CHUNK // 2
+    assert abs(float(np.corrcoef(w[:half], w[half : 2 * half])[0, 1])) < 5 / np.sqrt(half)
+    assert abs(float(np.corrcoef(w[:half] ** 2, w[half : 2 * half] ** 2)[0, 1])) < 5 / np.sqrt(half)
