@@ -41,12 +41,12 @@ class NumpyAdapter(Adapter):
         if takes_argument(loss):
             build = _views_of(flat)
 
+            def at(own: np.ndarray) -> Any:
+                """The loss at a float64 point it owns (it gets views of it)."""
+                return loss(build(own) if build is not None else flat.unravel(own, _piece))
+
             def evaluate(x: np.ndarray) -> Any:
-                # one float64 copy of the point; the loss gets views of it
-                own = x.copy() if x.dtype == _FLOAT64 else np.array(x, dtype=np.float64)
-                if build is not None:
-                    return loss(build(own))
-                return loss(flat.unravel(own, _piece))
+                return at(x.copy() if x.dtype == _FLOAT64 else np.array(x, dtype=np.float64))
 
             evaluate_moved = _moved_of(flat, loss)
             if evaluate_moved is None:
@@ -55,7 +55,7 @@ class NumpyAdapter(Adapter):
                     # the point as evaluate() builds it, without copying it twice
                     own = flat.x0.copy()
                     own[i] = v
-                    return loss(build(own) if build is not None else flat.unravel(own, _piece))
+                    return at(own)
 
             def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
                 return fn(flat.unravel(flat.x0 if x is None else x, _float64_copy))

@@ -512,9 +512,8 @@ def _same_state(a: Any, b: Any) -> bool:
             # the key compared as one array, the rest as numbers (no exception raised and caught)
             return a[0] == b[0] and a[2:] == b[2:] and bool(np.array_equal(a[1], b[1]))
         if isinstance(a, tuple) and isinstance(b, tuple):
-            # Python's random state, (3, 625 ints, None), compares at once; a
-            # tuple holding arrays (numpy's legacy state) raises and is compared
-            # entry by entry below.
+            # Python's random state, (3, 625 ints, None), compares at once; any
+            # other tuple holding arrays raises and is compared entry by entry below.
             with contextlib.suppress(ValueError, TypeError):
                 if a == b:
                     return True

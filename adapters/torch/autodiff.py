@@ -174,10 +174,14 @@ def call(adapter: Adapter, fn: Callable[..., Any], inputs: list[Any]) -> list[np
     list of numpy.ndarray
         One array per output.
     """
+    return [np.asarray(adapter.to_numpy(o)) for o in _outputs(fn, inputs)]
+
+
+def _outputs(fn: Callable[..., Any], inputs: list[Any], promotion: Promotion | None = None) -> list[Any]:
+    """``fn``'s outputs at float64 copies of ``inputs`` that require grad, under the float64 mode."""
     xs = _inputs(inputs, True)
-    with float64_scope(_promotable(xs)), torch.enable_grad():
-        outs = _as_list(fn(*xs))
-    return [np.asarray(adapter.to_numpy(o)) for o in outs]
+    with float64_scope(_promotable(xs), promotion), torch.enable_grad():
+        return _as_list(fn(*xs))
 
 
 def call_and_reasons(
@@ -189,10 +193,8 @@ def call_and_reasons(
     (whether it needs :class:`~.float64.Float64Mode`) is kept there, for
     :func:`call_rows` to use without a call of its own.
     """
-    xs = _inputs(inputs, True)
     promotion = None if memo is None else memo.setdefault("promotion", Promotion())
-    with float64_scope(_promotable(xs), promotion), torch.enable_grad():
-        outs = _as_list(fn(*xs))
+    outs = _outputs(fn, inputs, promotion)
     return [np.asarray(adapter.to_numpy(o)) for o in outs], _reasons(outs)
 
 
@@ -327,10 +329,7 @@ def nondifferentiable_outputs(fn: Callable[..., Any], inputs: list[Any]) -> list
     grad: ``.detach()``ed, computed under ``no_grad``, or declared so by the
     operator (batch norm's saved mean and inverse std).
     """
-    xs = _inputs(inputs, True)
-    with float64_scope(_promotable(xs)), torch.enable_grad():
-        outs = _as_list(fn(*xs))
-    return _reasons(outs)
+    return _reasons(_outputs(fn, inputs))
 
 
 def _reasons(outs: list[Any]) -> list[str | None]:
