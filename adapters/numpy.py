@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gradcheck_core.differences import add_scaled
 from gradcheck_core.errors import InputError
 
 from .base import Adapter, Target, python_rng_states, takes_argument
@@ -57,6 +58,12 @@ class NumpyAdapter(Adapter):
                     own[i] = v
                     return at(own)
 
+            def evaluate_along(block: slice, w: np.ndarray, s: float) -> Any:
+                # the point built once, as the loss's own (no second copy of a vector as long as x0)
+                own = flat.x0.copy()
+                add_scaled(own[block], w, s)
+                return at(own)
+
             def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
                 return fn(flat.unravel(flat.x0 if x is None else x, _float64_copy))
 
@@ -70,6 +77,7 @@ class NumpyAdapter(Adapter):
                 call_grad=call_grad,
                 evaluate_complex=None if flat.has_complex else evaluate_complex,
                 evaluate_moved=evaluate_moved,
+                evaluate_along=evaluate_along,
                 rngs=python_rng_states(),
                 framework=self.name,
                 worker=RowWorker(loss, flat, np.random.get_state()),

@@ -264,6 +264,11 @@ class LossFunction:
         return np.array(values, dtype=np.float64)
 
     @property
+    def moves_entries(self) -> bool:
+        """Whether the target builds points with one entry moved itself (:meth:`moves` is its loop)."""
+        return self.target.evaluate_moved is not None
+
+    @property
     def along(self) -> Callable[[slice, np.ndarray, float], float] | None:
         """``along(block, w, s)``: the loss at ``x0`` moved by ``s * w`` on ``block`` (None: not offered).
 

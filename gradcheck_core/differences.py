@@ -32,6 +32,7 @@ __all__ = [
     "EPS",
     "METHODS",
     "Refined",
+    "add_scaled",
     "along",
     "direction_bounds",
     "directional",
@@ -119,6 +120,8 @@ def _evaluate_shifted(
                 tick(len(part))
         return out
     along = getattr(fun, "along", None)
+    if getattr(fun, "moves_entries", False):
+        along = None  # the target builds one-entry moves itself, in the loop of ``moves`` below
     if along is not None:  # one entry moved in the target's own tensors: no copy of the point
         for k, i in enumerate(idx.tolist()):
             out[k] = along(slice(i, i + 1), _ONE, float(shift[k]))
@@ -504,13 +507,19 @@ class _Line:
         along = getattr(fun, "along", None)
         self.along = along if isinstance(support, slice) else None
         self.x: np.ndarray | None = None
+        self.buffer: np.ndarray | None = None
 
     def __call__(self, s: float) -> float:
         if self.along is not None:
             return float(self.along(self.support, self.vs, s))
         if self.x is None:
             self.x = self.x0.copy()
-        self.x[self.support] = self.x0[self.support] + scaled(self.vs, s)
+        if isinstance(self.support, slice):  # the block written in place, no temporaries as long
+            moved = self.x[self.support]
+            moved[...] = self.x0[self.support]
+            self.buffer = add_scaled(moved, self.vs, s, self.buffer)
+        else:
+            self.x[self.support] = self.x0[self.support] + scaled(self.vs, s)
         return self.fun(self.x)
 
 
@@ -591,6 +600,44 @@ def scaled(w: np.ndarray, s: float, out: np.ndarray | None = None) -> np.ndarray
         The float64 products, ``out`` where given.
     """
     return np.multiply(w, s, out=out, dtype=np.float64)
+
+
+def add_scaled(x: np.ndarray, w: np.ndarray, s: float, buffer: np.ndarray | None = None) -> np.ndarray | None:
+    """``x += scaled(w, s)`` in place, a chunk at a time: the sums of ``x + s * w``, bit for bit.
+
+    No temporary as long as ``x`` is made: the products go through a buffer
+    of at most :data:`_CHUNK` float64 entries.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        A 1-d float64 array (a view of a point, say), changed in place.
+    w : numpy.ndarray
+        A direction of ``x``'s length (float64, or float32 where long).
+    s : float
+        The step along it.
+    buffer : numpy.ndarray, optional
+        A float64 scratch array to reuse between calls; a larger one is made
+        where it is too short.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The buffer used, to pass again (``buffer`` as given where ``x`` was
+        too short to need one).
+    """
+    size = x.size
+    if size <= 1:
+        x += scaled(w, s)
+        return buffer
+    if buffer is None or buffer.size < min(size, _CHUNK):
+        buffer = np.empty(min(size, _CHUNK))
+    for a in range(0, size, _CHUNK):
+        b = min(a + _CHUNK, size)
+        step = buffer[: b - a]
+        scaled(w[a:b], s, out=step)
+        x[a:b] += step
+    return buffer
 
 
 def _support(v: np.ndarray) -> slice | np.ndarray:

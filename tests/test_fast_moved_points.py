@@ -175,7 +175,8 @@ def test_a_loss_that_raises_at_a_moved_point_leaves_x0_and_the_parameters_whole(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_long_block_moves_chunk_by_chunk_to_exactly_x0_plus_s_w(dtype: torch.dtype, w_dtype: Any) -> None:
     from gradcheck_core.adapters.torch import ADAPTER
-    from gradcheck_core.adapters.torch.working import _CHUNK, WorkingParameters
+    from gradcheck_core.adapters.torch.working import WorkingParameters
+    from gradcheck_core.differences import _CHUNK
 
     g = torch.Generator().manual_seed(0)
     # a block of 2.5 chunks that starts inside the first tensor and ends inside the second

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gradcheck_core as gc
 from gradcheck_core import differences as fd
@@ -115,6 +117,63 @@ def test_the_loss_sees_the_same_structure_and_numbers_as_through_evaluate(params
         fast = fun.moves(x0, idx, shift)
         assert fast is not None
         assert fast.tobytes() == _one_by_one(fun, x0, idx, shift).tobytes()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"b": np.arange(3.0), "a": np.arange(6.0).reshape(3, 2)},
+        np.linspace(-2, 2, 7).reshape(7, 1),
+        {"w": np.array([0.3, 0.4]), "scale": 2.0},
+        {"w": np.linspace(0.1, 0.9, 5, dtype=np.float32)},
+    ],
+    ids=["dict", "one array", "float leaf", "float32"],
+)
+def test_a_move_along_a_block_is_the_point_evaluate_gets_and_leaves_x0_alone(params: Any) -> None:
+    """evaluate_along builds the loss's own point, with the sums numpy's x0 + s * w gives."""
+    seen: list[Any] = []
+
+    def loss(p: Any) -> float:
+        seen.append(_describe(p))
+        value = float(sum(np.sum(np.asarray(v) ** 3) for v in _leaves(p)))
+        for v in _leaves(p):  # a loss that writes into what it was given
+            if isinstance(v, np.ndarray):
+                v[...] = 7.0
+        return value
+
+    with prepared(loss, params, Options()) as (_, target, fun):
+        x0 = fun.flat.x0
+        before = x0.copy()
+        rng = np.random.default_rng(3)
+        for lo, hi in [(0, fun.flat.n), (1, fun.flat.n), (0, 1)]:
+            for dtype in (np.float64, np.float32):
+                w = rng.standard_normal(hi - lo).astype(dtype)
+                x = x0.copy()
+                x[lo:hi] = x0[lo:hi] + fd.scaled(w, 1e-3 / 3)
+                seen.clear()
+                along = target.evaluate_along(slice(lo, hi), w, 1e-3 / 3)
+                plain = target.evaluate(x)
+                assert seen[0] == seen[1]
+                assert along == plain
+                assert x0.tobytes() == before.tobytes()
+
+
+@settings(max_examples=20, deadline=None)
+@given(size=st.integers(1, 3 * fd._CHUNK + 7), seed=st.integers(0, 2**32 - 1), long=st.booleans())
+def test_adding_a_scaled_direction_in_chunks_gives_the_bits_of_one_sum(
+    size: int, seed: int, long: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(size) * 10.0 ** rng.uniform(-3, 3, size)
+    w = rng.standard_normal(size).astype(np.float32 if long else np.float64)
+    s = float(10.0 ** rng.uniform(-8, 0))
+    want = x + fd.scaled(w, s)
+    buffer = fd.add_scaled(x, w, s)
+    assert x.tobytes() == want.tobytes()
+    assert buffer is None or buffer.size <= fd._CHUNK
+    again = want - fd.scaled(w, s)  # a buffer handed back in is reused
+    assert fd.add_scaled(again, w, s, buffer) is buffer
+    assert again.tobytes() == (want - fd.scaled(w, s) + fd.scaled(w, s)).tobytes()
 
 
 def _leaves(p: Any) -> list[Any]:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradcheck_core.differences import scaled
+from gradcheck_core.differences import add_scaled, scaled
 from gradcheck_core.flatten import Flat
 
 from .float64 import _tensor
@@ -40,9 +40,6 @@ from .float64 import _tensor
 __all__ = ["WorkingParameters"]
 
 _EXACT_SOURCES = (torch.float16, torch.float32, torch.float64)
-
-# Entries a move of a long block adds at a time (a buffer of 512 KiB).
-_CHUNK = 1 << 16
 
 
 def _exact_source(tensor: torch.Tensor, values: np.ndarray) -> np.ndarray | None:
@@ -96,7 +93,7 @@ class WorkingParameters:
         self.watched: list[tuple[int, torch.Tensor]] = list(enumerate(self.tensors))
         self.versions: list[int] = []
         self.lock = threading.RLock()
-        self._buffer = np.empty(0)
+        self._buffer: np.ndarray | None = None
         self._mark()
 
     @property
@@ -182,15 +179,7 @@ class WorkingParameters:
             # written back), so s * w is added to it in place, a chunk at a time
             # through a small buffer: the same sums as s * w + source, bit for bit,
             # in one pass over the block instead of two.
-            moved = x0[lo:hi]
-            size = hi - lo
-            if self._buffer.size < min(size, _CHUNK):
-                self._buffer = np.empty(min(size, _CHUNK))
-            for a in range(0, size, _CHUNK):
-                b = min(a + _CHUNK, size)
-                step = self._buffer[: b - a]
-                scaled(w[a:b], s, out=step)
-                moved[a:b] += step
+            self._buffer = add_scaled(x0[lo:hi], w, s, self._buffer)
             return
         values = x0[lo:hi] + scaled(w, s)
         self._copy_into(k, lo, hi, values)
