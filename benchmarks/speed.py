@@ -24,6 +24,10 @@ Rows (``--rows``, comma separated; default all):
 * ``fast10m``: fast mode on a 10M-parameter torch MLP, correct and with one
   wrong entry: evaluations, time in forward+backward units of the model, peak
   memory above the process, against ``gradcheck(fast_mode=True)`` (Linux);
+* ``numpy10m``: fast mode on a 10M-parameter numpy MLP with a handwritten
+  backward pass, correct and with one wrong entry: evaluations, time in units
+  of one forward+backward, peak memory above the process, against
+  ``scipy.optimize.check_grad(direction="random")`` (Linux);
 * ``jaxmlp``: a full sweep of a 5,410-parameter JAX MLP against a warm
   hand-written ``jit(vmap)`` sweep at its best chunk size.
 
@@ -417,6 +421,133 @@ def row_fast10m(repeats: int, quick: bool) -> list[str]:
     return rows
 
 
+def _numpy_mlp(width: int) -> tuple[dict[str, np.ndarray], Callable[..., float], Callable[..., Any]]:
+    """A float64 numpy MLP 2500-``width``-10 on one batch of 8: parameters, loss and handwritten gradient."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 2500))
+    y = rng.integers(0, 10, 8)
+    params = {
+        "W1": rng.standard_normal((2500, width)) / 50.0,
+        "b1": np.zeros(width),
+        "W2": rng.standard_normal((width, 10)) / np.sqrt(width),
+        "b2": np.zeros(10),
+    }
+
+    def forward(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        h = np.tanh(x @ p["W1"] + p["b1"])
+        z = h @ p["W2"] + p["b2"]
+        z = z - z.max(axis=1, keepdims=True)
+        return h, np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+    def loss(p: dict[str, np.ndarray]) -> float:
+        _, q = forward(p)
+        return float(-np.mean(np.log(q[np.arange(8), y])))
+
+    def gradient(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        h, q = forward(p)
+        dz = q.copy()
+        dz[np.arange(8), y] -= 1.0
+        dz /= 8
+        dh = (dz @ p["W2"].T) * (1 - h**2)
+        return {"W1": x.T @ dh, "b1": dh.sum(axis=0), "W2": h.T @ dz, "b2": dz.sum(axis=0)}
+
+    return params, loss, gradient
+
+
+def row_numpy10m(repeats: int, quick: bool) -> list[str]:
+    """Fast mode on 10M numpy parameters with a handwritten gradient: one vector, and an MLP.
+
+    ``gc.check(loss, params, grad, mode="fast")`` on two float64 problems,
+    with the right gradient and with one entry of it 1.5 times too large:
+    one 10^7-entry vector with ``0.5 x.x + c.x`` (the loss allocates
+    nothing), and an MLP 2500-4000-10 (one batch of 8, a dict of four
+    arrays) whose gradient comes from its handwritten backward pass.  Units:
+    one loss evaluation plus one gradient.  The other side:
+    ``scipy.optimize.check_grad(direction="random")`` on the flat vector (one
+    random direction, one difference; it returns the size of the mismatch
+    and leaves the judgement to its user).  Peak memory above the process, in
+    units of the parameters' bytes (8 n).  ``--quick``: 10^6 parameters.
+    """
+    # a process's first check pays for first calls that belong to no check: a small one first
+    gc.check(lambda p: float(np.sum(p**2)), np.ones(1000), 2 * np.ones(1000), mode="fast", progress=False)
+    size = 10**6 if quick else 10**7
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal(size)
+    vector = rng.standard_normal(size)
+
+    def quadratic(x: np.ndarray) -> float:
+        return 0.5 * float(np.dot(x, x)) + float(np.dot(c, x))
+
+    mlp, mlp_loss, mlp_gradient = _numpy_mlp(400 if quick else 4000)
+    problems: list[tuple[str, Any, Callable[..., float], Callable[..., Any], tuple[Any, ...]]] = [
+        (f"one vector of {size:,} entries", vector, quadratic, lambda x: x + c, (12345,)),
+        ("MLP 2500-4000-10, a dict of four arrays", mlp, mlp_loss, mlp_gradient, ("W1", (1, 2))),
+    ]
+    rows = [
+        "| parameters | case | tool | verdict | evaluations | time (s) | forward+backward units | peak memory above the process |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for problem in problems:
+        rows += _numpy10m_rows(*problem)
+    return rows
+
+
+def _numpy10m_rows(
+    label: str, params: Any, loss: Callable[..., float], gradient: Callable[..., Any], wrong: tuple[Any, ...]
+) -> list[str]:
+    """The rows of :func:`row_numpy10m` for one problem: gc correct and wrong, then scipy."""
+    from scipy.optimize import check_grad
+
+    leaves = params if isinstance(params, dict) else {"": params}
+    n = sum(v.size for v in leaves.values())
+    grads = gradient(params)
+
+    def fwd_bwd() -> None:
+        loss(params)
+        gradient(params)
+
+    _, t_fb = median_time(fwd_bwd, 5)
+    head = f"{label} ({n:,}; one forward+backward {t_fb * 1e3:.1f} ms)"
+    rows = []
+    for case in ("correct gradient", "one wrong entry"):
+        given = grads
+        if case == "one wrong entry" and isinstance(grads, dict):
+            given = dict(grads)
+            given[wrong[0]] = grads[wrong[0]].copy()
+            given[wrong[0]][wrong[1]] *= 1.5
+        elif case == "one wrong entry":
+            given = grads.copy()
+            given[wrong] *= 1.5
+        report, seconds, peak = _peak_above(
+            lambda given=given: gc.check(loss, params, given, mode="fast", progress=False)
+        )
+        failing = [b for b in report.blocks if b.verdict == "fail"]
+        named = f" (`{failing[0].name}{list(failing[0].worst_index or ())}`)" if failing else ""
+        rows.append(
+            f"| {head} | {case} | gc fast mode | {report.verdict}{named} | {report.nfev} | {seconds:.2f} | "
+            f"{seconds / t_fb:.0f} | {peak / (8 * n):.2f} x |"
+        )
+    keys = list(leaves)
+    shapes = [leaves[k].shape for k in keys]
+    cuts = np.cumsum([0] + [leaves[k].size for k in keys])
+    x0 = np.concatenate([leaves[k].ravel() for k in keys])
+    flat_grad = np.concatenate([np.ravel(grads[k] if isinstance(grads, dict) else grads) for k in keys])
+
+    def flat_loss(v: np.ndarray) -> float:
+        if not isinstance(params, dict):
+            return loss(v)
+        return loss({k: v[a:b].reshape(s) for k, a, b, s in zip(keys, cuts[:-1], cuts[1:], shapes)})
+
+    mismatch, seconds, peak = _peak_above(
+        lambda: check_grad(flat_loss, lambda v: flat_grad, x0, direction="random", seed=0)
+    )
+    rows.append(
+        f"| {head} | correct gradient | scipy check_grad, one random direction (flat vectors made "
+        f"beforehand) | mismatch {mismatch:.2g} | - | {seconds:.2f} | {seconds / t_fb:.0f} | {peak / (8 * n):.2f} x |"
+    )
+    return rows
+
+
 def row_jax_mlp(repeats: int, quick: bool) -> list[str]:
     """Full sweep of the 5,410-parameter digits MLP in JAX against a hand-written ``jit(vmap)`` sweep.
 
@@ -485,6 +616,7 @@ ROWS = {
     "dask": row_dask,
     "mlp": row_mlp,
     "fast10m": row_fast10m,
+    "numpy10m": row_numpy10m,
     "jaxmlp": row_jax_mlp,
 }
 
