@@ -285,3 +285,41 @@ def test_the_users_32_bit_jax_still_runs_after_a_check() -> None:
     x = jnp.asarray(np.random.default_rng(0).standard_normal(6).astype(np.float32))
     assert gc.check_function(take, x).passed
     np.testing.assert_array_equal(np.asarray(take(x)), np.asarray(x)[index])
+
+
+def test_a_function_the_user_compiled_before_a_check_is_not_traced_again_after_it() -> None:
+    # The staging caches that keep 64-bit traces are cleared after a check in 32-bit JAX;
+    # the user's compiled programs are not: their next call neither traces nor compiles.
+    traces = []
+
+    @jax.jit
+    def step(w, x):  # type: ignore[no-untyped-def]
+        traces.append(1)  # runs only while JAX traces the function
+        return jnp.sum(jnp.tanh(x @ w))
+
+    w, x = jnp.ones((4, 3), dtype=jnp.float32) * 0.1, jnp.ones((2, 4), dtype=jnp.float32)
+    before = float(step(w, x))
+    index = np.array([2, 0, 3, 3, 1])
+    assert gc.check_function(lambda v: jnp.take(v, index), jnp.linspace(0.1, 0.6, 6)).passed
+    assert gc.check(lambda p: jnp.sum(jnp.tanh(x @ p) ** 2), w, mode="full").passed
+    assert float(step(w, x)) == before
+    assert traces == [1]
+    assert not jax.config.read("jax_enable_x64")
+
+
+def test_single_operations_run_after_a_check_without_being_compiled_again() -> None:
+    compiled: list[str] = []
+
+    def listen(event: str, seconds: float, **kwargs: object) -> None:
+        if "backend_compile" in event:
+            compiled.append(event)
+
+    a = jnp.linspace(0.1, 0.9, 7, dtype=jnp.float32)
+    np.asarray(jnp.cosh(a) * 3.0)  # each operation compiled once, before the check
+    assert gc.check_function(jnp.sinh, jnp.linspace(0.2, 0.8, 5)).passed
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        np.asarray(jnp.cosh(a) * 3.0)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiled == []

@@ -46,6 +46,16 @@ from .runner import Runner
 from .worker import RowWorker
 from .x64_mode import x64
 
+try:  # JAX's registry of its Python-level caches (what jax.clear_caches() clears first)
+    from jax._src import util as _jax_util
+except ImportError:  # pragma: no cover - a JAX without it: everything is cleared
+    _jax_util = None
+
+#: JAX's caches left in place after a check in 32-bit JAX (see
+#: :meth:`JaxAdapter.forget_compilations`): single operations' compiled calls,
+#: and lowerings and compilations keyed by the program itself (its dtypes included).
+KEPT_CACHES = frozenset({"xla_primitive_callable", "_cached_lowering_to_hlo", "_cached_compilation"})
+
 __all__ = ["ADAPTER", "JaxAdapter"]
 
 
@@ -131,17 +141,30 @@ class JaxAdapter(Adapter):
             self.forget_compilations()
 
     def forget_compilations(self) -> None:
-        """Drop what JAX compiled during the check, when the user's JAX runs in 32-bit mode.
+        """Drop the traces JAX staged during the check, when the user's JAX runs in 32-bit mode.
 
-        JAX keys some compiled programs without the 64-bit switch: a function
-        traced under the check's scoped 64-bit mode (``jnp.take`` with a numpy
-        index array, say) is later run by the user's 32-bit code with int64
-        buffers and fails (``RuntimeProgramInputMismatch``).  Clearing JAX's
-        caches after the check costs the user one recompilation, not a wrong
-        program.
+        JAX's staging caches (its Python-level caches of traced jaxprs) key
+        some traces without the 64-bit switch: a function traced under the
+        check's scoped 64-bit mode (``jnp.take`` with a numpy index array,
+        say) would later be run by the user's 32-bit code with int64 buffers,
+        and fail (``RuntimeProgramInputMismatch``).  Those caches are cleared
+        after the check, all but :data:`KEPT_CACHES`, which hold compiled
+        programs under keys that carry their dtypes.  So the user's compiled
+        functions (JAX's compiled-call cache keys the 64-bit switch) and the
+        programs of single operations run after the check without being
+        compiled again.  (Where JAX lists no staging caches, every cache is
+        cleared, at the cost of one recompilation of the user's functions.)
         """
-        if not bool(jax.config.read("jax_enable_x64")):
+        if bool(jax.config.read("jax_enable_x64")):
+            return
+        staging = getattr(_jax_util, "_caches", None)
+        if staging is None:
             jax.clear_caches()
+            return
+        for cache, what in list(staging.items()):
+            words = str(what).split()
+            if len(words) < 2 or words[1] not in KEPT_CACHES:
+                cache.cache_clear()
 
     # -- check_function ------------------------------------------------------
     def call(self, fn: Callable[..., Any], inputs: list[Any]) -> list[np.ndarray]:
