@@ -424,6 +424,38 @@ def test_a_loss_checked_again_compiles_nothing(monkeypatch: pytest.MonkeyPatch) 
     assert compiled == []
 
 
+def test_check_function_compiles_a_function_of_many_operations_as_a_few_programs() -> None:
+    """Its JVP and VJP are one compiled program each, not one per operation, and kept for the next check."""
+    import jax.scipy.special as jss
+
+    compiled: list[str] = []
+
+    def listen(event: str, seconds: float, **kwargs: object) -> None:
+        if "backend_compile" in event:
+            compiled.append(event)
+
+    def many(x):  # type: ignore[no-untyped-def]
+        y = jnp.sin(x) * jnp.cosh(x) + jnp.arctan(x) ** 2
+        y = y / (1.0 + jnp.exp(-x)) + jnp.log1p(x * x) - jnp.tanh(y)
+        return jnp.sqrt(1.0 + y * y) + jss.erf(x) * jnp.expm1(0.1 * x)
+
+    x = jnp.linspace(0.2, 0.9, 13)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        first = gc.check_function(many, x)
+        programs = len(compiled)
+        compiled.clear()
+        again = gc.check_function(many, x)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert first.verdict == again.verdict == "pass"
+    assert programs <= 10  # run operation by operation, its JVP and VJP compiled about 40
+    assert compiled == []
+    wrong = jax.custom_jvp(many)
+    wrong.defjvp(lambda primals, tangents: (many(primals[0]), 1.01 * jax.jvp(many, primals, tangents)[1]))
+    assert not gc.check_function(wrong, x).passed
+
+
 def test_a_kept_program_is_not_used_once_the_captured_data_changed() -> None:
     """Data the loss closes over is part of the program: new values, a new program, the right verdict."""
     X = np.ones(6)

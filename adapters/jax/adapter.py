@@ -25,9 +25,11 @@ from gradcheck_core.flatten import Flat
 from ..base import Adapter, Target, python_rng_states, takes_argument
 from .autodiff import (
     as_pair_gradient,
+    compiled_products,
     differentiable,
     float64_inputs,
     forget_jit,
+    forget_products,
     jit_once,
     jvp_tangent,
     no_reverse_mode,
@@ -218,6 +220,19 @@ class JaxAdapter(Adapter):
         """
         with x64():
             args, pos, f = differentiable(fn, inputs)
+            program = compiled_products(fn, "vjp", tuple(pos))
+            if program is not None:
+                seeds = [None if u is None else np.conj(np.asarray(u)) for u in cotangents]
+                try:
+                    grads = program(args, seeds)
+                except Exception as exc:
+                    raise_if_users(exc)
+                    forget_products(fn, "vjp", tuple(pos))  # operation by operation, below
+                else:
+                    result = [np.zeros(np.shape(a)) for a in inputs]
+                    for i, g in zip(pos, grads, strict=False):
+                        result[i] = as_pair_gradient(g)
+                    return result
             try:
                 out, pullback = jax.vjp(f, *[args[i] for i in pos])
             except ValueError as exc:
@@ -282,6 +297,15 @@ class JaxAdapter(Adapter):
             args, pos, f = differentiable(fn, inputs)
             primals = [args[i] for i in pos]
             tans = [seed_like(args[i], tangents[i]) for i in pos]
+            program = compiled_products(fn, "jvp", tuple(pos))
+            if program is not None:
+                try:
+                    compiled_tangents = program(args, tuple(tans))
+                except Exception as exc:
+                    raise_if_users(exc)
+                    forget_products(fn, "jvp", tuple(pos))  # operation by operation, below
+                else:
+                    return [jvp_tangent(t) for t in jax.tree_util.tree_leaves(compiled_tangents)]
             try:
                 _, out_tangents = jax.jvp(f, tuple(primals), tuple(tans))
             except TypeError as exc:

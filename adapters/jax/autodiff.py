@@ -4,8 +4,10 @@
 serve :func:`gradcheck_core.check_function`, which checks the derivative rules
 of ``jax.custom_jvp`` and ``jax.custom_vjp`` functions input by input.  This
 module holds what they share: ``fn`` as a function of its floating inputs in
-float64, tangents and cotangents shaped like the values they seed, and one
-compiled ``jax.jit(fn)`` per function.
+float64, tangents and cotangents shaped like the values they seed, one
+compiled ``jax.jit(fn)`` per function, and its JVP and VJP compiled as one
+program each (:func:`compiled_products`), with the operation-by-operation
+``jax.jvp``/``jax.vjp`` where they cannot be compiled.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from .promote import promoted
 __all__ = [
     "REVERSE_MODE_HINT",
     "as_pair_gradient",
+    "compiled_products",
     "differentiable",
     "directional_gradient",
     "float64_inputs",
     "forget_jit",
+    "forget_products",
     "hvp_function",
     "is_float0",
     "jit_once",
@@ -67,6 +71,95 @@ def jit_once(fn: Callable[..., Any]) -> Callable[..., Any] | None:
         return _COMPILED[fn]
     except TypeError:  # not weakly referenceable, or not hashable
         return None
+
+
+_PRODUCTS: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[int, ...]], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compiled_products(fn: Callable[..., Any], kind: str, pos: tuple[int, ...]) -> Callable[..., Any] | None:
+    """One compiled program per function for its JVPs (``kind="jvp"``) or VJPs (``"vjp"``).
+
+    Run operation by operation, a JVP or VJP compiles every operation of
+    ``fn`` on its own (dozens for a special function); compiled whole it is
+    one program, kept with ``fn`` for the next check.
+
+    Parameters
+    ----------
+    fn : callable
+        The function under check.
+    kind : str
+        ``"jvp"``: the program maps ``(args, tangents)`` to the output
+        tangents; ``"vjp"``: ``(args, cotangents)`` to the input cotangents,
+        the cotangents one per output leaf (None for zero), each the
+        conjugate of the core's (what :func:`vjp_cotangent` seeds with).
+    pos : tuple of int
+        The positions of the floating inputs.
+
+    Returns
+    -------
+    callable or None
+        The program; None where ``fn`` cannot be kept (not weakly
+        referenceable or hashable) or proved untraceable
+        (:func:`forget_products`).
+    """
+    try:
+        programs = _PRODUCTS.setdefault(fn, {})
+    except TypeError:
+        return None
+    key = (kind, pos)
+    if key not in programs:
+        programs[key] = jax.jit(_jvp_of(fn, pos) if kind == "jvp" else _vjp_of(fn, pos))
+    return programs[key]
+
+
+def forget_products(fn: Callable[..., Any], kind: str, pos: tuple[int, ...]) -> None:
+    """Remember that ``fn``'s compiled ``kind`` program failed: it runs operation by operation from now on."""
+    with contextlib.suppress(TypeError):
+        _PRODUCTS.setdefault(fn, {})[(kind, pos)] = None
+
+
+def _of_floats(fn: Callable[..., Any], args: list[Any], pos: tuple[int, ...]) -> Callable[..., Any]:
+    def f(*floats: Any) -> Any:
+        full = list(args)
+        for i, v in zip(pos, floats, strict=False):
+            full[i] = v
+        return fn(*full)
+
+    return f
+
+
+def _jvp_of(fn: Callable[..., Any], pos: tuple[int, ...]) -> Callable[..., Any]:
+    wide = promoted(fn)
+
+    def products(args: list[Any], tangents: tuple[Any, ...]) -> Any:
+        return jax.jvp(_of_floats(wide, args, pos), tuple(args[i] for i in pos), tangents)[1]
+
+    return products
+
+
+def _vjp_of(fn: Callable[..., Any], pos: tuple[int, ...]) -> Callable[..., Any]:
+    wide = promoted(fn)
+
+    def products(args: list[Any], cotangents: list[Any]) -> Any:
+        out, pullback = jax.vjp(_of_floats(wide, args, pos), *[args[i] for i in pos])
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        if len(cotangents) != len(leaves):
+            raise InputError(f"fn has {len(leaves)} outputs but {len(cotangents)} cotangents were given.")
+        cts = [_seeded(leaf, u) for leaf, u in zip(leaves, cotangents, strict=True)]
+        return pullback(jax.tree_util.tree_unflatten(treedef, cts))
+
+    return products
+
+
+def _seeded(value: Any, seed: Any) -> Any:
+    """:func:`seed_like` inside a compiled program (``seed`` a traced array or None)."""
+    if not _is_floating(value):
+        return np.zeros(np.shape(value), dtype=jax.dtypes.float0)
+    if seed is None:
+        return jnp.zeros_like(value)
+    return jnp.reshape(seed, jnp.shape(value)).astype(value.dtype)
 
 
 def forget_jit(fn: Callable[..., Any]) -> None:
