@@ -229,10 +229,7 @@ class JaxAdapter(Adapter):
                     raise_if_users(exc)
                     forget_products(fn, "vjp", tuple(pos))  # operation by operation, below
                 else:
-                    result = [np.zeros(np.shape(a)) for a in inputs]
-                    for i, g in zip(pos, grads, strict=False):
-                        result[i] = as_pair_gradient(g)
-                    return result
+                    return _by_input(inputs, pos, [as_pair_gradient(g) for g in grads])
             try:
                 out, pullback = jax.vjp(f, *[args[i] for i in pos])
             except ValueError as exc:
@@ -249,20 +246,13 @@ class JaxAdapter(Adapter):
             except (TypeError, ValueError) as exc:
                 if no_reverse_mode(exc):
                     # forward mode only (lax.while_loop): the same products from jax.jvp
-                    grads = vjp_by_forward_mode(f, [args[i] for i in pos], cotangents)
-                    result = [np.zeros(np.shape(a)) for a in inputs]
-                    for i, g in zip(pos, grads, strict=True):
-                        result[i] = g
-                    return result
+                    return _by_input(inputs, pos, vjp_by_forward_mode(f, [args[i] for i in pos], cotangents))
                 raise InputError(
                     f"the backward pass of fn failed ({type(exc).__name__}: {exc}). A custom_vjp "
                     "backward rule must return a tuple with one cotangent per input of fn, each "
                     "with that input's shape and dtype."
                 ) from exc
-            result = [np.zeros(np.shape(a)) for a in inputs]
-            for i, g in zip(pos, grads, strict=False):
-                result[i] = as_pair_gradient(g)
-            return result
+            return _by_input(inputs, pos, [as_pair_gradient(g) for g in grads])
 
     def jvp(
         self, fn: Callable[..., Any], inputs: list[Any], tangents: list[np.ndarray | None]
@@ -358,3 +348,11 @@ class JaxAdapter(Adapter):
 
 
 ADAPTER = JaxAdapter()
+
+
+def _by_input(inputs: list[Any], pos: list[int], products: list[np.ndarray]) -> list[np.ndarray]:
+    """One array per input: ``products`` at the floating inputs' positions ``pos``, zeros elsewhere."""
+    result = [np.zeros(np.shape(a)) for a in inputs]
+    for i, g in zip(pos, products, strict=False):
+        result[i] = g
+    return result

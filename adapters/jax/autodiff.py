@@ -408,14 +408,7 @@ def differentiable(
         raise InputError(
             "fn has no floating input to differentiate; pass float arrays (e.g. jnp.float32 or float64)."
         )
-
-    def f(*floats: Any) -> Any:
-        full = list(args)
-        for i, v in zip(pos, floats, strict=False):
-            full[i] = v
-        return fn(*full)
-
-    return args, pos, f
+    return args, pos, _of_floats(fn, args, tuple(pos))
 
 
 # -- second order ------------------------------------------------------------------
