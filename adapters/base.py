@@ -29,7 +29,7 @@ from gradcheck_core.flatten import Flat, flatten, gradient_vector
 
 from .detection import framework_of, to_numpy
 
-__all__ = ["Adapter", "RngState", "Target", "python_rng_states", "takes_argument"]
+__all__ = ["FIRST_CALL", "Adapter", "RngState", "Target", "python_rng_states", "takes_argument"]
 
 
 def takes_argument(loss: Callable[..., Any]) -> bool:
@@ -74,10 +74,24 @@ def wide_array(value: Any) -> np.ndarray:
     return np.array(array, dtype=np.complex128 if array.dtype.kind == "c" else np.float64)
 
 
+#: The key of a ``memo`` (the dict ``check_function`` keeps for one function) under which an
+#: adapter's ``call_and_reasons`` may leave what of its call the VJPs can reuse (torch: the
+#: inputs and outputs, with autograd's graph); the caller removes it once the VJPs are taken.
+FIRST_CALL = "first call"
+
+
+def _numpy_state() -> Any:
+    return np.random.get_state(legacy=False)
+
+
 def python_rng_states() -> list[RngState]:
-    """numpy's legacy global generator and Python's ``random``."""
+    """numpy's legacy global generator and Python's ``random``.
+
+    numpy's state is read as a dict (``legacy=False``), which is read and put
+    back in about half the time of the legacy tuple; ``set_state`` takes both.
+    """
     return [
-        RngState("numpy.random", np.random.get_state, np.random.set_state),
+        RngState("numpy.random", _numpy_state, np.random.set_state),
         RngState("random", random.getstate, random.setstate),
     ]
 
@@ -198,11 +212,18 @@ class Adapter:
         yield  # pragma: no cover
 
     def vjp(
-        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+        self,
+        fn: Callable[..., Any],
+        inputs: list[Any],
+        cotangents: list[np.ndarray | None],
+        memo: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         """Reverse-mode products ``u^T J`` of ``fn`` at ``inputs`` (float64).
 
         Returns one numpy array per input.  Frameworks without autodiff raise.
+        ``memo``: what the adapter kept from its first call of ``fn`` (its
+        ``call_and_reasons``), where it keeps anything; adapters that keep
+        nothing ignore it.
         """
         raise InputError(
             f"{self.name} has no automatic differentiation: pass the vector-Jacobian "

@@ -257,7 +257,11 @@ class TensorFlowAdapter(Adapter):
         return [np.asarray(self.to_numpy(o)) for o in outs]
 
     def vjp(
-        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+        self,
+        fn: Callable[..., Any],
+        inputs: list[Any],
+        cotangents: list[np.ndarray | None],
+        memo: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         """``u^T J`` of ``fn`` at ``inputs`` (as float64 tensors), one array per input."""
         xs = [_float64_tensor(x) for x in inputs]

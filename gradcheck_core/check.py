@@ -354,6 +354,7 @@ def run_check(
     loss: Any, params: Any, grad: Any, opts: Options, what: str = "gradient", adapter: Any = None
 ) -> Report:
     """:func:`check` with validated options (``adapter``: default, the one of ``params``)."""
+    _check_loss_callable(loss)
     if opts.order == 2:
         return run_second_order(loss, params, grad, opts, adapter, run_check)
     with measured(loss, params, grad, opts, adapter) as m:
@@ -391,9 +392,11 @@ def measured(
     The loss stays open (and the random generators replayable) inside the
     ``with`` block, where :func:`judge` sweeps it.  ``batch_probe``: the noise
     probe evaluates its points at once through the target's batch evaluation.
+    A user's loss is validated by the caller (:func:`run_check`); the
+    projections :func:`~gradcheck_core.functions.check_function` builds need no
+    signature check.
     """
     start = time.perf_counter()
-    _check_loss_callable(loss)
     with prepared(loss, params, opts, adapter) as (adapter, target, fun):
         flat = target.flat
         _check_finite_parameters(flat)

@@ -22,9 +22,10 @@ Everything here works on a scalar function ``fun`` of one float64 vector
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from math import factorial
 
 import numpy as np
 
@@ -414,18 +415,47 @@ def _difference_levels(values: np.ndarray) -> tuple[list[float], list[bool]]:
     """ECnoise's scaled differences: per order ``k``, ``sqrt(gamma_k mean(d_k**2))`` and whether ``d_k`` changes sign.
 
     ``d_k`` is the ``k``-th difference of ``values`` and ``gamma_k =
-    (k!)**2 / (2k)!``.  ``np.diff``, ``np.mean`` and ``np.any`` are taken as
-    the array methods they call: on a few entries the functions' own dispatch
-    costs more than the arithmetic.
+    (k!)**2 / (2k)!``.  On Python floats: the table has a few entries, on
+    which numpy's calls cost far more than the arithmetic.  The differences
+    and squares are the same operations numpy does, and the means are summed
+    in numpy's order (:func:`_pairwise_sum`), so the levels are numpy's bit
+    for bit.
     """
-    table = np.asarray(values, dtype=np.float64)
+    table = [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
     sigmas, signs = [], []
     for k in range(1, len(table)):
-        table = table[1:] - table[:-1]
-        gamma = factorial(k) ** 2 / factorial(2 * k)
-        sigmas.append(float(np.sqrt(gamma * (table**2).mean())))
-        signs.append(bool((table > 0).any() and (table < 0).any()))
+        table = [b - a for a, b in itertools.pairwise(table)]
+        gamma = math.factorial(k) ** 2 / math.factorial(2 * k)
+        sigmas.append(math.sqrt(gamma * (_pairwise_sum([d * d for d in table]) / len(table))))
+        signs.append(any(d > 0 for d in table) and any(d < 0 for d in table))
     return sigmas, signs
+
+
+def _pairwise_sum(a: list[float]) -> float:
+    """``sum(a)`` in the order numpy's pairwise summation adds a short contiguous array.
+
+    Fewer than 8 entries are added one after another; up to 128, into 8
+    running sums combined as a tree, then the remainder (numpy's
+    ``pairwise_sum``).  Longer lists are left to numpy itself.
+    """
+    n = len(a)
+    if n < 8:
+        total = 0.0
+        for x in a:
+            total += x
+        return total
+    if n > 128:
+        return float(np.add.reduce(np.array(a)))
+    r = a[:8]
+    i = 8
+    while i < n - n % 8:
+        for j in range(8):
+            r[j] += a[i + j]
+        i += 8
+    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for x in a[i:]:
+        total += x
+    return total
 
 
 # Blocks longer than this are reduced in chunks (no temporary as long as the

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import differences as fd
 from .adapters import detect, framework_of, is_array, loss_adapter
-from .adapters.base import python_rng_states
+from .adapters.base import FIRST_CALL, python_rng_states
 from .check import Measured, judge, measured, report_of, run_check
 from .counted_loss import LossFunction, _own_executor, _same_state
 from .errors import InputError
@@ -278,7 +278,7 @@ def _check(
             g = vjp(us if len(us) > 1 else us[0], *inputs)
             g = list(g) if isinstance(g, (list, tuple)) else [g]
         else:
-            g = adapter.vjp(fn, list(inputs), us)
+            g = adapter.vjp(fn, list(inputs), us, memo=memo)
         if len(g) != len(inputs):
             raise InputError(
                 f"the vjp returned {len(g)} gradients for {len(inputs)} inputs; return one per input."
@@ -286,8 +286,10 @@ def _check(
         if vjp is None and check_undefined_grad and len(checked) > 1:
             alone = [cotangents[j] if k == j else None for k in range(len(cotangents))]
             replay()
-            undefined += _compare_undefined(fi, j, g, adapter.vjp(fn, list(inputs), alone))
+            undefined += _compare_undefined(fi, j, g, adapter.vjp(fn, list(inputs), alone, memo=memo))
         gradients[j] = g
+    # What the adapter kept of its first call for the VJPs (torch: that call's autograd graph)
+    memo.pop(FIRST_CALL, None)
     for j in list(checked) if undefined_outputs else []:
         carried = [
             i for i in fi.floating if not np.isfinite(np.asarray(fi.restrict(i, gradients[j][i]))).all()

@@ -108,6 +108,10 @@ class SharedOutputs:
         self.rows_work: bool | None = None
         self.evaluations = 0
         self._x0_bits = np.ascontiguousarray(target.flat.x0, dtype=np.float64).view(np.int64)
+        #: The first point-by-point evaluation at ``x0``, kept until the vectorised rows are tried:
+        #: they are then tried against it (``x0`` evaluated as one more row) instead of against an
+        #: evaluation of their first row made for that alone.
+        self._plain_x0: np.ndarray | None = None
         self._values: dict[bytes, list[np.ndarray]] = {}
         self._seen: list[dict[bytes, int]] = [{} for _ in range(k)]
         self._prefetched = False  # True once prefetch stored values for later evaluations
@@ -133,7 +137,15 @@ class SharedOutputs:
         else:
             out = self.target.evaluate(x)
         self.evaluations += 1
-        return np.asarray(out, dtype=np.float64).reshape(-1)
+        out = np.asarray(out, dtype=np.float64).reshape(-1)
+        if self.rows is not None and self.rows_work is None and self._plain_x0 is None and self._is_x0(x):
+            self._plain_x0 = out
+        return out
+
+    def _is_x0(self, x: np.ndarray) -> bool:
+        """Whether ``x`` is ``x0``, bit for bit."""
+        x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        return x.shape == self._x0_bits.shape and bool(np.array_equal(x.view(np.int64), self._x0_bits))
 
     def value(self, j: int, x: np.ndarray) -> float:
         """Output ``j``'s projection at ``x`` (evaluating ``fn`` only at a new point or repeat)."""
@@ -204,27 +216,32 @@ class SharedOutputs:
         if self.rows is None or self.rows_work is False or self._active != []:
             return np.array([self._evaluate(r) for r in rows]).reshape(len(rows), self.k)
         raise_pending()
-        probe = None
-        if self.rows_work is None:
-            probe = np.array([self._evaluate(rows[0])])
-        try:
-            values = np.asarray(self.rows(rows), dtype=np.float64).reshape(len(rows), self.k)
-        except _VECTORISE_FAILURES:
-            self.rows_work = False
-            return (
-                np.concatenate([probe, self._evaluate_rows(rows[len(probe) :])])
-                if probe is not None
-                else (self._evaluate_rows(rows))
-            )
-        if probe is not None:
-            scale = np.maximum(np.max(np.abs(probe)), 1e-300)
-            self.rows_work = bool(np.all(np.abs(values[: len(probe)] - probe) <= 1e-13 * scale))
-            if not self.rows_work:
-                return np.concatenate([probe, self._evaluate_rows(rows[len(probe) :])])
-            values[: len(probe)] = probe
-            self.evaluations += len(rows) - len(probe)
-        else:
+        if self.rows_work is not None:
+            known = np.asarray(self.rows(rows), dtype=np.float64).reshape(len(rows), self.k)
             self.evaluations += len(rows)
+            return known
+        # The first vectorised call is tried against a point-by-point evaluation: the one at
+        # x0 made already (x0 then evaluated as one more row), else one of the first row.
+        at_x0, self._plain_x0 = self._plain_x0, None
+        if at_x0 is None:
+            probe, tried = self._evaluate(rows[0]), rows
+        else:
+            probe, tried = at_x0, np.concatenate([self._x0_bits.view(np.float64)[None, :], rows])
+        self._plain_x0 = None  # (the probe's own evaluation may have been at x0)
+        rest = rows if at_x0 is not None else rows[1:]  # the rows a plain evaluation has still to do
+        values: np.ndarray | None = None
+        with contextlib.suppress(*_VECTORISE_FAILURES):
+            values = np.asarray(self.rows(tried), dtype=np.float64).reshape(len(tried), self.k)
+        scale = max(float(np.max(np.abs(probe))), 1e-300)
+        self.rows_work = values is not None and bool(np.all(np.abs(values[0] - probe) <= 1e-13 * scale))
+        if values is None or not self.rows_work:
+            done = [] if at_x0 is not None else [probe[None, :]]
+            return np.concatenate([*done, self._evaluate_rows(rest)])
+        self.evaluations += len(tried) - 1  # (the probe was counted when it was evaluated)
+        if at_x0 is not None:
+            self.evaluations += 1  # x0's row, evaluated again
+            return values[1:]
+        values[0] = probe
         return values
 
     def function(self, j: int) -> Callable[[np.ndarray], float]:

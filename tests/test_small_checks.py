@@ -204,6 +204,36 @@ def test_one_output_evaluates_every_call_and_reads_prefetched_points() -> None:
     assert target.calls == 5 and shared.evaluations == 5
 
 
+@pytest.mark.parametrize("agree", [True, False])
+def test_the_first_vectorised_rows_are_tried_against_the_value_at_x0(agree: bool) -> None:
+    x0 = np.arange(3.0)
+    target = _OneOutputTarget(x0)
+    batches: list[np.ndarray] = []
+
+    def rows(points: np.ndarray) -> np.ndarray:
+        batches.append(points.copy())
+        out = points.sum(axis=1, keepdims=True) + (0.0 if agree else 0.5)
+        if agree:  # the value the plain evaluation at x0 gave, with its own call's mark
+            out[0] = 3.0 + 1e-3
+        return out
+
+    shared = SharedOutputs(target, 1, rows=rows, draws=False)
+    assert shared.value(0, x0) == pytest.approx(3.0 + 1e-3)
+    points = x0 + np.eye(3)
+    values = shared.batch(0, points)
+    np.testing.assert_array_equal(batches[0][0], x0)  # x0 went first, beside the rows asked for
+    np.testing.assert_array_equal(batches[0][1:], points)
+    if agree:
+        assert shared.rows_work is True and target.calls == 1  # no plain evaluation of a row
+        np.testing.assert_allclose(values, points.sum(axis=1))
+        assert shared.evaluations == 1 + 3 + 1  # x0, the rows, and x0 again as a row
+    else:
+        assert shared.rows_work is False and target.calls == 4  # the rows evaluated one by one
+        np.testing.assert_allclose(values, points.sum(axis=1) + 1e-3 * np.arange(2, 5))
+    shared.batch(0, points)
+    assert len(batches) == (2 if agree else 1)
+
+
 # -- torch ------------------------------------------------------------------------
 
 
@@ -230,6 +260,33 @@ def test_torch_outputs_and_reasons_come_from_one_call() -> None:
     for got, want in zip(outputs, ADAPTER.call(fn, [x])):
         np.testing.assert_array_equal(got, want)
     assert memo["promotion"].needed is False  # nothing narrow met: the mode is not needed
+
+
+def test_torch_vjps_are_taken_through_the_first_calls_graph() -> None:
+    torch = _torch()
+    from gradcheck_core.adapters.base import FIRST_CALL
+    from gradcheck_core.adapters.torch.adapter import ADAPTER
+
+    calls = []
+
+    def fn(x: Any) -> Any:
+        calls.append(1)
+        return torch.sin(x), x**2
+
+    x = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+    u = [np.arange(5.0), np.ones(5)]
+    plain = ADAPTER.vjp(fn, [x], u)
+    memo: dict[str, Any] = {}
+    ADAPTER.call_and_reasons(fn, [x], memo=memo)
+    calls.clear()
+    for cotangents in (u, [u[0], None], u):  # the graph is kept for the next product
+        got = ADAPTER.vjp(fn, [x], cotangents, memo=memo)
+        want = plain if cotangents is u else ADAPTER.vjp(fn, [x], cotangents)
+        np.testing.assert_array_equal(got[0], want[0])
+    assert len(calls) == 1  # only the VJP without the memo called fn
+    memo.pop(FIRST_CALL)
+    ADAPTER.vjp(fn, [x], u, memo=memo)
+    assert len(calls) == 2  # without the first call's graph, fn is called again
 
 
 def _states() -> tuple[Any, Any, Any]:

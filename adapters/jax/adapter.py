@@ -192,7 +192,11 @@ class JaxAdapter(Adapter):
             return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(out)]
 
     def vjp(
-        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+        self,
+        fn: Callable[..., Any],
+        inputs: list[Any],
+        cotangents: list[np.ndarray | None],
+        memo: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         """Reverse-mode products ``u^T J`` of ``fn`` at ``inputs`` converted to float64.
 
@@ -207,6 +211,8 @@ class JaxAdapter(Adapter):
             One per output leaf (pytree order); None means zero.  A complex
             cotangent ``u`` of a complex output ``y`` stands for the real
             scalar ``sum(Re(conj(u) * y))``.
+        memo : dict, optional
+            Unused: JAX keeps fn's compiled products with fn instead.
 
         Returns
         -------

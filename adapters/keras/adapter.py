@@ -371,7 +371,11 @@ class KerasAdapter(Adapter):
             return [np.asarray(self.to_numpy(o)) for o in outs]
 
     def vjp(
-        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+        self,
+        fn: Callable[..., Any],
+        inputs: list[Any],
+        cotangents: list[np.ndarray | None],
+        memo: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         """``u^T J`` of ``fn`` at ``inputs`` (float64 tensors), one array per input."""
         with float64_settings(True):

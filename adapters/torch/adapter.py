@@ -271,8 +271,10 @@ class TorchAdapter(Adapter):
                 else:
                     p = flat.unravel(flat.x0 if x is None else x, make_leaf)
                 snapshot.replay()
-                with lock, float64_scope(promote), torch.enable_grad():
-                    out = _scalar_tensor(loss(p))
+                with lock, torch.enable_grad():
+                    with float64_scope(promote):
+                        out = _scalar_tensor(loss(p))
+                    # (the backward outside the mode: see the note in .autodiff.vjp)
                     return _gradient_of(out, leaves, self)
 
         def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
@@ -381,11 +383,13 @@ class TorchAdapter(Adapter):
             flags = [t.requires_grad for t in tensors]
             snapshot.replay()
             try:
-                with lock, swapped(flat.x0 if x is None else x), float64_scope(promote), torch.enable_grad():
+                with lock, swapped(flat.x0 if x is None else x), torch.enable_grad():
                     for t in tensors:
                         if not t.requires_grad:
                             t.requires_grad_(True)
-                    out = _scalar_tensor(loss())
+                    with float64_scope(promote):
+                        out = _scalar_tensor(loss())
+                    # (the backward outside the mode: see the note in .autodiff.vjp)
                     return _gradient_of(out, tensors, self)
             finally:
                 for t, flag in zip(tensors, flags):
@@ -453,10 +457,14 @@ class TorchAdapter(Adapter):
         return _call_rows(self, fn, inputs, rows, memo)
 
     def vjp(
-        self, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+        self,
+        fn: Callable[..., Any],
+        inputs: list[Any],
+        cotangents: list[np.ndarray | None],
+        memo: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         """Vector-Jacobian products ``u^T J`` of ``fn`` (see :func:`.autodiff.vjp`)."""
-        return _vjp(self, fn, inputs, cotangents)
+        return _vjp(self, fn, inputs, cotangents, memo)
 
     def jvp(
         self, fn: Callable[..., Any], inputs: list[Any], tangents: list[np.ndarray | None]

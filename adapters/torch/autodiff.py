@@ -20,7 +20,7 @@ import torch
 
 from gradcheck_core.errors import InputError, NotTwiceDifferentiable
 
-from ..base import Adapter, takes_argument, wide_array
+from ..base import FIRST_CALL, Adapter, takes_argument, wide_array
 from .float64 import Promotion, _promotable, _work_dtype, float64_scope
 
 __all__ = [
@@ -179,9 +179,16 @@ def call(adapter: Adapter, fn: Callable[..., Any], inputs: list[Any]) -> list[np
 
 def _outputs(fn: Callable[..., Any], inputs: list[Any], promotion: Promotion | None = None) -> list[Any]:
     """``fn``'s outputs at float64 copies of ``inputs`` that require grad, under the float64 mode."""
+    return _forward(fn, inputs, promotion)[1]
+
+
+def _forward(
+    fn: Callable[..., Any], inputs: list[Any], promotion: Promotion | None = None
+) -> tuple[list[Any], list[Any]]:
+    """The float64 copies of ``inputs`` that require grad, and ``fn``'s outputs there (with their graph)."""
     xs = _inputs(inputs, True)
     with float64_scope(_promotable(xs), promotion), torch.enable_grad():
-        return _as_list(fn(*xs))
+        return xs, _as_list(fn(*xs))
 
 
 def call_and_reasons(
@@ -191,10 +198,14 @@ def call_and_reasons(
 
     ``memo``, as for :func:`call_rows`: what this call shows about ``fn``
     (whether it needs :class:`~.float64.Float64Mode`) is kept there, for
-    :func:`call_rows` to use without a call of its own.
+    :func:`call_rows` to use without a call of its own; and the call's inputs
+    and outputs, with autograd's graph (under ``FIRST_CALL``), for
+    :func:`vjp` to differentiate without calling ``fn`` again.
     """
     promotion = None if memo is None else memo.setdefault("promotion", Promotion())
-    outs = _outputs(fn, inputs, promotion)
+    xs, outs = _forward(fn, inputs, promotion)
+    if memo is not None:
+        memo[FIRST_CALL] = (xs, outs)
     return [np.asarray(adapter.to_numpy(o)) for o in outs], _reasons(outs)
 
 
@@ -271,7 +282,11 @@ def call_rows(
 
 
 def vjp(
-    adapter: Adapter, fn: Callable[..., Any], inputs: list[Any], cotangents: list[np.ndarray | None]
+    adapter: Adapter,
+    fn: Callable[..., Any],
+    inputs: list[Any],
+    cotangents: list[np.ndarray | None],
+    memo: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """Vector-Jacobian products ``u^T J`` of ``fn`` at float64 copies of ``inputs``.
 
@@ -285,6 +300,10 @@ def vjp(
         The inputs (tensors of any floating dtype).
     cotangents : list of numpy.ndarray or None
         One per output; None leaves that output out.
+    memo : dict, optional
+        As for :func:`call_and_reasons`: where it holds that call's inputs
+        and outputs (:data:`FIRST_CALL`), the products are taken through
+        their graph (kept for the next VJP) instead of calling ``fn`` again.
 
     Returns
     -------
@@ -292,25 +311,33 @@ def vjp(
         One float64 array per input, zeros where the input does not
         influence the outputs.
     """
-    xs = _inputs(inputs, True)
+    first = None if memo is None else memo.get(FIRST_CALL)
+    xs = _inputs(inputs, True) if first is None else first[0]
     if isinstance(cotangents, np.ndarray):
         cotangents = [cotangents]
-    with float64_scope(_promotable(xs)), torch.enable_grad():
-        outs = _as_list(fn(*xs))
-        if len(cotangents) != len(outs):
-            raise InputError(
-                f"fn returned {len(outs)} output(s) but {len(cotangents)} cotangent(s) were given."
+    if first is None:
+        with float64_scope(_promotable(xs)), torch.enable_grad():
+            outs = _as_list(fn(*xs))
+    else:
+        outs = first[1]
+    if len(cotangents) != len(outs):
+        raise InputError(f"fn returned {len(outs)} output(s) but {len(cotangents)} cotangent(s) were given.")
+    ys, us = [], []
+    for o, u in zip(outs, cotangents):
+        if u is None or not isinstance(o, torch.Tensor) or not o.requires_grad:
+            continue
+        ys.append(o)
+        us.append(torch.as_tensor(np.asarray(u).reshape(tuple(o.shape)), dtype=o.dtype, device=o.device))
+    wrt = [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
+    grads: Sequence[torch.Tensor | None] = [None] * len(wrt)
+    if ys and wrt:
+        # Outside the float64 mode: torch runs autograd.grad with a function mode taken off
+        # the stack while the mode handles the call, so the backward (a Function's own
+        # backward included) never ran under it, and entering it cost only time.
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                ys, wrt, grad_outputs=us, allow_unused=True, retain_graph=first is not None
             )
-        ys, us = [], []
-        for o, u in zip(outs, cotangents):
-            if u is None or not isinstance(o, torch.Tensor) or not o.requires_grad:
-                continue
-            ys.append(o)
-            us.append(torch.as_tensor(np.asarray(u).reshape(tuple(o.shape)), dtype=o.dtype, device=o.device))
-        wrt = [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
-        grads: Sequence[torch.Tensor | None] = [None] * len(wrt)
-        if ys and wrt:
-            grads = torch.autograd.grad(ys, wrt, grad_outputs=us, allow_unused=True)
     by_input = dict(zip(map(id, wrt), grads))
     result = []
     for x in xs:
@@ -382,26 +409,27 @@ def jvp(
     xs = _inputs(inputs, True)
     try:
         with _dual_level():
+            # Only fn runs in the float64 mode: the inputs are float64 copies already (where
+            # the mode is entered at all), so the mode has nothing to widen in making the
+            # duals, unpacking the tangents or converting them to numpy.
+            duals = []
+            for x, v in zip(xs, tangents):
+                if (
+                    v is None
+                    or not isinstance(x, torch.Tensor)
+                    or not (x.is_floating_point() or x.is_complex())
+                ):
+                    duals.append(x)
+                else:
+                    tangent = torch.as_tensor(
+                        np.asarray(v).reshape(tuple(x.shape)), dtype=x.dtype, device=x.device
+                    )
+                    duals.append(fwad.make_dual(x, tangent))
             with float64_scope(_promotable(xs)):
-                duals = []
-                for x, v in zip(xs, tangents):
-                    if (
-                        v is None
-                        or not isinstance(x, torch.Tensor)
-                        or not (x.is_floating_point() or x.is_complex())
-                    ):
-                        duals.append(x)
-                    else:
-                        tangent = torch.as_tensor(
-                            np.asarray(v).reshape(tuple(x.shape)), dtype=x.dtype, device=x.device
-                        )
-                        duals.append(fwad.make_dual(x, tangent))
                 outs = _as_list(fn(*duals))
-                found = [
-                    (o, fwad.unpack_dual(o).tangent) if isinstance(o, torch.Tensor) else (o, None)
-                    for o in outs
-                ]
-            # (numpy conversions outside the float64 mode: the mode has nothing to widen there)
+            found = [
+                (o, fwad.unpack_dual(o).tangent) if isinstance(o, torch.Tensor) else (o, None) for o in outs
+            ]
             result = []
             for o, tangent in found:
                 if not isinstance(o, torch.Tensor):
