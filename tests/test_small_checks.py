@@ -392,3 +392,28 @@ def test_a_wrong_backward_still_fails_on_a_small_input() -> None:
     assert any(b.name == "input0->output0 (jvp)" for b in report.blocks) or any(
         f.kind == "no_forward_mode" for f in report.findings
     )
+
+
+def test_a_backward_that_makes_a_float32_constant_still_passes() -> None:
+    torch = _torch()
+    dtypes = []
+
+    class Scaled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any) -> Any:
+            ctx.save_for_backward(x)
+            return 0.1 * x + torch.sin(x)
+
+        @staticmethod
+        def backward(ctx: Any, g: Any) -> Any:
+            (x,) = ctx.saved_tensors
+            c = torch.tensor(0.1)  # no dtype: the default one, as under any function mode
+            dtypes.append(c.dtype)
+            return g * (c + torch.cos(x))
+
+    x = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64)
+    report = gc.check_function(Scaled.apply, x)
+    assert dtypes and set(dtypes) == {torch.float32}  # the backward ran outside the float64 mode
+    assert report.verdict == "pass", report
+    vjp_block = next(b for b in report.blocks if b.name == "input0->output0")
+    assert 0 < vjp_block.rel_error < 1e-7  # float32 rounding of 0.1, far inside rtol
