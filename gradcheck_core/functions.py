@@ -448,7 +448,9 @@ def _open_target(
     The generators' states were saved at the start (``replay`` puts them back
     at the end), so the target need not read them again; ``memo`` holds what
     the first call of ``fn`` showed (whether it needs the float64 mode),
-    which holds for ``loss``, the projections of ``fn``'s outputs.
+    which holds for ``loss``, the projections of ``fn``'s outputs.  An
+    adapter that would otherwise try to trace and compile the loss (JAX) is
+    told that ``loss`` computes with numpy values, so that it does not.
     """
     if getattr(adapter, "target_takes_hints", False):
         values = {r.name: s for r, s in zip(replay.generators, replay.saved)}
@@ -456,6 +458,8 @@ def _open_target(
         if promotion is not None and promotion.needed is None:
             promotion = None  # not learnt (the first call raised): the target learns it itself
         return adapter.target(loss, params, float64=float64, rng_values=values, promotion=promotion)
+    if getattr(adapter, "takes_numpy_losses", False):  # the projections compute with numpy values
+        return adapter.target(loss, params, float64=float64, numpy_loss=True)
     return adapter.target(loss, params, float64=float64)
 
 

@@ -456,6 +456,41 @@ def test_check_function_compiles_a_function_of_many_operations_as_a_few_programs
     assert not gc.check_function(wrong, x).passed
 
 
+def test_check_function_checked_again_runs_none_of_the_functions_python() -> None:
+    """The projections are evaluated as they are, never traced: a second check runs compiled code only."""
+    calls: list[int] = []
+
+    def counted(x):  # type: ignore[no-untyped-def]
+        calls.append(1)  # runs while JAX traces the function, not when its program runs
+        return jnp.tanh(x) * jnp.sin(x)
+
+    x = jnp.linspace(-1.0, 1.0, 7)
+    first = gc.check_function(counted, x)
+    calls.clear()
+    again = gc.check_function(counted, x)
+    assert first.verdict == again.verdict == "pass"
+    assert first.nfev == again.nfev
+    assert calls == []
+
+
+def test_a_compiled_function_gives_numpy_and_jax_inputs_the_same_outputs() -> None:
+    from gradcheck_core.adapters.jax.adapter import ADAPTER
+    from gradcheck_core.adapters.jax.x64_mode import x64
+
+    def fn(x, y):  # type: ignore[no-untyped-def]
+        return jnp.sin(x) @ y, jnp.cumsum(x * x)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(5), rng.standard_normal((5, 3))
+    from_numpy = ADAPTER.call(fn, [x, y])
+    with x64():  # JAX arrays holding the same float64 values
+        inputs = [jnp.asarray(x), jnp.asarray(y)]
+    from_jax = ADAPTER.call(fn, inputs)
+    for a, b in zip(from_numpy, from_jax, strict=True):
+        assert a.dtype == b.dtype == np.float64
+        assert a.tobytes() == b.tobytes()
+
+
 def test_a_kept_program_is_not_used_once_the_captured_data_changed() -> None:
     """Data the loss closes over is part of the program: new values, a new program, the right verdict."""
     X = np.ones(6)

@@ -51,12 +51,27 @@ class Runner(BatchedEvaluation):
         Compile the single evaluation when the loss can be traced.
     vectorize : bool
         Offer batched evaluation when the loss can be traced.
+    numpy_loss : bool
+        The loss is the check's own and computes with numpy values (the
+        projections :func:`~gradcheck_core.functions.check_function` builds,
+        which call the function under check themselves): it is called as it
+        is, point by point, on numpy pieces of the point, with no trace (JAX
+        could not make one of it) and no transfer of the whole point.
     """
 
     def __init__(
-        self, loss: Callable[..., Any], flat: Flat, *, float64: bool, jit: bool, vectorize: bool
+        self,
+        loss: Callable[..., Any],
+        flat: Flat,
+        *,
+        float64: bool,
+        jit: bool,
+        vectorize: bool,
+        numpy_loss: bool = False,
     ) -> None:
-        self.loss = promoted(loss) if float64 else loss
+        self.numpy_loss = numpy_loss
+        self.plain_loss = loss
+        self.loss = promoted(loss) if float64 and not numpy_loss else loss
         self.flat = flat
         self.float64 = float64
         self.use_jit = jit
@@ -137,6 +152,8 @@ class Runner(BatchedEvaluation):
         for the first time, when JAX compiles every operation separately.
         """
         self.target = target
+        if self.numpy_loss:
+            return  # called as it is (see the class)
         states = [(r, r.get()) for r in python_rng_states()]
         try:
             with x64(self.float64):
@@ -198,7 +215,10 @@ class Runner(BatchedEvaluation):
         """The loss at the flat point ``x`` (compiled when it could be)."""
         with x64(self.float64):
             try:
-                out = self.single(self.compiled_input(x) if self.compiled else self.vector(x))
+                if self.numpy_loss:
+                    out = self.plain_loss(self.flat.unravel(np.asarray(x, dtype=self.dtype), self.make))
+                else:
+                    out = self.single(self.compiled_input(x) if self.compiled else self.vector(x))
             except TypeError as exc:
                 mixed = mixed_dtypes_error(exc) if self.float64 else None
                 if mixed is None:
