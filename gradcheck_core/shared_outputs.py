@@ -222,12 +222,12 @@ class SharedOutputs:
             return known
         # The first vectorised call is tried against a point-by-point evaluation: the one at
         # x0 made already (x0 then evaluated as one more row), else one of the first row.
-        at_x0, self._plain_x0 = self._plain_x0, None
+        at_x0 = self._plain_x0
         if at_x0 is None:
             probe, tried = self._evaluate(rows[0]), rows
         else:
             probe, tried = at_x0, np.concatenate([self._x0_bits.view(np.float64)[None, :], rows])
-        self._plain_x0 = None  # (the probe's own evaluation may have been at x0)
+        self._plain_x0 = None  # tried now (the probe's own evaluation may have kept one)
         rest = rows if at_x0 is not None else rows[1:]  # the rows a plain evaluation has still to do
         values: np.ndarray | None = None
         with contextlib.suppress(*_VECTORISE_FAILURES):

@@ -70,7 +70,6 @@ class Runner(BatchedEvaluation):
         numpy_loss: bool = False,
     ) -> None:
         self.numpy_loss = numpy_loss
-        self.plain_loss = loss
         self.loss = promoted(loss) if float64 and not numpy_loss else loss
         self.flat = flat
         self.float64 = float64
@@ -216,7 +215,7 @@ class Runner(BatchedEvaluation):
         with x64(self.float64):
             try:
                 if self.numpy_loss:
-                    out = self.plain_loss(self.flat.unravel(np.asarray(x, dtype=self.dtype), self.make))
+                    out = self.loss(self.flat.unravel(np.asarray(x, dtype=self.dtype), self.make))
                 else:
                     out = self.single(self.compiled_input(x) if self.compiled else self.vector(x))
             except TypeError as exc:

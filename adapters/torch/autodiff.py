@@ -312,14 +312,9 @@ def vjp(
         influence the outputs.
     """
     first = None if memo is None else memo.get(FIRST_CALL)
-    xs = _inputs(inputs, True) if first is None else first[0]
+    xs, outs = _forward(fn, inputs) if first is None else first
     if isinstance(cotangents, np.ndarray):
         cotangents = [cotangents]
-    if first is None:
-        with float64_scope(_promotable(xs)), torch.enable_grad():
-            outs = _as_list(fn(*xs))
-    else:
-        outs = first[1]
     if len(cotangents) != len(outs):
         raise InputError(f"fn returned {len(outs)} output(s) but {len(cotangents)} cotangent(s) were given.")
     ys, us = [], []
