@@ -576,6 +576,20 @@ def test_closure_raising_on_seventh_call_restores_everything(error, functional):
     _assert_same_state(net, before)
 
 
+def test_a_loss_writing_through_a_kept_reference_leaves_the_module_as_it_was():
+    net = _mlp()
+    x, y = _data()
+    before = _state(net)
+    kept = net[0].weight.data  # the parameter's own storage, as it was before the check
+
+    def loss():
+        kept.add_(1e-3)  # the loss writes into it on every call
+        return F.mse_loss(net(x), y)
+
+    gc.check(loss, net, mode="full", progress=False)
+    _assert_same_state(net, before)
+
+
 def test_closure_that_changes_global_state_is_undone():
     net, x, y = _net_with_history()
     before = _state(net)
@@ -646,6 +660,83 @@ def test_unbatchable_loss_falls_back_to_the_loop():
         assert target.evaluate_batch.works is False
     expected = [float((A.double() @ torch.tensor(r)).pow(2).sum()) for r in rows]
     np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+def test_a_module_loss_is_vectorised_and_matches_the_loop():
+    net = _mlp(torch.float32)
+    x, y = _data()
+    before = _state(net)
+    rows = np.random.default_rng(0).normal(size=(6, sum(p.numel() for p in net.parameters())))
+    with ADAPTER.target(lambda: F.mse_loss(net(x), y), net) as target:
+        assert target.evaluate_batch is not None
+        batched = target.evaluate_batch(rows)
+        assert target.evaluate_batch.works is True
+        looped = np.array([float(target.evaluate(r).detach()) for r in rows])
+    np.testing.assert_allclose(batched, looped, rtol=1e-12)
+    _assert_same_state(net, before)
+
+
+def test_a_module_loss_that_reads_a_kept_reference_is_looped():
+    # The loss reads the last bias through a reference taken before the check: under vmap
+    # the module's slot would move and this tensor would not. The first batch's rows move
+    # only the first weight, so comparing them with the loop would not show it.
+    net = _mlp(torch.float32)
+    x, y = _data()
+    b = net[2].bias
+
+    def loss():
+        return F.mse_loss(F.linear(torch.tanh(net[0](x)), net[2].weight, b), y)
+
+    with ADAPTER.target(loss, net) as target:
+        # the first rows (compared with the loop) at x0, the others moving only that bias
+        rows = np.repeat(target.flat.x0[None, :], 6, axis=0)
+        rows[3:, -3:] += np.random.default_rng(0).normal(size=(3, 3))
+        batched = target.evaluate_batch(rows)
+        assert target.evaluate_batch.works is False
+        looped = np.array([float(target.evaluate(r).detach()) for r in rows])
+    np.testing.assert_array_equal(batched, looped)
+    report = gc.check(loss, net, mode="full", progress=False)
+    assert report.verdict == "pass", report
+
+
+def _calls(loss):
+    calls = [0]
+
+    def counted():
+        calls[0] += 1
+        return loss()
+
+    return counted, calls
+
+
+def test_a_full_sweep_of_a_module_loss_is_vectorised_and_finds_a_wrong_entry():
+    net = _mlp(torch.float64)
+    x, y = _data(torch.float64)
+    loss, calls = _calls(lambda: F.mse_loss(net(x), y))
+    report = gc.check(loss, net, mode="full", progress=False)
+    assert report.verdict == "pass"
+    assert calls[0] < report.nfev / 4, (calls[0], report.nfev)
+    names = [name for name, _ in net.named_parameters()]
+    grads = torch.autograd.grad(F.mse_loss(net(x), y), list(net.parameters()))
+    grad = {name: g.clone() for name, g in zip(names, grads)}
+    grad["2.weight"][1, 4] *= 1.5
+    wrong = gc.check(loss, net, grad, mode="full", progress=False)
+    assert wrong.verdict == "fail"
+    assert [b.name for b in wrong.blocks if b.verdict == "fail"] == ["2.weight"]
+    assert tuple(wrong.blocks[2].worst_index) == (1, 4)
+
+
+def test_tied_weights_are_moved_in_every_module_that_holds_them():
+    torch.manual_seed(0)
+    first, second = nn.Linear(10, 10).double(), nn.Linear(10, 10).double()
+    second.weight = first.weight  # one parameter, registered twice
+    net = nn.Sequential(first, nn.Tanh(), second)
+    x = torch.randn(5, 10, dtype=torch.float64)
+    loss, calls = _calls(lambda: net(x).pow(2).sum())
+    report = gc.check(loss, net, mode="full", progress=False)
+    assert report.verdict == "pass", report
+    assert [b.name for b in report.blocks] == ["0.weight", "0.bias", "2.bias"]
+    assert calls[0] < report.nfev / 4, (calls[0], report.nfev)
 
 
 @pytest.mark.parametrize("functional", [False, True])

@@ -44,7 +44,7 @@ from .autodiff import jvp as _jvp
 from .autodiff import nondifferentiable_outputs as _nondifferentiable_outputs
 from .autodiff import vjp as _vjp
 from .autodiff import vjp_function as _vjp_function
-from .batching import _Batched
+from .batching import ModuleParameters, _Batched
 from .float64 import Promotion, _has_float64, _precision, _tensor, _work_dtype, float64_scope
 from .state import _check_in_place, _contains_module, _module_params, _modules_in, _Snapshot, torch_rng_states
 from .worker import RowWorker
@@ -203,7 +203,7 @@ class TorchAdapter(Adapter):
                     loss, flat, float64, promote, snapshot, lock, module, promotion
                 )
             else:
-                target = self._stateful_target(loss, flat, float64, promote, snapshot)
+                target = self._stateful_target(loss, flat, float64, promote, snapshot, modules)
             target.precision = precision
             target.rngs = rngs
             yield target
@@ -317,7 +317,13 @@ class TorchAdapter(Adapter):
         )
 
     def _stateful_target(
-        self, loss: Callable[..., Any], flat: Flat, float64: bool, promote: bool, snapshot: _Snapshot
+        self,
+        loss: Callable[..., Any],
+        flat: Flat,
+        float64: bool,
+        promote: bool,
+        snapshot: _Snapshot,
+        modules: list[torch.nn.Module],
     ) -> Target:
         tensors: list[torch.Tensor] = list(flat.values)
         originals = snapshot.data
@@ -402,11 +408,23 @@ class TorchAdapter(Adapter):
                 value = fn()
             return value
 
+        # Many points at once under vmap, where every parameter sits in a module
+        # the loss reads (each row's tensors put in the modules' parameter slots).
+        @contextlib.contextmanager
+        def batch_turn() -> Iterator[None]:
+            with lock:
+                installed[0] = False  # (a vectorised call puts the originals back)
+                yield
+
+        slots = ModuleParameters.of(modules, tensors, flat, originals)
+        batch = _Batched(self, loss, flat, evaluate, snapshot, promote, promotion, slots, batch_turn)
+
         return Target(
             flat=flat,
             evaluate=evaluate,
             gradient=gradient,
             call_grad=call_grad,
+            evaluate_batch=batch if slots is not None and batch.possible and not flat.has_complex else None,
             evaluate_along=None if working is None else evaluate_along,
             framework=self.name,
         )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,6 +20,79 @@ from .state import _Snapshot
 # then the points are evaluated one by one.  Any other exception (a ValueError
 # of the loss's own) is not retried: it reaches the caller as it is.
 _VMAP_FAILURES = (RuntimeError, NotImplementedError, TypeError)
+
+
+class ModuleParameters:
+    """The parameter slots of modules that a ``loss()`` reads, for evaluation under vmap.
+
+    A loss without arguments reads its parameters from modules.  Under vmap
+    each slot (``module._parameters[name]``, every place a parameter is
+    registered, shared ones included) holds the row's tensor while the loss
+    runs, as ``torch.func.functional_call`` does for ``forward``.  A loss
+    that reads a parameter some other way (a reference kept from before the
+    check) would see it unmoved: while the vectorised call runs, the
+    parameters themselves hold NaN (an expanded tensor, no memory), so such
+    a loss gives NaN, or raises when it writes to them, and the values
+    disagree with the looped ones the first batch is compared with.
+
+    Built by :meth:`of`, which gives None unless every parameter has a slot.
+    """
+
+    def __init__(
+        self,
+        slots: list[tuple[torch.nn.Module, str, int]],
+        tensors: list[torch.Tensor],
+        flat: Flat,
+        originals: list[torch.Tensor],
+    ) -> None:
+        self.slots = slots
+        self.tensors = tensors
+        self.flat = flat
+        self.originals = originals
+
+    @classmethod
+    def of(
+        cls,
+        modules: Sequence[torch.nn.Module],
+        tensors: list[torch.Tensor],
+        flat: Flat,
+        originals: list[torch.Tensor],
+    ) -> ModuleParameters | None:
+        """The slots of ``tensors`` (the parameters, in flatten order) in ``modules``; None if one has none."""
+        index = {id(t): k for k, t in enumerate(tensors)}
+        slots = [
+            (m, name, index[id(p)])
+            for m in modules
+            for name, p in m._parameters.items()
+            if p is not None and id(p) in index
+        ]
+        if not tensors or {k for _, _, k in slots} != set(range(len(tensors))):
+            return None
+        return cls(slots, tensors, flat, originals)
+
+    @contextlib.contextmanager
+    def holding(self, row: torch.Tensor) -> Iterator[None]:
+        """Every slot holds its parameter's piece of ``row`` while inside."""
+        pieces = [row[leaf.slice].reshape(leaf.shape) for leaf in self.flat.leaves]
+        saved = [(m, name, m._parameters[name]) for m, name, _ in self.slots]
+        try:
+            for m, name, k in self.slots:
+                m._parameters[name] = pieces[k]
+            yield
+        finally:
+            for m, name, p in saved:
+                m._parameters[name] = p
+
+    @contextlib.contextmanager
+    def poisoned(self) -> Iterator[None]:
+        """The parameters hold NaN while inside; their own values after."""
+        try:
+            for t in self.tensors:
+                t.data = torch.full((), float("nan"), dtype=t.dtype, device=t.device).expand(t.shape)
+            yield
+        finally:
+            for t, data in zip(self.tensors, self.originals):
+                t.data = data
 
 
 class _BatchSettings(Protocol):
@@ -55,8 +129,15 @@ class _Batched:
         snapshot: _Snapshot,
         promote: bool,
         promotion: Promotion,
+        modules: ModuleParameters | None = None,
+        guard: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.adapter = adapter
+        #: Entered around every call (the evaluations' lock, where they take turns).
+        self.guard = guard or contextlib.nullcontext
+        #: Where the loss reads its parameters from modules (``loss()``): the
+        #: modules' parameter slots that take each row's tensors.
+        self.modules = modules
         self.promotion = promotion
         self.loss = loss
         self.flat = flat
@@ -96,14 +177,20 @@ class _Batched:
         return out
 
     def _vmap(self, rows: np.ndarray) -> np.ndarray:
-        flat, loss = self.flat, self.loss
+        flat, loss, modules = self.flat, self.loss, self.modules
 
         def one(row: torch.Tensor) -> torch.Tensor:
-            return loss(flat.unravel(row, lambda piece, original: piece)).reshape(())
+            if modules is None:
+                return loss(flat.unravel(row, lambda piece, original: piece)).reshape(())
+            with modules.holding(row):
+                return loss().reshape(())
 
         points = _tensor(rows, torch.float64, self.device)
         self.snapshot.replay()
-        with float64_scope(self.promote, self.promotion):
+        with (
+            contextlib.nullcontext() if modules is None else modules.poisoned(),
+            float64_scope(self.promote, self.promotion),
+        ):
             values = torch.func.vmap(one, randomness="error")(points)
         return np.asarray(self.adapter.to_numpy(values), dtype=np.float64).reshape(-1)
 
@@ -136,6 +223,10 @@ class _Batched:
         return np.concatenate(parts) if parts else np.empty(0)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
+        with self.guard():
+            return self._evaluate(rows)
+
+    def _evaluate(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.float64)
         if self.works is False or not self.faster:
             return self.loop(rows)
@@ -145,7 +236,11 @@ class _Batched:
             done = self._timed_loop(probe)
             try:
                 fast = self._vmap(probe)
-            except _VMAP_FAILURES:  # the loss cannot run under vmap: loop from now on
+            # The loss has just run at these points one by one: whatever the vectorised
+            # call raises there says that it cannot run under vmap (also the check's own
+            # error of a loss that differentiates the parameters it holds, which under vmap
+            # are not the tensors in the modules): loop from now on.
+            except Exception:
                 self.works = False
             else:
                 scale = np.maximum(np.abs(done), 1e-300)
