@@ -199,7 +199,11 @@ class _Batched:
             with modules.holding(row):
                 return loss().reshape(())
 
-        points = _tensor(rows, torch.float64, self.device)
+        if self.device.type == "cpu" and rows.dtype == np.float64 and rows.flags.c_contiguous:
+            # the rows are the caller's scratch copies of the points: read in place
+            points = torch.from_numpy(rows)
+        else:
+            points = _tensor(rows, torch.float64, self.device)
         self.snapshot.replay()
         with (
             contextlib.nullcontext() if modules is None else modules.poisoned(),
