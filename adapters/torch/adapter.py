@@ -416,15 +416,19 @@ class TorchAdapter(Adapter):
                 installed[0] = False  # (a vectorised call puts the originals back)
                 yield
 
-        slots = ModuleParameters.of(modules, tensors, flat, originals)
-        batch = _Batched(self, loss, flat, evaluate, snapshot, promote, promotion, slots, batch_turn)
+        slots = ModuleParameters.of(modules, flat, originals)
+        batch = (
+            None
+            if slots is None or flat.has_complex
+            else _Batched(self, loss, flat, evaluate, snapshot, promote, promotion, slots, batch_turn)
+        )
 
         return Target(
             flat=flat,
             evaluate=evaluate,
             gradient=gradient,
             call_grad=call_grad,
-            evaluate_batch=batch if slots is not None and batch.possible and not flat.has_complex else None,
+            evaluate_batch=batch if batch is not None and batch.possible else None,
             evaluate_along=None if working is None else evaluate_along,
             framework=self.name,
         )

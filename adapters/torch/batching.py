@@ -47,36 +47,28 @@ class ModuleParameters:
     """
 
     def __init__(
-        self,
-        slots: list[tuple[torch.nn.Module, str, int]],
-        tensors: list[torch.Tensor],
-        flat: Flat,
-        originals: list[torch.Tensor],
+        self, slots: list[tuple[torch.nn.Module, str, int]], flat: Flat, originals: list[torch.Tensor]
     ) -> None:
         self.slots = slots
-        self.tensors = tensors
         self.flat = flat
+        #: The parameters' own ``.data``, which :meth:`poisoned` puts back.
         self.originals = originals
 
     @classmethod
     def of(
-        cls,
-        modules: Sequence[torch.nn.Module],
-        tensors: list[torch.Tensor],
-        flat: Flat,
-        originals: list[torch.Tensor],
+        cls, modules: Sequence[torch.nn.Module], flat: Flat, originals: list[torch.Tensor]
     ) -> ModuleParameters | None:
-        """The slots of ``tensors`` (the parameters, in flatten order) in ``modules``; None if one has none."""
-        index = {id(t): k for k, t in enumerate(tensors)}
+        """The slots of the parameters (``flat.values``) in ``modules``; None if one has none."""
+        index = {id(t): k for k, t in enumerate(flat.values)}
         slots = [
             (m, name, index[id(p)])
             for m in modules
             for name, p in m._parameters.items()
             if p is not None and id(p) in index
         ]
-        if not tensors or {k for _, _, k in slots} != set(range(len(tensors))):
+        if not index or {k for _, _, k in slots} != set(range(len(flat.values))):
             return None
-        return cls(slots, tensors, flat, originals)
+        return cls(slots, flat, originals)
 
     @contextlib.contextmanager
     def holding(self, row: torch.Tensor) -> Iterator[None]:
@@ -95,11 +87,11 @@ class ModuleParameters:
     def poisoned(self) -> Iterator[None]:
         """The parameters hold NaN while inside; their own values after."""
         try:
-            for t in self.tensors:
+            for t in self.flat.values:
                 t.data = torch.full((), float("nan"), dtype=t.dtype, device=t.device).expand(t.shape)
             yield
         finally:
-            for t, data in zip(self.tensors, self.originals):
+            for t, data in zip(self.flat.values, self.originals):
                 t.data = data
 
 
