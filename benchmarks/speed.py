@@ -374,8 +374,11 @@ def row_fast10m(repeats: int, quick: bool) -> list[str]:
 
     The model (float32, 2500-4000-10, one batch of 8) is checked as its user
     would: ``gc.check(loss, model, mode="fast")`` with ``loss()`` reading the
-    module, once with autograd's gradient and once with a hook that makes one
-    entry of the first weight's gradient 1.5 times too large.  Units: one
+    module, once with autograd's gradient and twice with one entry of the
+    first weight's gradient 1.5 times too large: made so by a hook (which
+    returns a changed copy of the gradient, as hooks must: one more gradient
+    held while autograd runs) and by a custom ``autograd.Function`` for the
+    first layer whose backward gets that entry wrong.  Units: one
     forward+backward of the model as the user runs it (float32), measured in
     the same run; the other side: ``torch.autograd.gradcheck(fast_mode=True)``
     on float64 copies of the parameters.  Peak memory above the process, in
@@ -413,6 +416,26 @@ def row_fast10m(repeats: int, quick: bool) -> list[str]:
         grad[wrong] *= 1.5
         return grad
 
+    class WrongLinear(torch.autograd.Function):
+        """The first layer, its weight's gradient wrong in one entry (a bug in a custom backward)."""
+
+        @staticmethod
+        def forward(ctx: Any, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            ctx.save_for_backward(inputs, weight)
+            return F.linear(inputs, weight, bias)
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+            inputs, weight = ctx.saved_tensors
+            grad_weight = grad.T @ inputs.to(grad.dtype)
+            grad_weight[wrong] *= 1.5
+            grad_inputs = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
+            return grad_inputs, grad_weight, grad.sum(0)
+
+    def custom_loss() -> torch.Tensor:
+        hidden = torch.tanh(WrongLinear.apply(x, net[0].weight, net[0].bias))
+        return F.cross_entropy(net[2](hidden), y)
+
     rows = [
         f"{n:,} parameters (float32), one forward+backward {t_fb * 1e3:.1f} ms; memory in units of "
         f"8 n = {8 * n / 2**20:.0f} MiB",
@@ -420,10 +443,11 @@ def row_fast10m(repeats: int, quick: bool) -> list[str]:
         "| case | tool | verdict | evaluations | time (s) | forward+backward units | peak memory above the process |",
         "|---|---|---|---|---|---|---|",
     ]
-    for case in ("correct gradient", "one wrong entry"):
+    for case in ("correct gradient", "one wrong entry", "one wrong entry, in a custom Function's backward"):
         hook = net[0].weight.register_hook(one_wrong) if case == "one wrong entry" else None
+        checked = custom_loss if "custom" in case else loss
         try:
-            report, seconds, peak = _peak_above(lambda: gc.check(loss, net, mode="fast", progress=False))
+            report, seconds, peak = _peak_above(lambda: gc.check(checked, net, mode="fast", progress=False))
         finally:
             if hook is not None:
                 hook.remove()

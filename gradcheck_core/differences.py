@@ -51,11 +51,18 @@ __all__ = [
 EPS = float(np.finfo(np.float64).eps)
 METHODS = ("central", "forward", "richardson", "complex")
 
-# Random directions at least this long are drawn and kept in float32: half the
-# memory of float64 entries (at 10M parameters, half the parameters' float64
-# bytes) and drawn faster.  Their entries are float64 numbers like any others;
-# every sum and product with them is taken in float64 (see :func:`scaled`).
+# Random directions at least this long are kept small.  Fast mode's test
+# directions are whole numbers in int8 (:func:`random_direction`): an eighth of
+# the memory of float64 entries (at 10M parameters, 10 MB where float64 would
+# take 80).  The noise probe's direction, scaled by the point's entries, is
+# float32.  Their entries are float64 numbers like any others; every sum and
+# product with them is taken in float64 (see :func:`scaled`).
 LONG_DIRECTION = 1 << 19
+
+# A long test direction holds standard normal draws times this, rounded to whole
+# numbers: 255 levels from -127 to 127 (5.3 standard deviations), steps of 1/24
+# of one.  A direction's scale is arbitrary: the entries are used as they are.
+WHOLE_SCALE = 24
 
 # Evaluations per coordinate of each scheme (the central value f(x0) is shared).
 EVALS_PER_COORDINATE = {"central": 2, "forward": 1, "richardson": 4, "complex": 1}
@@ -515,7 +522,7 @@ def direction_bounds(analytic: np.ndarray, w: np.ndarray) -> tuple[float, float,
     """
     if w.dtype == analytic.dtype or w.size <= _CHUNK:
         dot = float(analytic @ w)
-    else:  # a float32 direction: products in float64, a chunk at a time (no float64 copy of w)
+    else:  # a float32 or int8 direction: products in float64, a chunk at a time (no float64 copy of w)
         dot = float(sum(float(analytic[k : k + _CHUNK] @ w[k : k + _CHUNK]) for k in _chunks(w.size)))
     return dot, _sum_abs(w), _norm_of_product(analytic, w)
 
@@ -568,7 +575,8 @@ def _probe_direction(x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     typical = 1.0  # unused where no entry is zero
     if 0 < zeros < x0.size:
         typical = float(np.median(np.abs(x0[x0 != 0]), overwrite_input=True))
-    v = random_direction(rng, x0.size)  # scaled in place: float32 stays float32 (a direction still)
+    # scaled in place: float32 stays float32 (a direction still)
+    v = _box_muller(rng, x0.size) if x0.size >= LONG_DIRECTION else rng.standard_normal(x0.size)
     for k in _chunks(x0.size):
         part = np.abs(x0[k : k + _CHUNK])
         if zeros:
@@ -578,19 +586,22 @@ def _probe_direction(x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def random_direction(rng: np.random.Generator, size: int) -> np.ndarray:
-    """``size`` standard normal entries: float64, or float32 from :data:`LONG_DIRECTION` entries on.
+    """A random direction of ``size`` entries: standard normal float64, or whole numbers in int8 when long.
 
-    A float32 entry is a float64 number too; callers move along the
-    direction with :func:`scaled`, never with ``s * w`` on a Python float
-    (which numpy would round to float32).  Long directions are drawn by
+    From :data:`LONG_DIRECTION` entries on, each entry is a standard normal
+    draw times :data:`WHOLE_SCALE`, rounded, in ``[-127, 127]``: a normal
+    direction scaled by 24, to within half a unit per entry, in one byte.
+    Every use of a direction is indifferent to its scale.  An int8 entry is
+    a float64 number too; callers move along the direction with
+    :func:`scaled`, whose products are float64.  Long directions are drawn by
     :func:`_box_muller`.
     """
     if size >= LONG_DIRECTION:
-        return _box_muller(rng, size)
+        return _box_muller(rng, size, whole=True)
     return rng.standard_normal(size)
 
 
-def _box_muller(rng: np.random.Generator, size: int) -> np.ndarray:
+def _box_muller(rng: np.random.Generator, size: int, whole: bool = False) -> np.ndarray:
     """``size`` standard normal float32 entries by the Box-Muller transform, a chunk at a time.
 
     Each chunk takes uniform float32 draws ``u, v`` and gives ``r cos(2 pi v)``
@@ -598,8 +609,10 @@ def _box_muller(rng: np.random.Generator, size: int) -> np.ndarray:
     than numpy's float32 ziggurat on a 10M-entry direction (28 ms against 88),
     a cost every directional test on a large parameter pays.  With 24-bit
     uniforms the tails end at 5.77 (a probability of 1e-8 beyond).
+    ``whole``: int8 entries, each draw times :data:`WHOLE_SCALE` rounded to a
+    whole number in ``[-127, 127]``.
     """
-    out = np.empty(size, dtype=np.float32)
+    out = np.empty(size, dtype=np.int8 if whole else np.float32)
     two_pi = np.float32(2 * np.pi)
     for a in range(0, size, _CHUNK):
         b = min(a + _CHUNK, size)
@@ -607,18 +620,22 @@ def _box_muller(rng: np.random.Generator, size: int) -> np.ndarray:
         u = rng.random(2 * half, dtype=np.float32)
         r = np.sqrt(np.float32(-2) * np.log1p(-u[:half]))  # 1 - u lies in (0, 1]
         angle = two_pi * u[half:]
-        out[a : a + half] = r * np.cos(angle)
-        out[a + half : b] = (r * np.sin(angle))[: b - a - half]
+        z = np.concatenate([r * np.cos(angle), r * np.sin(angle)])[: b - a]
+        if whole:
+            z *= np.float32(WHOLE_SCALE)
+            np.rint(z, out=z)
+            np.clip(z, -127, 127, out=z)
+        out[a:b] = z
     return out
 
 
 def scaled(w: np.ndarray, s: float, out: np.ndarray | None = None) -> np.ndarray:
-    """``s * w`` computed and returned in float64, whatever the floating dtype of ``w``.
+    """``s * w`` computed and returned in float64, whatever the dtype of ``w`` (floating or int8).
 
     Parameters
     ----------
     w : numpy.ndarray
-        A direction (float64, or float32 where long; see :func:`random_direction`).
+        A direction (float64; float32 or int8 where long, see :func:`random_direction`).
     s : float
         The step along it.
     out : numpy.ndarray, optional
@@ -643,7 +660,7 @@ def add_scaled(x: np.ndarray, w: np.ndarray, s: float, buffer: np.ndarray | None
     x : numpy.ndarray
         A 1-d float64 array (a view of a point, say), changed in place.
     w : numpy.ndarray
-        A direction of ``x``'s length (float64, or float32 where long).
+        A direction of ``x``'s length (float64; float32 or int8 where long).
     s : float
         The step along it.
     buffer : numpy.ndarray, optional

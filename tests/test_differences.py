@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -102,21 +104,34 @@ def test_non_finite_names_every_nan_and_inf_in_a_long_vector(
     assert found.tolist() == np.flatnonzero(~np.isfinite(a)).tolist()
 
 
-def test_long_directions_are_float32_and_move_in_float64() -> None:
+def test_long_directions_are_whole_numbers_in_int8_and_move_in_float64() -> None:
     rng = np.random.default_rng(4)
     assert fd.random_direction(rng, fd.LONG_DIRECTION - 1).dtype == np.float64
     w = fd.random_direction(rng, fd.LONG_DIRECTION)
-    assert w.dtype == np.float32 and w.shape == (fd.LONG_DIRECTION,)
-    assert 0.99 < float(np.std(w, dtype=np.float64)) < 1.01
+    assert w.dtype == np.int8 and w.shape == (fd.LONG_DIRECTION,)
+    assert int(np.abs(w.astype(np.int16)).max()) <= 127
+    assert 0.99 < float(np.std(w, dtype=np.float64)) / fd.WHOLE_SCALE < 1.01
     one, other = (fd.random_direction(np.random.default_rng(4), fd.LONG_DIRECTION) for _ in range(2))
     assert one.tobytes() == other.tobytes()  # a seed gives the same direction
-    # numpy computes s * w on a Python float in float32; scaled does not
     s = 1e-3 / 3
     exact = w.astype(np.float64) * s
     assert fd.scaled(w, s).tobytes() == exact.tobytes()
-    assert not np.array_equal(s * w, exact)
     out = np.empty(w.size)
     assert fd.scaled(w, s, out=out) is out and out.tobytes() == exact.tobytes()
+    # the sums a move takes, chunk by chunk through the buffer, are those of x + s * w
+    x = np.random.default_rng(5).uniform(-2, 2, w.size)
+    moved = x.copy()
+    fd.add_scaled(moved, w, s)
+    assert moved.tobytes() == (x + exact).tobytes()
+
+
+def test_the_noise_probe_direction_stays_float32_when_long() -> None:
+    x0 = np.random.default_rng(6).uniform(0.5, 2.0, fd.LONG_DIRECTION)
+    v = fd._probe_direction(x0, np.random.default_rng(7))
+    assert v.dtype == np.float32
+    # each entry a normal draw scaled by its coordinate: v / x0 is standard normal
+    ratio = v.astype(np.float64) / x0
+    assert abs(float(ratio.std()) - 1) < 0.01
 
 
 @settings(max_examples=15, deadline=None)
@@ -156,18 +171,25 @@ def test_a_directional_derivative_along_a_float32_direction_matches_its_float64_
 
 
 @pytest.mark.parametrize("size", [fd.LONG_DIRECTION, fd.LONG_DIRECTION + 3 * fd._CHUNK // 2 + 1])
-def test_a_long_direction_is_standard_normal(size: int) -> None:
-    w = fd.random_direction(np.random.default_rng(size), size).astype(np.float64)
-    n = w.size
-    assert n == size and np.all(np.isfinite(w))
+def test_a_long_direction_is_a_rounded_standard_normal(size: int) -> None:
+    q = fd.random_direction(np.random.default_rng(size), size).astype(np.float64)
+    n = q.size
+    assert n == size and np.all(q == np.rint(q)) and float(np.abs(q).max()) <= 127
+    w = q / fd.WHOLE_SCALE  # the standard normal draws, each to within half a unit of 1/24
     assert abs(float(w.mean())) < 5 / np.sqrt(n)
-    assert abs(float(w.std()) - 1) < 0.005
-    # the normal's quantiles: P(|w| < 1) = 0.6827, P(w < 1.96) = 0.975, P(w < -2.576) = 0.005
+    # the variance of a normal rounded to steps h is about 1 + h^2 / 12 (Sheppard)
+    assert abs(float(w.std()) - np.sqrt(1 + 1 / (12 * fd.WHOLE_SCALE**2))) < 0.005
+
+    def below(z: float) -> float:  # P(normal < z)
+        return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+    # the rounded normal's quantiles: q <= k exactly where the draw lies below (k + 1/2) / 24
     for fraction, expected in (
-        (np.mean(np.abs(w) < 1), 0.6827),
-        (np.mean(w < 1.96), 0.975),
-        (np.mean(w < -2.576), 0.005),
-        (np.mean(w > 0), 0.5),
+        (np.mean(np.abs(q) <= 23), below(23.5 / 24) - below(-23.5 / 24)),  # about P(|w| < 1)
+        (np.mean(q <= 47), below(47.5 / 24)),  # about P(w < 1.96)
+        (np.mean(q <= -62), below(-61.5 / 24)),  # about P(w < -2.576)
+        (np.mean(q > 0), 1 - below(0.5 / 24)),
+        (np.mean(q == 0), below(0.5 / 24) - below(-0.5 / 24)),
     ):
         assert abs(float(fraction) - expected) < 5 * np.sqrt(expected * (1 - expected) / n)
     assert float(np.abs(w).max()) < 5.8

@@ -20,6 +20,14 @@ pytestmark = pytest.mark.torch
 X = torch.linspace(-1.0, 1.0, 15).reshape(5, 3)
 
 
+def _direction(rng: np.random.Generator, size: int, dtype: Any) -> np.ndarray:
+    """A random direction in ``dtype``; int8 as random_direction keeps a long one (normal draws times 24)."""
+    z = rng.standard_normal(size)
+    if dtype == np.int8:
+        return np.clip(np.rint(z * 24), -127, 127).astype(np.int8)
+    return z.astype(dtype)
+
+
 def _net(dtype: torch.dtype = torch.float32) -> Any:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).to(dtype)
@@ -66,9 +74,10 @@ def test_a_moved_point_is_the_full_vector_point(kind: str, dtype: torch.dtype, d
             start = data.draw(st.integers(0, n - 1), label="start")
             stop = data.draw(st.integers(start + 1, n), label="stop")  # may span several parameters
             s = data.draw(st.floats(-1e-2, 1e-2, allow_nan=False), label="s")
-            # a long direction is kept in float32 (random_direction): moved in float64 all the same
-            w_dtype = data.draw(st.sampled_from([np.float64, np.float32]), label="w dtype")
-            w = np.random.default_rng(start).standard_normal(stop - start).astype(w_dtype)
+            # a long direction is kept in int8 (random_direction), the noise probe's in float32:
+            # moved in float64 all the same
+            w_dtype = data.draw(st.sampled_from([np.float64, np.float32, np.int8]), label="w dtype")
+            w = _direction(np.random.default_rng(start), stop - start, w_dtype)
             x = x0.copy()
             x[start:stop] = x[start:stop] + s * w.astype(np.float64)
             assert fun.along(slice(start, stop), w, s) == fun(x)
@@ -171,7 +180,7 @@ def test_a_loss_that_raises_at_a_moved_point_leaves_x0_and_the_parameters_whole(
     assert _bits(net) == before
 
 
-@pytest.mark.parametrize("w_dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("w_dtype", [np.float64, np.float32, np.int8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_long_block_moves_chunk_by_chunk_to_exactly_x0_plus_s_w(dtype: torch.dtype, w_dtype: Any) -> None:
     from gradcheck_core.adapters.torch import ADAPTER
@@ -190,7 +199,7 @@ def test_a_long_block_moves_chunk_by_chunk_to_exactly_x0_plus_s_w(dtype: torch.d
     assert working.shares_x0
     saved = flat.x0.copy()
     start, stop = 7, 7 + 5 * _CHUNK // 2
-    w = np.random.default_rng(1).standard_normal(stop - start).astype(w_dtype)
+    w = _direction(np.random.default_rng(1), stop - start, w_dtype)
     for s in (1e-3, -2.5e-7):
         expected = saved.copy()
         expected[start:stop] = w.astype(np.float64) * s + saved[start:stop]

@@ -275,7 +275,8 @@ class TorchAdapter(Adapter):
                     with float64_scope(promote):
                         out = _scalar_tensor(loss(p))
                     # (the backward outside the mode: see the note in .autodiff.vjp)
-                    return _gradient_of(out, leaves, self)
+                    room = working.set_aside if at_x0 and working is not None else None
+                    return _gradient_of(out, leaves, self, room)
 
         def call_grad(fn: Callable[..., Any], x: np.ndarray | None = None) -> Any:
             p = flat.unravel(flat.x0 if x is None else x, make)
@@ -396,7 +397,8 @@ class TorchAdapter(Adapter):
                     with float64_scope(promote):
                         out = _scalar_tensor(loss())
                     # (the backward outside the mode: see the note in .autodiff.vjp)
-                    return _gradient_of(out, tensors, self)
+                    room = working.set_aside if working is not None and x is None else None
+                    return _gradient_of(out, tensors, self, room)
             finally:
                 for t, flag in zip(tensors, flags):
                     if t.requires_grad != flag:

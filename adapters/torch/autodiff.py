@@ -59,10 +59,28 @@ def _scalar_tensor(out: Any) -> torch.Tensor:
     return out.reshape(())
 
 
-def _gradient_of(out: torch.Tensor, leaves: list[torch.Tensor], adapter: Adapter) -> np.ndarray:
-    """autograd's gradient, in flatten order; a complex leaf's ``dL/dRe + 1j dL/dIm`` as its two parts."""
+def _gradient_of(
+    out: torch.Tensor,
+    leaves: list[torch.Tensor],
+    adapter: Adapter,
+    room: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+) -> np.ndarray:
+    """autograd's gradient, in flatten order; a complex leaf's ``dL/dRe + 1j dL/dIm`` as its two parts.
+
+    ``room``: a context inside which the flat vector is built, once autograd
+    has finished with the point (the working parameters' ``set_aside``,
+    which hands ``x0``'s memory back meanwhile).
+    """
     grads: list[torch.Tensor | None] = list(torch.autograd.grad(out, leaves, allow_unused=True))
     sizes = [t.numel() * (2 if t.is_complex() else 1) for t in leaves]
+    with contextlib.nullcontext() if room is None else room():
+        return _flat_gradient(grads, leaves, sizes, adapter)
+
+
+def _flat_gradient(
+    grads: list[torch.Tensor | None], leaves: list[torch.Tensor], sizes: list[int], adapter: Adapter
+) -> np.ndarray:
+    """The gradients copied into one vector; each is let go once copied (``grads`` is emptied)."""
     flat = np.zeros(sum(sizes))
     start = 0
     for k, (t, size) in enumerate(zip(leaves, sizes)):
