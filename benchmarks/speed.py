@@ -447,7 +447,9 @@ def row_fast10m(repeats: int, quick: bool) -> list[str]:
         hook = net[0].weight.register_hook(one_wrong) if case == "one wrong entry" else None
         checked = custom_loss if "custom" in case else loss
         try:
-            report, seconds, peak = _peak_above(lambda: gc.check(checked, net, mode="fast", progress=False))
+            report, seconds, peak = _peak_above(
+                lambda checked=checked: gc.check(checked, net, mode="fast", progress=False)
+            )
         finally:
             if hook is not None:
                 hook.remove()

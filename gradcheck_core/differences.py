@@ -45,6 +45,7 @@ __all__ = [
     "relative_step",
     "scaled",
     "sweep",
+    "sweep_points",
     "taken_steps",
 ]
 
@@ -151,6 +152,35 @@ def _evaluate_shifted(
         if tick:
             tick(1)
     return out
+
+
+def sweep_points(
+    x0: np.ndarray, idx: Sequence[int] | np.ndarray, *, method: str, rel_step: float
+) -> np.ndarray:
+    """Every point :func:`sweep` evaluates for ``method`` (central or Richardson), as rows, bit for bit.
+
+    The same sums as the sweep's: ``x0`` with ``x0[i] + shift`` at coordinate
+    ``i``, for the steps :func:`taken_steps` gives (forward and backward),
+    so a caller can have them evaluated ahead (in one batch with other
+    points) and the sweep finds their values by the points themselves.
+    """
+    where = np.asarray(idx, dtype=np.int64)
+    xi = x0[where]
+    if method == "central":
+        rels = [rel_step]
+    elif method == "richardson":
+        rels = [rel_step, rel_step / 2]
+    else:
+        raise ValueError(f"sweep_points takes central or Richardson differences, not {method!r}")
+    shifts = []
+    for rel in rels:
+        h = taken_steps(xi, rel)
+        shifts += [h, -(xi - (xi - h))]
+    shift = np.concatenate(shifts)
+    at = np.tile(where, len(shifts))
+    rows = np.repeat(x0[None, :], len(at), axis=0)
+    rows[np.arange(len(at)), at] += shift
+    return rows
 
 
 def sweep(

@@ -115,6 +115,11 @@ class SharedOutputs:
         self._values: dict[bytes, list[np.ndarray]] = {}
         self._seen: list[dict[bytes, int]] = [{} for _ in range(k)]
         self._prefetched = False  # True once prefetch stored values for later evaluations
+        #: Points to evaluate with the next vectorised call, for later evaluations to read (:meth:`expect`).
+        self._expected: np.ndarray | None = None
+        #: Those points and their values once evaluated, and how far each output's batches have read them.
+        self._ahead: tuple[np.ndarray, np.ndarray] | None = None
+        self._ahead_read = [0] * k
         self._lock = threading.Lock()
         self._serial = threading.Lock()
         # Generators the function draws from; decided after its first call.
@@ -169,10 +174,15 @@ class SharedOutputs:
     def batch(self, j: int, rows: np.ndarray) -> np.ndarray:
         """Output ``j``'s projections at the rows of ``rows``, new points evaluated at once.
 
-        With one output there is no other to share them with: the rows are
-        evaluated (afresh, as a plain check would) without being remembered.
+        With one output and nothing evaluated ahead there is no other to
+        share them with: the rows are evaluated (afresh, as a plain check
+        would) without being remembered.
         """
-        if self.k == 1:
+        if self._ahead is not None:
+            ahead = self._read_ahead(j, rows)
+            if ahead is not None:
+                return ahead
+        if self.k == 1 and not self._prefetched:
             return self._evaluate_rows(rows)[:, 0]
         keys = _keys(rows, self._x0_bits)
         known: list[float] = []
@@ -211,30 +221,83 @@ class SharedOutputs:
                 for r, values in zip(todo, fresh):
                     self._values.setdefault(keys[r], []).append(values)
 
+    def _read_ahead(self, j: int, rows: np.ndarray) -> np.ndarray | None:
+        """Output ``j``'s values at ``rows`` where they are the next points evaluated ahead, bit for bit.
+
+        The points :meth:`expect` was given are asked for in their order (a
+        sweep's batches); each output reads them once, as the first
+        evaluations there.  None where ``rows`` are other points.
+        """
+        if self._ahead is None:
+            return None
+        points, values = self._ahead
+        at = self._ahead_read[j]
+        end = at + len(rows)
+        if end > len(points) or rows.shape[1:] != points.shape[1:]:
+            return None
+        wanted = np.ascontiguousarray(rows, dtype=np.float64)
+        if not np.array_equal(wanted.view(np.int64), points[at:end].view(np.int64)):
+            return None
+        with self._lock:
+            if self._ahead_read[j] != at:  # read meanwhile by another thread
+                return None
+            self._ahead_read[j] = end
+        return values[at:end, j].copy()
+
+    def expect(self, rows: np.ndarray) -> None:
+        """Evaluate ``rows`` with the next vectorised call, for later evaluations to read.
+
+        For points known ahead (a small check's sweep at the step it will
+        most likely take): one vectorised call then serves the noise probe
+        and the sweep.  Where the next call is not vectorised (the function
+        cannot be, or draws random numbers), they are not evaluated at all.
+        """
+        if self.rows is not None and self.rows_work is not False and len(rows):
+            self._expected = rows
+
     def _evaluate_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Every projection at every row: vectorised where that works, else point by point."""
+        """Every projection at every row: vectorised where that works, else point by point.
+
+        Points given to :meth:`expect` are evaluated with the rows of a
+        vectorised call (not of a point-by-point one) and kept for later.
+        """
+        expected, self._expected = self._expected, None
         if self.rows is None or self.rows_work is False or self._active != []:
             return np.array([self._evaluate(r) for r in rows]).reshape(len(rows), self.k)
         raise_pending()
+        m = len(rows)
+        if expected is not None:
+            rows = np.concatenate([rows, expected])
         if self.rows_work is not None:
-            known = np.asarray(self.rows(rows), dtype=np.float64).reshape(len(rows), self.k)
+            values = np.asarray(self.rows(rows), dtype=np.float64).reshape(len(rows), self.k)
             self.evaluations += len(rows)
-            return known
-        # The first vectorised call is tried against a point-by-point evaluation: the one at
-        # x0 made already (x0 then evaluated as one more row), else one of the first row.
+        else:
+            values = self._tried(rows, m)
+        if len(values) > m and expected is not None:
+            self._ahead = (np.ascontiguousarray(expected, dtype=np.float64), values[m:])
+        return values[:m]
+
+    def _tried(self, rows: np.ndarray, m: int) -> np.ndarray:
+        """The first vectorised call, tried against a point-by-point evaluation.
+
+        The one at x0 made already (x0 then evaluated as one more row), else
+        one of the first row.  Where the vectorised call fails or disagrees,
+        the first ``m`` rows are evaluated point by point (the others, points
+        evaluated ahead, are dropped).
+        """
         at_x0 = self._plain_x0
         if at_x0 is None:
             probe, tried = self._evaluate(rows[0]), rows
         else:
             probe, tried = at_x0, np.concatenate([self._x0_bits.view(np.float64)[None, :], rows])
         self._plain_x0 = None  # tried now (the probe's own evaluation may have kept one)
-        rest = rows if at_x0 is not None else rows[1:]  # the rows a plain evaluation has still to do
         values: np.ndarray | None = None
         with contextlib.suppress(*_VECTORISE_FAILURES):
             values = np.asarray(self.rows(tried), dtype=np.float64).reshape(len(tried), self.k)
         scale = max(float(np.max(np.abs(probe))), 1e-300)
         self.rows_work = values is not None and bool(np.all(np.abs(values[0] - probe) <= 1e-13 * scale))
         if values is None or not self.rows_work:
+            rest = rows[:m] if at_x0 is not None else rows[1:m]  # the rows a plain evaluation has to do
             done = [] if at_x0 is not None else [probe[None, :]]
             return np.concatenate([*done, self._evaluate_rows(rest)])
         self.evaluations += len(tried) - 1  # (the probe was counted when it was evaluated)

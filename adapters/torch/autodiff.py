@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,11 +104,16 @@ def _as_list(out: Any) -> list[Any]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def _inputs(inputs: Sequence[Any], requires_grad: bool) -> list[Any]:
-    """Float64 copies of the floating inputs (others as they are), in the inputs' memory layout."""
+def _inputs(inputs: Sequence[Any], requires_grad: bool, skip: Container[int] = ()) -> list[Any]:
+    """Float64 copies of the floating inputs (others as they are), in the inputs' memory layout.
+
+    ``skip``: positions whose values come from elsewhere (their own rows): left as they are.
+    """
     out = []
-    for v in inputs:
-        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()):
+    for i, v in enumerate(inputs):
+        if i in skip:
+            out.append(v)
+        elif isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()):
             t = same_layout_copy(v, _work_dtype(v, True))
             out.append(t.requires_grad_(requires_grad))
         else:
@@ -275,9 +280,11 @@ def call_rows(
             or x.layout != torch.strided
         ):
             raise NotImplementedError("only plain real tensors are evaluated in rows")
-    xs = _inputs(inputs, False)
+    xs = _inputs(inputs, False, skip=rows)  # (the inputs given as rows are not copied)
     order = sorted(rows)
-    points = [torch.as_tensor(rows[i], dtype=xs[i].dtype, device=xs[i].device) for i in order]
+    points = [
+        torch.as_tensor(rows[i], dtype=_work_dtype(inputs[i], True), device=inputs[i].device) for i in order
+    ]
 
     def one(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         args = list(xs)
@@ -291,7 +298,7 @@ def call_rows(
         # intercept every operator of the batching machinery too.
         # (an exception here is left to the vectorised call below, which meets it as it would have)
         with contextlib.suppress(Exception), float64_scope(True, promotion):
-            fn(*xs)
+            fn(*_inputs(inputs, False))  # (float64 copies of every input, those given as rows too)
     with warnings.catch_warnings(), float64_scope(_promotable(xs), promotion):
         # vectorising is the check's own choice: torch's notes on slow batching rules are not the user's
         warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
