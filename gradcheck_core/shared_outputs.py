@@ -285,6 +285,9 @@ class SharedOutputs:
         the first ``m`` rows are evaluated point by point (the others, points
         evaluated ahead, are dropped).
         """
+        vectorised = self.rows
+        if vectorised is None:
+            raise RuntimeError("no vectorised evaluation to try")
         at_x0 = self._plain_x0
         if at_x0 is None:
             probe, tried = self._evaluate(rows[0]), rows
@@ -293,7 +296,7 @@ class SharedOutputs:
         self._plain_x0 = None  # tried now (the probe's own evaluation may have kept one)
         values: np.ndarray | None = None
         with contextlib.suppress(*_VECTORISE_FAILURES):
-            values = np.asarray(self.rows(tried), dtype=np.float64).reshape(len(tried), self.k)
+            values = np.asarray(vectorised(tried), dtype=np.float64).reshape(len(tried), self.k)
         scale = max(float(np.max(np.abs(probe))), 1e-300)
         self.rows_work = values is not None and bool(np.all(np.abs(values[0] - probe) <= 1e-13 * scale))
         if values is None or not self.rows_work:
