@@ -121,9 +121,7 @@ def _evaluate_shifted(
             part = np.arange(start, min(start + chunk, len(idx)))
             values = None if shifted is None else shifted(x0, idx[part], shift[part])
             if values is None:
-                rows = np.repeat(x0[None, :], len(part), axis=0)
-                rows[np.arange(len(part)), idx[part]] += shift[part]
-                values = batch(rows)
+                values = batch(_shifted_rows(x0, idx[part], shift[part]))
             out[part] = values
             if tick:
                 tick(len(part))
@@ -154,6 +152,18 @@ def _evaluate_shifted(
     return out
 
 
+def _shifted_rows(x0: np.ndarray, idx: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Rows ``x0 + shift_k e_{idx_k}``: ``x0`` with ``x0[idx_k] + shift_k`` at coordinate ``idx_k``."""
+    rows = np.repeat(x0[None, :], len(idx), axis=0)
+    rows[np.arange(len(idx)), idx] += shift
+    return rows
+
+
+def _back_step(xi: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """The backward step actually taken from ``xi`` for a forward step ``h``: ``xi - (xi - h)``."""
+    return xi - (xi - h)
+
+
 def sweep_points(
     x0: np.ndarray, idx: Sequence[int] | np.ndarray, *, method: str, rel_step: float
 ) -> np.ndarray:
@@ -175,12 +185,8 @@ def sweep_points(
     shifts = []
     for rel in rels:
         h = taken_steps(xi, rel)
-        shifts += [h, -(xi - (xi - h))]
-    shift = np.concatenate(shifts)
-    at = np.tile(where, len(shifts))
-    rows = np.repeat(x0[None, :], len(at), axis=0)
-    rows[np.arange(len(at)), at] += shift
-    return rows
+        shifts += [h, -_back_step(xi, h)]
+    return _shifted_rows(x0, np.tile(where, len(shifts)), np.concatenate(shifts))
 
 
 def sweep(
@@ -229,7 +235,7 @@ def sweep(
     if method == "forward":
         fp = _evaluate_shifted(fun, batch, x0, where, h, tick)
         return (fp - f0) / h, 2 * noise / np.abs(h), zeros
-    hm = xi - (xi - h)  # the backward step actually taken
+    hm = _back_step(xi, h)
     if method == "central":
         if batch is not None and len(where) <= _BOTH_SIDES_AT_ONCE:  # both sides in one batch
             both = _evaluate_shifted(
@@ -244,7 +250,7 @@ def sweep(
         return (fp - fm) / (h + hm), 2 * noise / np.abs(h + hm), zeros
     if method == "richardson":
         h2 = taken_steps(xi, rel_step / 2)
-        h2m = xi - (xi - h2)
+        h2m = _back_step(xi, h2)
         f1p = _evaluate_shifted(fun, batch, x0, where, h, None)
         f1m = _evaluate_shifted(fun, batch, x0, where, -hm, None)
         f2p = _evaluate_shifted(fun, batch, x0, where, h2, None)
@@ -605,8 +611,9 @@ def _probe_direction(x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     typical = 1.0  # unused where no entry is zero
     if 0 < zeros < x0.size:
         typical = float(np.median(np.abs(x0[x0 != 0]), overwrite_input=True))
-    # scaled in place: float32 stays float32 (a direction still)
-    v = _box_muller(rng, x0.size) if x0.size >= LONG_DIRECTION else rng.standard_normal(x0.size)
+    v = random_direction(
+        rng, x0.size, whole=False
+    )  # scaled in place: float32 stays float32 (a direction still)
     for k in _chunks(x0.size):
         part = np.abs(x0[k : k + _CHUNK])
         if zeros:
@@ -615,19 +622,20 @@ def _probe_direction(x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return v
 
 
-def random_direction(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random direction of ``size`` entries: standard normal float64, or whole numbers in int8 when long.
+def random_direction(rng: np.random.Generator, size: int, *, whole: bool = True) -> np.ndarray:
+    """A random direction of ``size`` entries: standard normal float64, or smaller entries when long.
 
     From :data:`LONG_DIRECTION` entries on, each entry is a standard normal
-    draw times :data:`WHOLE_SCALE`, rounded, in ``[-127, 127]``: a normal
-    direction scaled by 24, to within half a unit per entry, in one byte.
-    Every use of a direction is indifferent to its scale.  An int8 entry is
-    a float64 number too; callers move along the direction with
-    :func:`scaled`, whose products are float64.  Long directions are drawn by
-    :func:`_box_muller`.
+    draw times :data:`WHOLE_SCALE`, rounded, in ``[-127, 127]``, in int8: a
+    normal direction scaled by 24, to within half a unit per entry, in one
+    byte; every use of a direction is indifferent to its scale.  ``whole=False``
+    keeps long draws in float32 instead (the noise probe, which scales its
+    direction in place).  An int8 or float32 entry is a float64 number too;
+    callers move along the direction with :func:`scaled`, whose products are
+    float64.  Long directions are drawn by :func:`_box_muller`.
     """
     if size >= LONG_DIRECTION:
-        return _box_muller(rng, size, whole=True)
+        return _box_muller(rng, size, whole=whole)
     return rng.standard_normal(size)
 
 

@@ -141,8 +141,8 @@ class WorkingParameters:
                 yield
             finally:
                 if given:
-                    for source, leaf in zip(self.sources, self.flat.leaves):
-                        self.flat.x0[leaf.slice] = source
+                    for k, leaf in enumerate(self.flat.leaves):
+                        self._put_back(k, leaf.offset, leaf.offset + leaf.size)
                     self._mark()
 
     @contextlib.contextmanager
