@@ -84,16 +84,32 @@ def test_the_gradient_copied_with_x0_set_aside_is_autograds_and_x0_comes_back(
         given.append(array)
         return real(array)
 
-    monkeypatch.setattr("gradcheck_core.adapters.torch.working.give_back", watched)
-    with_pages_given, x0 = _flat_gradient_of(net, x, y, kind)
+    def keep(array: np.ndarray) -> bool:
+        return False
+
+    # autograd's own gradients, as each gradient() call gets them, before they are copied
+    from gradcheck_core.adapters.torch import autodiff
+
+    returned: list[np.ndarray] = []
+    real_copy = autodiff._flat_gradient
+
+    def recorded(grads: list[Any], *args: Any) -> np.ndarray:
+        returned.append(np.concatenate([g.detach().numpy().reshape(-1) for g in grads]))
+        return real_copy(grads, *args)
+
+    monkeypatch.setattr(autodiff, "_flat_gradient", recorded)
+
+    # The gradient with x0's pages given back, then with them kept, then given back again.
+    # (Two gradients of one target may differ in their last bits, as BLAS's may between calls.)
+    gradients, x0 = _flat_gradients_of(net, x, y, kind, monkeypatch, [watched, keep, watched])
     # x0's pages were given back while the gradient was copied (x0 is whole again after: see the helper)
-    assert len(given) == 1 and given[0] is x0
-    monkeypatch.setattr("gradcheck_core.adapters.torch.working.give_back", lambda array: False)
-    kept, _ = _flat_gradient_of(net, x, y, kind)
-    assert with_pages_given.tobytes() == kept.tobytes()
+    assert len(given) == 2 and given[0] is x0 and given[1] is x0
+    # each flat gradient is autograd's, bit for bit, whether x0's pages were given back meanwhile or not
+    assert [g.tobytes() for g in gradients] == [r.tobytes() for r in returned]
     net64 = _big_net().double()
     expected = torch.autograd.grad(F.cross_entropy(net64(x.double()), y), list(net64.parameters()))
-    np.testing.assert_allclose(kept, np.concatenate([g.numpy().reshape(-1) for g in expected]), rtol=1e-9)
+    for g in gradients:  # (not the zeros of pages given back: each is the float64 gradient)
+        np.testing.assert_allclose(g, np.concatenate([e.numpy().reshape(-1) for e in expected]), rtol=1e-9)
     assert _bits(net) == before
     monkeypatch.setattr("gradcheck_core.adapters.torch.working.give_back", real)
     loss = (lambda: F.cross_entropy(net(x), y)) if kind == "loss()" else None
@@ -110,10 +126,18 @@ def test_the_gradient_copied_with_x0_set_aside_is_autograds_and_x0_comes_back(
     assert _bits(net) == before
 
 
-def _flat_gradient_of(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """The flat gradient the torch target computes at x0, and x0 (whole again after the gradient)."""
+def _flat_gradients_of(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kind: str,
+    monkeypatch: pytest.MonkeyPatch,
+    give_backs: list[Any],
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The flat gradients one torch target computes at x0, one per ``give_backs`` in turn, and x0.
+
+    x0 is checked whole again after each gradient.
+    """
     from gradcheck_core.adapters.torch import ADAPTER
 
     def loss_p(p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -123,12 +147,15 @@ def _flat_gradient_of(
         return F.cross_entropy(net(x), y)
 
     params = dict(net.named_parameters()) if kind == "loss(p)" else net
+    gradients = []
     with ADAPTER.target(loss_p if kind == "loss(p)" else loss, params) as target:
         x0 = target.flat.x0.copy()
-        vec = np.asarray(target.gradient(), dtype=np.float64)
-        assert target.flat.x0.tobytes() == x0.tobytes()
-        assert target.evaluate(target.flat.x0) == target.evaluate(x0)
-        return vec, target.flat.x0
+        for give_back in give_backs:
+            monkeypatch.setattr("gradcheck_core.adapters.torch.working.give_back", give_back)
+            gradients.append(np.asarray(target.gradient(), dtype=np.float64))
+            assert target.flat.x0.tobytes() == x0.tobytes()
+            assert target.evaluate(target.flat.x0) == target.evaluate(x0)
+        return gradients, target.flat.x0
 
 
 def test_x0_comes_back_when_the_copy_fails(monkeypatch: pytest.MonkeyPatch) -> None:
