@@ -51,7 +51,6 @@ _INSTALLED = tuple(
 
 class _State:
     def __init__(self) -> None:
-        self.depth = 0
         self.pending = False
         self.previous: Any = None
 
@@ -113,37 +112,36 @@ class interrupts_deferred:
     the SIGINT handler is not a Python function (ignored, or set from C).
     Nested uses share the outermost handler.  On exit, a pending interrupt is
     raised (unless an exception is already on its way).
+
+    Whether a use is the outermost one is read from the installed handler,
+    not kept in a counter: an interrupt that lands while the handler is being
+    installed (before it takes over, when Python raises it on the spot) then
+    leaves nothing behind that a later check could mistake for an enclosing
+    one.  Once the handler is installed, the rest of this code is the
+    library's and defers any interrupt itself.
     """
 
     def __init__(self) -> None:
-        self.installed = False
+        self.outermost = False
 
     def __enter__(self) -> interrupts_deferred:
         if threading.current_thread() is not threading.main_thread():
             return self
-        if _state.depth:
-            _state.depth += 1
-            self.installed = True
-            return self
         previous = signal.getsignal(signal.SIGINT)
-        if not callable(previous):
-            return self
+        if previous is _handler or not callable(previous):
+            return self  # nested (the outer use restores), or nothing to defer to
         _state.previous = previous
         _state.pending = False
-        _state.depth = 1
-        self.installed = True
         signal.signal(signal.SIGINT, _handler)
+        self.outermost = True
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if not self.installed:
+        if not self.outermost:
             return
-        self.installed = False
-        _state.depth -= 1
-        if _state.depth:
-            return
+        self.outermost = False
         signal.signal(signal.SIGINT, _state.previous)
         _state.previous = None
         pending, _state.pending = _state.pending, False
