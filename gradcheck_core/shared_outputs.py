@@ -112,6 +112,12 @@ class SharedOutputs:
         #: they are then tried against it (``x0`` evaluated as one more row) instead of against an
         #: evaluation of their first row made for that alone.
         self._plain_x0: np.ndarray | None = None
+        #: Values of ``fn`` at ``x0`` computed before they were asked for, in order: a call made
+        #: before the check (:meth:`seed_x0`), the vectorised rows' value there once they agreed
+        #: with the plain one (a real repeat, for the repeats that look for nondeterminism).  The
+        #: next evaluations at ``x0`` read them instead of calling ``fn``.  Only for one output
+        #: with nothing stored; with stored values they are kept as the values at ``x0``.
+        self._x0_known: list[np.ndarray] = []
         self._values: dict[bytes, list[np.ndarray]] = {}
         self._seen: list[dict[bytes, int]] = [{} for _ in range(k)]
         self._prefetched = False  # True once prefetch stored values for later evaluations
@@ -158,6 +164,11 @@ class SharedOutputs:
             # One output and nothing evaluated ahead: every call is a new evaluation (a point
             # seen before is a repeat), so nothing needs remembering.  A later prefetch
             # evaluates the points it is given afresh, which a repeat here would have done.
+            if self._x0_known and self._is_x0(x):
+                with self._lock:
+                    known = self._x0_known.pop(0) if self._x0_known else None
+                if known is not None:
+                    return float(known[0])
             return float(self._evaluate(x)[0])
         key = _keys(x[None, :], self._x0_bits)[0]
         with self._lock:
@@ -218,6 +229,10 @@ class SharedOutputs:
             fresh = self._evaluate_rows(rows[todo])
             with self._lock:
                 self._prefetched = True
+                # (evaluations now read the store: what is known at x0 goes there, first)
+                if self._x0_known:
+                    self._values.setdefault(self._x0_key(), [])[:0] = self._x0_known
+                    self._x0_known = []
                 for r, values in zip(todo, fresh):
                     self._values.setdefault(keys[r], []).append(values)
 
@@ -306,9 +321,41 @@ class SharedOutputs:
         self.evaluations += len(tried) - 1  # (the probe was counted when it was evaluated)
         if at_x0 is not None:
             self.evaluations += 1  # x0's row, evaluated again
+            self._keep_x0_again(values[0])
             return values[1:]
         values[0] = probe
         return values
+
+    def _x0_key(self) -> bytes:
+        return _keys(self._x0_bits.view(np.float64)[None, :], self._x0_bits)[0]
+
+    def seed_x0(self, values: np.ndarray) -> None:
+        """Every projection at ``x0`` from a call of ``fn`` made before (counted as an evaluation).
+
+        The first evaluation at ``x0`` reads them; the vectorised rows are
+        tried against them.  Only for values computed as an evaluation here
+        computes them (the same float64 inputs, the generators replayed), and
+        before any evaluation at ``x0``.
+        """
+        values = np.array(values, dtype=np.float64).reshape(self.k)
+        with self._lock:
+            self.evaluations += 1
+            if self.rows is not None and self.rows_work is None and self._plain_x0 is None:
+                self._plain_x0 = values
+            if self.k == 1 and not self._prefetched:
+                self._x0_known.append(values)
+            else:
+                self._values.setdefault(self._x0_key(), []).append(values)
+
+    def _keep_x0_again(self, again: np.ndarray) -> None:
+        """Keep the vectorised value at ``x0`` (which agreed with the plain one) as the second there."""
+        with self._lock:
+            if self.k == 1 and not self._prefetched:
+                self._x0_known.append(again.copy())
+                return
+            stored = self._values.get(self._x0_key())
+            if stored is not None and len(stored) == 1:
+                stored.append(again.copy())
 
     def function(self, j: int) -> Callable[[np.ndarray], float]:
         """Output ``j``'s projection as a function of the point."""

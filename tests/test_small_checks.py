@@ -234,6 +234,56 @@ def test_the_first_vectorised_rows_are_tried_against_the_value_at_x0(agree: bool
     assert len(batches) == (2 if agree else 1)
 
 
+class _TwoOutputTarget(_OneOutputTarget):
+    def evaluate(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.array([float(np.sum(x)), float(np.sum(x**2))]) + self.calls * 1e-3
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_values_known_at_x0_are_read_in_order_before_fn_is_called_again(k: int) -> None:
+    """A value from a call made before, then the agreeing vectorised row at x0, then new calls."""
+    x0 = np.arange(3.0)
+    target = _OneOutputTarget(x0) if k == 1 else _TwoOutputTarget(x0)
+    marks = np.array([0.25, 0.5][:k])
+
+    def plain(x: np.ndarray) -> np.ndarray:
+        return np.array([float(np.sum(x)), float(np.sum(x**2))])[:k]
+
+    def rows(points: np.ndarray) -> np.ndarray:
+        out = np.array([plain(p) for p in points])
+        out[0] += marks  # x0's row: the seeded value, to round-off
+        return out
+
+    shared = SharedOutputs(target, k, rows=rows, draws=False)
+    shared.seed_x0(plain(x0) + marks)
+    for j in range(k):
+        assert shared.value(j, x0) == pytest.approx(plain(x0)[j] + marks[j])  # the seeded value
+    assert target.calls == 0 and shared.evaluations == 1
+    points = x0 + np.eye(3)
+    np.testing.assert_allclose(shared.batch(0, points), [plain(p)[0] for p in points])
+    assert shared.rows_work is True
+    for j in range(k):  # a repeat: x0's vectorised row
+        assert shared.value(j, x0) == pytest.approx(plain(x0)[j] + marks[j])
+    assert target.calls == 0
+    for j in range(k):  # the next repeat: a new call (each output reads the same one)
+        assert shared.value(j, x0) == pytest.approx(plain(x0)[j] + 1e-3)
+    assert target.calls == 1
+    assert shared.evaluations == 1 + 1 + 3 + 1  # the seeded value, x0 and the rows, the repeat
+
+
+def test_values_known_at_x0_move_to_the_store_when_points_are_prefetched() -> None:
+    x0 = np.arange(3.0)
+    target = _OneOutputTarget(x0)
+    shared = SharedOutputs(target, 1, draws=False)
+    shared.seed_x0(np.array([7.0]))
+    shared.prefetch((x0 + np.eye(3))[:1])
+    assert target.calls == 1
+    assert shared.value(0, x0) == 7.0  # read from the store now
+    assert shared.value(0, x0) == pytest.approx(3.0 + 2e-3)  # then a new call
+    assert target.calls == 2
+
+
 # -- torch ------------------------------------------------------------------------
 
 
@@ -287,6 +337,40 @@ def test_torch_vjps_are_taken_through_the_first_calls_graph() -> None:
     memo.pop(FIRST_CALL)
     ADAPTER.vjp(fn, [x], u, memo=memo)
     assert len(calls) == 2  # without the first call's graph, fn is called again
+
+
+def test_a_small_torch_check_calls_fn_at_x0_once_more_than_its_first_call() -> None:
+    """The first call is the first evaluation, the vectorised row at x0 the first repeat."""
+    torch = _torch()
+    from torch._C._functorch import is_batchedtensor
+
+    x = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64)
+    plain_at_x0 = []
+
+    def fn(v: Any) -> Any:
+        dual = torch.autograd.forward_ad.unpack_dual(v).tangent is not None
+        if not is_batchedtensor(v) and not dual and torch.equal(v.detach(), x):
+            plain_at_x0.append(1)
+        return torch.sin(v)
+
+    report = gc.check_function(fn, x)
+    assert report.verdict == "pass"
+    assert len(plain_at_x0) == 2
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_a_torch_function_that_changes_between_calls_is_still_found_nondeterministic(outputs: int) -> None:
+    torch = _torch()
+    calls = [0]
+
+    def fn(v: Any) -> Any:
+        calls[0] += 1
+        y = torch.sin(v) * (1 + 1e-7 * calls[0])
+        return y if outputs == 1 else (y, v.sum() * (1 + 1e-7 * calls[0]))
+
+    report = gc.check_function(fn, torch.linspace(-1.0, 1.0, 6, dtype=torch.float64))
+    assert report.verdict == "inconclusive"
+    assert "nondeterministic" in {f.kind for f in report.findings}
 
 
 def _states() -> tuple[Any, Any, Any]:
