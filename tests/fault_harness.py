@@ -475,9 +475,10 @@ class LineInterrupt:
     or raised on the spot where no check handler is installed.
     """
 
-    def __init__(self, at: int, only: tuple[str, ...] = ()) -> None:
+    def __init__(self, at: int, only: tuple[str, ...] = (), paths: tuple[str, ...] = ()) -> None:
+        """``only``: adapter files (relative to the adapters' folder); ``paths``: exact files."""
         self.at = at
-        self.only = tuple(os.path.join(_OWN[1], o) for o in only) if only else _OWN
+        self.only = paths or (tuple(os.path.join(_OWN[1], o) for o in only) if only else _OWN)
         self.lines = 0
         self.fired = False
         self.phase: str | None = None

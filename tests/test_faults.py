@@ -325,42 +325,14 @@ def test_a_real_sigint_in_a_torch_loss_is_a_keyboard_interrupt_and_leaves_nothin
     assert all(torch.equal(a, b) and b.dtype == torch.float32 for a, b in zip(before, m.parameters()))
 
 
-def _interrupt_at_line_of(path: str, at: int) -> tuple[list[int], Any]:
-    """A trace function that delivers Ctrl-C at the ``at``-th line event in ``path``.
-
-    Delivered as a SIGINT would be: through the check's handler where it is
-    installed, raised on the spot where it is not.
-    """
-    import signal
-
-    from gradcheck_core import interrupts
-
-    seen = [0]
-
-    def local(frame: Any, event: str, arg: Any) -> Any:
-        if event == "line":
-            seen[0] += 1
-            if seen[0] == at:
-                if signal.getsignal(signal.SIGINT) is interrupts._handler:
-                    interrupts._handler(signal.SIGINT, frame)
-                else:
-                    raise KeyboardInterrupt
-        return local
-
-    def global_(frame: Any, event: str, arg: Any) -> Any:
-        return local if frame.f_code.co_filename == path else None
-
-    return seen, global_
-
-
 def test_ctrl_c_while_the_deferring_handler_is_installed_leaves_later_checks_protected() -> None:
-    """Ctrl-C at each line of the handler's own setup and teardown, raised on the spot.
+    """Ctrl-C at each line of the code that installs and removes the check's SIGINT handler.
 
     Where the check's handler is not in place yet (or any more), Python
-    raises the interrupt on the spot; where it is, the handler defers it.  Afterwards the user's handler must be
-    back, and the next check must install its handler again: a check that
-    believed itself nested inside a vanished one would leave every later check
-    without protection.
+    raises the interrupt on the spot; where it is, the handler defers it.
+    Afterwards the user's handler must be back, and the next check must
+    install its handler again: a check that believed itself nested inside a
+    vanished one would leave every later check without protection.
     """
     import signal
 
@@ -368,29 +340,29 @@ def test_ctrl_c_while_the_deferring_handler_is_installed_leaves_later_checks_pro
     from gradcheck_core import interrupts
 
     handler = signal.getsignal(signal.SIGINT)
-    path = interrupts.__file__
+    paths = (interrupts.__file__,)
     w = np.array([0.5, -1.0, 2.0])
 
     def plain_loss(p: np.ndarray) -> float:
         return float(np.sum(p**2))
 
-    seen, tracer = _interrupt_at_line_of(path, 0)
-    sys.settrace(tracer)
+    counting = fh.LineInterrupt(0, paths=paths)
+    sys.settrace(counting.tracer())
     try:
         gc.check(plain_loss, w.copy(), lambda p: 2 * p, mode="full", progress=False)
     finally:
         sys.settrace(None)
-    lines = seen[0]
-    assert lines > 5
-    for at in range(1, lines + 1):
-        _, tracer = _interrupt_at_line_of(path, at)
-        sys.settrace(tracer)
+    assert counting.lines > 5
+    for at in range(1, counting.lines + 1):
+        line = fh.LineInterrupt(at, paths=paths)
+        sys.settrace(line.tracer())
         try:
             gc.check(plain_loss, w.copy(), lambda p: 2 * p, mode="full", progress=False)
         except KeyboardInterrupt:
             pass
         finally:
             sys.settrace(None)
+        assert line.fired
         assert signal.getsignal(signal.SIGINT) is handler, f"line event {at}"
         during: list[Any] = []
 
