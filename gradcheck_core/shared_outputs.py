@@ -333,9 +333,9 @@ class SharedOutputs:
         """Every projection at ``x0`` from a call of ``fn`` made before (counted as an evaluation).
 
         The first evaluation at ``x0`` reads them; the vectorised rows are
-        tried against them.  Only for values computed as an evaluation here
-        computes them (the same float64 inputs, the generators replayed), and
-        before any evaluation at ``x0``.
+        tried against them.  Only for values computed the way an evaluation
+        here computes them (the same float64 inputs, the generators
+        replayed), given before any evaluation at ``x0``.
         """
         values = np.array(values, dtype=np.float64).reshape(self.k)
         with self._lock:
