@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -532,3 +532,59 @@ def test_programs_that_differ_only_in_a_host_callback_are_not_confused() -> None
     assert wrong.verdict == "fail" and wrong.findings[0].kind == "scale"
     assert gc.check(_callback_vjp_loss(1.0), x, mode="fast").verdict == "pass"
     assert gc.check(_callback_vjp_loss(1.5), x, mode="fast").verdict == "fail"
+
+
+def _sweep_loss():
+    A = jnp.asarray(np.random.default_rng(7).standard_normal((30, 48)))
+    return lambda p: jnp.sum(jnp.tanh(A @ p["w"]) ** 2) + jnp.sum(p["b"] ** 3)
+
+
+def _sweep_params():
+    rng = np.random.default_rng(8)
+    return {"w": jnp.asarray(rng.standard_normal(48)), "b": jnp.asarray(rng.standard_normal(6))}
+
+
+def test_a_full_sweep_builds_its_points_in_one_compiled_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The moved points are built by XLA from the start: no matrix of rows, no rows program compiled."""
+    from gradcheck_core.adapters.jax import batching
+
+    tried: list[int] = []
+    original = batching.BatchedEvaluation._try_batch
+
+    def counted(self, rows):  # type: ignore[no-untyped-def]
+        tried.append(len(rows))
+        return original(self, rows)
+
+    monkeypatch.setattr(batching.BatchedEvaluation, "_try_batch", counted)
+    report = gc.check(_sweep_loss(), _sweep_params(), mode="full")
+    assert report.verdict == "pass", str(report)
+    assert tried == []
+
+    # the same check through the rows path (the points built on the host): the same figures
+    monkeypatch.setattr(batching.BatchedEvaluation, "evaluate_shifted", lambda self, x, idx, shift: None)
+    rows = gc.check(_sweep_loss(), _sweep_params(), mode="full")
+    assert tried, "the rows path was not taken"
+    assert rows.verdict == "pass" and rows.nfev == report.nfev
+    assert rows.rel_error == pytest.approx(report.rel_error, rel=1e-6, abs=1e-12)
+    for a, b in zip(report.blocks, rows.blocks):
+        assert a.name == b.name and a.rel_error == pytest.approx(b.rel_error, rel=1e-6, abs=1e-12)
+
+
+def test_a_loss_the_moved_points_cannot_be_built_for_is_swept_by_rows() -> None:
+    """A host callback without a batching rule: the compiled moves fail, the rows path decides, the verdict holds."""
+    host_calls = [0]
+
+    def host(v: Any) -> Any:
+        host_calls[0] += 1
+        return np.asarray(np.tanh(v), dtype=v.dtype)
+
+    def loss(p: Any) -> Any:
+        y = jax.pure_callback(host, jax.ShapeDtypeStruct(p.shape, p.dtype), p)  # no vmap_method
+        return jnp.sum(y**2)
+
+    x = jnp.linspace(-1.0, 1.0, 40)
+    right = gc.check(loss, x, lambda p: 2 * np.tanh(p) * (1 - np.tanh(p) ** 2), mode="full")
+    assert right.verdict == "pass", str(right)
+    assert host_calls[0] >= right.nfev  # every point evaluated by a single call
+    wrong = gc.check(loss, x, lambda p: 3 * np.tanh(p) * (1 - np.tanh(p) ** 2), mode="full")
+    assert wrong.verdict == "fail"

@@ -106,26 +106,44 @@ class BatchedEvaluation:
 
         A full sweep's rows differ from ``x`` in one coordinate each; built
         inside one compiled ``vmap`` they cost no matrix of rows on the host.
-        Offered once the vectorised loss has been checked against single calls
-        (None before, and in float32 checks, where the rows path rounds the
-        points as the parameters' dtype does); its own first values are
-        checked the same way.
+        Its first values are checked against single calls; until they agree,
+        a loss that cannot be vectorised this way comes back as None (the
+        caller then builds rows for :meth:`evaluate_batch`), as it does in
+        float32 checks, where the rows path rounds the points as the
+        parameters' dtype does.  Tried before the rows path where the
+        compiled single evaluation told its scratch memory (the block size
+        follows from it): the sweep then compiles one vectorised program,
+        not two.
         """
-        if self.vmapped is None or self.batch_failed or self.shifted_failed or not self.float64:
+        if self.batch_failed or self.shifted_failed or not self.float64:
             return None
+        if self.vmapped is None and not self.shifted_checked:
+            if self.row_scratch is None or len(idx) < MIN_BATCH:
+                return None  # the rows path measures the block size (or loops) first
+            budget = BATCH_MEMORY.get(_platform(self.device), BATCH_MEMORY["gpu"])
+            self.max_rows = max(1, int(budget // max(self.row_scratch, 8.0 * self.flat.n)))
         idx = np.asarray(idx, dtype=np.int64)
         shift = np.asarray(shift, dtype=np.float64)
         out = np.empty(len(idx))
         step = max(1, min(len(idx), self.max_rows))
-        with x64(self.float64):
-            base = self.compiled_input(x)
-            for start in range(0, len(idx), step):
-                i, s = idx[start : start + step], shift[start : start + step]
-                try:
+        # tracing runs the loss's Python: the single calls that check the first values start
+        # from the generators' states as they were
+        states = [] if self.shifted_checked else [(r, r.get()) for r in python_rng_states()]
+        try:
+            with x64(self.float64):
+                base = self.compiled_input(x)
+                for start in range(0, len(idx), step):
+                    i, s = idx[start : start + step], shift[start : start + step]
                     out[start : start + len(i)] = self._shifted_padded(base, i, s)
-                except Exception as exc:
-                    raise_if_users(exc)
-                    raise
+        except Exception as exc:
+            raise_if_users(exc)
+            if self.shifted_checked or not isinstance(exc, (RuntimeError, NotImplementedError, TypeError)):
+                raise  # the loss's own exception, or a program that ran before
+            self.shifted_failed = True  # not vectorised this way: the rows path decides
+            return None
+        finally:
+            for r, st in states:
+                r.set(st)
         if not self.shifted_checked:
             rows = np.repeat(np.asarray(x, dtype=np.float64)[None, :], min(2, len(idx)), axis=0)
             rows[np.arange(len(rows)), idx[: len(rows)]] += shift[: len(rows)]
@@ -146,14 +164,21 @@ class BatchedEvaluation:
         if size > k:
             i = np.concatenate([i, np.repeat(i[-1:], size - k)])
             s = np.concatenate([s, np.repeat(s[-1:], size - k)])
-        if size not in self.shifted_executables:
+        compiled_before = size in self.shifted_executables
+        if not compiled_before:
             of_vector = self.scalar_of_vector
 
             def moved(b: Any, i_: Any, s_: Any) -> Any:
                 return jax.vmap(lambda j, t: of_vector(b.at[j].add(t)))(i_, s_)
 
+            start = time.perf_counter()
             self.shifted_executables[size] = compiled_program(jax.jit(moved).trace(base, i, s), self.device)
-        return np.asarray(self.shifted_executables[size](base, i, s), dtype=np.float64)[:k]
+            self.compile_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        out = np.asarray(self.shifted_executables[size](base, i, s), dtype=np.float64)[:k]
+        if compiled_before:  # a first call may include work of its own
+            self.row_seconds = (time.perf_counter() - start) / size
+        return out
 
     def _loop(self, rows: np.ndarray) -> np.ndarray:
         states = [(r, r.get()) for r in python_rng_states()]
