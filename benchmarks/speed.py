@@ -79,12 +79,21 @@ def by_turns(fns: list[Callable[[], Any]], repeats: int) -> list[tuple[Any, floa
 
     Run by turns, the tools meet the same bursts of other programs' work, which
     a run of one after the other's spreads unevenly between them.  Short calls
-    are timed in groups, so that the clock's resolution does not count.
+    are timed in groups, so that the clock's resolution does not count.  Each
+    is first called unmeasured, at least 5 times and for 0.1 s: a process's
+    first calls import and warm up what no later call pays for (the first
+    check of a process takes about a second), and the group size comes from
+    the time of the warm calls, not of the first.
     """
-    start = CLOCK()
-    for fn in fns:  # a first call of each, unmeasured; and the group size from its time
+    elapsed = 0.0
+    for fn in fns:  # warm-up calls of each, unmeasured; the group size from the warm ones' time
         fn()
-    elapsed = max(CLOCK() - start, 1e-9)
+        calls, start = 0, CLOCK()
+        while calls < 5 or CLOCK() - start < 0.1:
+            fn()
+            calls += 1
+        elapsed += (CLOCK() - start) / calls
+    elapsed = max(elapsed, 1e-9)
     group = max(1, min(50, int(0.05 / elapsed)))
     times: list[list[float]] = [[] for _ in fns]
     out: list[Any] = [None] * len(fns)

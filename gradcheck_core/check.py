@@ -34,7 +34,7 @@ from .diagnose import (
 )
 from .errors import InputError
 from .fast import confirms, run_fast
-from .options import Options
+from .options import Options, generator
 from .problem import Problem
 from .report import Finding, Report
 from .second_order import run_second_order
@@ -403,7 +403,7 @@ def measured(
         per_coord = fd.EVALS_PER_COORDINATE[opts.method]
         if opts.mode == "full" and opts.sample is None:
             _refuse_huge_full_sweep(flat.n, per_coord * flat.n, None)
-        rng = np.random.default_rng(opts.seed)
+        rng = generator(opts.seed)
         t0 = time.perf_counter()
         f0 = fun(flat.x0)
         t_eval = time.perf_counter() - t0

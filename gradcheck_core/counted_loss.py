@@ -69,14 +69,11 @@ class LossFunction:
     def _learn_active(self) -> None:
         if self._active is None:
             self._active = [
-                k
-                for k, (r, s) in enumerate(zip(self.target.rngs, self._saved))
-                if not _same_state(r.get(), s)
+                k for k, (r, s) in enumerate(zip(self.target.rngs, self._saved)) if not unchanged(r, s)
             ]
 
     def restore_rngs(self) -> None:
-        for r, s in zip(self.target.rngs, self._saved):
-            r.set(s)
+        restore_states(self.target.rngs, self._saved)
 
     # -- values -------------------------------------------------------------
     def scalar(self, out: Any, x: np.ndarray | Callable[[], np.ndarray] | None) -> float:
@@ -507,6 +504,21 @@ def _own_executor(executor: Any) -> Iterator[Executor | None]:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def unchanged(generator: Any, saved: Any) -> bool:
+    """Whether ``generator`` (an :class:`~.adapters.base.RngState`) is still at its ``saved`` state.
+
+    Its cheap test first (numpy's MT19937 bytes), else the states read and compared.
+    """
+    return generator.unchanged(saved) or _same_state(generator.get(), saved)
+
+
+def restore_states(generators: Any, saved: Any) -> None:
+    """Put each generator back to its saved state (where its cheap test cannot tell it is there)."""
+    for generator, state in zip(generators, saved):
+        if not generator.unchanged(state):
+            generator.set(state)
 
 
 def _same_state(a: Any, b: Any) -> bool:

@@ -24,8 +24,9 @@ import numpy as np
 
 from .adapters import detect, is_array
 from .adapters.base import python_rng_states
-from .counted_loss import _same_state
+from .counted_loss import unchanged
 from .errors import InputError, NotTwiceDifferentiable
+from .options import generator
 from .report import Finding, Report
 from .second_order import judged_with_floor
 
@@ -183,7 +184,7 @@ def _derived_check(
         if options.get("seed", 0) is None:  # one random seed, so that a second look sees the same check
             options = {**options, "seed": int(np.random.default_rng().integers(2**31))}
         seed = options.get("seed", 0)
-        rng = np.random.default_rng(None if seed is None else seed + 2)
+        rng = generator(None if seed is None else seed + 2)
         derived_fn, extra, names, outs, terms = derive(adapter, outputs, rng)
 
         # Exceptions raised while the derived function itself runs (fn's forward, its first
@@ -203,7 +204,7 @@ def _derived_check(
                 own.append(exc)
                 raise
             if draws[0] is None:
-                draws[0] = not all(_same_state(r.get(), state) for r, state in zip(rngs, saved))
+                draws[0] = not all(unchanged(r, state) for r, state in zip(rngs, saved))
             return value
 
         arguments = (*inputs, *extra)

@@ -21,12 +21,12 @@ from . import differences as fd
 from .adapters import detect, framework_of, is_array, loss_adapter
 from .adapters.base import FIRST_CALL, python_rng_states
 from .check import Measured, judge, measured, report_of, run_check
-from .counted_loss import LossFunction, _own_executor, _same_state
+from .counted_loss import LossFunction, _own_executor, restore_states, unchanged
 from .errors import InputError
 from .flatten import leaf_items, split_structure
 from .function_second_order import run_function_second_order
 from .interrupts import interrupts_deferred
-from .options import Options
+from .options import Options, generator
 from .problem import flat_slope, step_span
 from .report import BlockResult, Finding, Report
 from .shared_outputs import OutputAdapter, SharedOutputs
@@ -195,7 +195,7 @@ class _Generators:
             return
         if self.calls == 2:
             self.drawn = [
-                k for k, (r, s) in enumerate(zip(self.generators, self.saved)) if not _same_state(r.get(), s)
+                k for k, (r, s) in enumerate(zip(self.generators, self.saved)) if not unchanged(r, s)
             ]
         for k in self.drawn:
             self.generators[k].set(self.saved[k])
@@ -204,8 +204,7 @@ class _Generators:
         """Every generator as it was at the start."""
         if self.restored:
             return
-        for r, s in zip(self.generators, self.saved):
-            r.set(s)
+        restore_states(self.generators, self.saved)
 
 
 def _check(
@@ -232,7 +231,7 @@ def _check(
         outputs = adapter.call(fn, list(inputs))
         replay()
         reasons = _output_reasons(adapter, fn, inputs, outputs)
-    rng = np.random.default_rng(seed)
+    rng = generator(seed)
     cotangents: list[np.ndarray | None] = []
     skipped = list(fi.skipped)
     undefined_outputs: dict[int, str] = {}  # output -> its non-finite entries, described
@@ -829,7 +828,7 @@ def _check_jvps(
     ``custom_vjp`` rule, a torch Function without ``jvp``) gets a
     ``no_forward_mode`` finding instead.
     """
-    rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
+    rng = generator(None if opts.seed is None else opts.seed + 1)
     adapter, inputs = fi.adapter, fi.inputs
     flat = ms[0].ctx.flat
     funs = [LossFunction(shared.output_target(pos), adapter) for pos in range(len(checked))]

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -19,11 +20,37 @@ from . import differences as fd
 from .errors import InputError
 from .tolerance import DEFAULT_RTOL
 
-__all__ = ["CHECK_OPTIONS", "MODES", "REFINE_PER_BLOCK", "Options"]
+__all__ = ["CHECK_OPTIONS", "MODES", "REFINE_PER_BLOCK", "Options", "generator"]
 
 MODES = ("auto", "full", "fast")
 # Suspect coordinates looked at again with Richardson, per parameter.
 REFINE_PER_BLOCK = 20
+
+
+def generator(seed: int | None) -> np.random.Generator:
+    """``np.random.default_rng(seed)``: the same stream, made in a third of the time for a whole-number seed.
+
+    Parameters
+    ----------
+    seed : int or None
+        A non-negative whole number, or None for fresh entropy.
+
+    Returns
+    -------
+    numpy.random.Generator
+        PCG64 seeded by ``SeedSequence(seed)``, as ``default_rng`` seeds it;
+        the seed sequence of a whole number is made once and kept (making it
+        is two thirds of ``default_rng``'s cost, paid by every check).
+    """
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.Generator(np.random.PCG64(_seed_sequence(int(seed))))
+
+
+@functools.lru_cache(maxsize=256)
+def _seed_sequence(seed: int) -> np.random.SeedSequence:
+    # generate_state() reads a sequence without changing it: one object serves every generator
+    return np.random.SeedSequence(seed)
 
 
 class Options:

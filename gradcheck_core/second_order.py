@@ -34,7 +34,7 @@ from . import differences as fd
 from .adapters import detect
 from .adapters.base import takes_argument
 from .errors import InputError
-from .options import Options
+from .options import Options, generator
 from .report import Finding, Report
 
 __all__ = ["ROUNDOFF_ULPS", "judged_with_floor", "roundoff_floor", "run_second_order"]
@@ -85,7 +85,7 @@ def run_second_order(
     """
     adapter = adapter if adapter is not None else detect(params)
     flat = adapter.flatten(params)
-    rng = np.random.default_rng(opts.seed)
+    rng = generator(opts.seed)
     w = rng.standard_normal(flat.n)
     w_struct = flat.unravel(w)
     functional = takes_argument(loss)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .counted_loss import _same_state
+from .counted_loss import restore_states, unchanged
 from .interrupts import raise_pending
 
 __all__ = ["SharedOutputs"]
@@ -143,7 +143,7 @@ class SharedOutputs:
                     self._active = [
                         k
                         for k, (r, s) in enumerate(zip(self.target.rngs, self._saved))
-                        if not _same_state(r.get(), s)
+                        if not unchanged(r, s)
                     ]
         else:
             out = self.target.evaluate(x)
@@ -363,8 +363,7 @@ class SharedOutputs:
 
     def restore_rngs(self) -> None:
         """The random generators as they were when this was made."""
-        for r, s in zip(self.target.rngs, self._saved):
-            r.set(s)
+        restore_states(self.target.rngs, self._saved)
 
     def output_target(self, j: int) -> Any:
         """A target whose loss is output ``j``'s projection (no generators of its own to replay)."""

@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gradcheck_core as gc
-from gradcheck_core.options import CHECK_OPTIONS, Options
+from gradcheck_core.options import CHECK_OPTIONS, Options, generator
 
 
 def _keyword_only(fn: Any) -> dict[str, inspect.Parameter]:
@@ -60,3 +62,23 @@ def test_cli_knows_the_options_of_check() -> None:
     from gradcheck_core.cli import _check_options
 
     assert _check_options() == list(CHECK_OPTIONS)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**64), st.integers(1, 40))
+def test_a_seeded_generator_draws_what_default_rng_draws(seed: int, size: int) -> None:
+    """Each generator of a seed starts the stream ``default_rng(seed)`` starts, however many were made before."""
+    want = np.random.default_rng(seed).standard_normal(size)
+    for _ in range(3):
+        assert np.array_equal(generator(seed).standard_normal(size), want)
+    assert np.array_equal(
+        generator(seed).integers(0, 2**31, size), np.random.default_rng(seed).integers(0, 2**31, size)
+    )
+
+
+def test_generators_of_one_seed_in_threads_draw_the_same_streams() -> None:
+    want = np.random.default_rng(3).standard_normal(1000)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: generator(3).standard_normal(1000), range(16)))
+    assert all(np.array_equal(g, want) for g in got)
+    assert not np.array_equal(generator(None).standard_normal(8), generator(None).standard_normal(8))

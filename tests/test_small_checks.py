@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gradcheck_core as gc
-from gradcheck_core.adapters.base import takes_argument
+from gradcheck_core.adapters.base import python_rng_states, takes_argument
 from gradcheck_core.counted_loss import _same_state
 from gradcheck_core.differences import _difference_levels, estimate_noise
 from gradcheck_core.shared_outputs import SharedOutputs
@@ -98,6 +100,54 @@ def test_numpy_legacy_states_compare_by_key_and_position() -> None:
     assert (b[1] == c[1]).all() and b[2] == c[2]
     assert not _same_state(b, c)
     assert _same_state(random.getstate(), random.getstate())
+
+
+# what a loss may do to numpy's global generator between two looks at it
+_NUMPY_DRAWS = st.sampled_from(
+    ["nothing", "random", "normal", "normals", "seed0", "seed7", "state", "bit_generator"]
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_NUMPY_DRAWS, max_size=4), st.lists(_NUMPY_DRAWS, min_size=1, max_size=4))
+def test_numpy_generator_told_unchanged_only_when_it_is(before: list[str], between: list[str]) -> None:
+    """The MT19937 bytes never call a changed state unchanged, and tell an untouched one cheaply."""
+    numpy_rng = python_rng_states()[0]
+    outer = np.random.get_state()
+    bit_generator = np.random.get_bit_generator()
+    other = np.random.RandomState(3).get_state()
+
+    def act(what: str) -> None:
+        if what == "random":
+            np.random.random()
+        elif what == "normal":
+            np.random.standard_normal()  # draws two, keeps one
+        elif what == "normals":
+            np.random.standard_normal(3)
+        elif what in ("seed0", "seed7"):
+            np.random.seed(int(what[4:]))
+        elif what == "state":
+            np.random.set_state(other)
+        elif what == "bit_generator":
+            np.random.set_bit_generator(np.random.MT19937(11))
+
+    try:
+        np.random.seed(5)
+        for what in before:
+            act(what)
+        saved = numpy_rng.get()
+        assert numpy_rng.unchanged(saved) == (not saved["has_gauss"])  # untouched: told without a read
+        for what in between:
+            act(what)
+        if numpy_rng.unchanged(saved):
+            assert _same_state(np.random.get_state(legacy=False), saved), (before, between)
+        if between == ["nothing"] and not saved["has_gauss"]:
+            assert numpy_rng.unchanged(saved)
+        numpy_rng.set(saved)
+        assert _same_state(np.random.get_state(legacy=False), saved)
+    finally:
+        np.random.set_bit_generator(bit_generator)
+        np.random.set_state(outer)
 
 
 def _plain(x: Any) -> Any:

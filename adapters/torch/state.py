@@ -123,7 +123,8 @@ class _Snapshot:
     def replay(self) -> None:
         """Put the random generators back to where the check started."""
         for r, s in zip(self.rngs, self.rng_values):
-            r.set(s)
+            if not r.unchanged(s):
+                r.set(s)
 
     def restore(self) -> None:
         with torch.no_grad():
