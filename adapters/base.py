@@ -77,6 +77,13 @@ class RngState:
         return self.same is not None and self.same(saved)
 
 
+def restore_states(generators: list[RngState], saved: list[Any]) -> None:
+    """Put each generator back to its saved state (where its cheap test cannot tell it is there)."""
+    for generator, state in zip(generators, saved):
+        if not generator.unchanged(state):
+            generator.set(state)
+
+
 def wide_array(value: Any) -> np.ndarray:
     """A float64 numpy copy of ``value``, complex128 where it is complex."""
     array = np.asarray(value)

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import differences as fd
 from .adapters import detect
+from .adapters.base import restore_states
 from .errors import InputError
 from .interrupts import interrupts_deferred, raise_pending
 
@@ -512,13 +513,6 @@ def unchanged(generator: Any, saved: Any) -> bool:
     Its cheap test first (numpy's MT19937 bytes), else the states read and compared.
     """
     return generator.unchanged(saved) or _same_state(generator.get(), saved)
-
-
-def restore_states(generators: Any, saved: Any) -> None:
-    """Put each generator back to its saved state (where its cheap test cannot tell it is there)."""
-    for generator, state in zip(generators, saved):
-        if not generator.unchanged(state):
-            generator.set(state)
 
 
 def _same_state(a: Any, b: Any) -> bool:

@@ -19,9 +19,9 @@ import numpy as np
 
 from . import differences as fd
 from .adapters import detect, framework_of, is_array, loss_adapter
-from .adapters.base import FIRST_CALL, python_rng_states
+from .adapters.base import FIRST_CALL, python_rng_states, restore_states
 from .check import Measured, judge, measured, report_of, run_check
-from .counted_loss import LossFunction, _own_executor, restore_states, unchanged
+from .counted_loss import LossFunction, _own_executor, unchanged
 from .errors import InputError
 from .flatten import leaf_items, split_structure
 from .function_second_order import run_function_second_order

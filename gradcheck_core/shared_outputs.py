@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .counted_loss import restore_states, unchanged
+from .adapters.base import restore_states
+from .counted_loss import unchanged
 from .interrupts import raise_pending
 
 __all__ = ["SharedOutputs"]

@@ -120,8 +120,7 @@ class BatchedEvaluation:
         if self.vmapped is None and not self.shifted_checked:
             if self.row_scratch is None or len(idx) < MIN_BATCH:
                 return None  # the rows path measures the block size (or loops) first
-            budget = BATCH_MEMORY.get(_platform(self.device), BATCH_MEMORY["gpu"])
-            self.max_rows = max(1, int(budget // max(self.row_scratch, 8.0 * self.flat.n)))
+            self.max_rows = self._rows_per_call(self.row_scratch)
         idx = np.asarray(idx, dtype=np.int64)
         shift = np.asarray(shift, dtype=np.float64)
         out = np.empty(len(idx))
@@ -152,6 +151,11 @@ class BatchedEvaluation:
                 return None
             self.shifted_checked = True
         return out
+
+    def _rows_per_call(self, scratch: float) -> int:
+        """Rows one vectorised call evaluates: as many as fit the scratch budget (each at least a point)."""
+        budget = BATCH_MEMORY.get(_platform(self.device), BATCH_MEMORY["gpu"])
+        return max(1, int(budget // max(scratch, 8.0 * self.flat.n)))
 
     def _block_size(self, k: int, compiled: dict[int, Any]) -> int:
         """``k`` rows, or a compiled block size above it where padding costs less than compiling."""
@@ -206,9 +210,8 @@ class BatchedEvaluation:
         compiled single evaluation, else from a first small block) sets how
         many rows a call evaluates at once.
         """
-        budget = BATCH_MEMORY.get(_platform(self.device), BATCH_MEMORY["gpu"])
         if self.row_scratch is not None:
-            self.max_rows = max(1, int(budget // max(self.row_scratch, 8.0 * self.flat.n)))
+            self.max_rows = self._rows_per_call(self.row_scratch)
             rows = rows[: self.max_rows]
         else:
             rows = rows[:PROBE_ROWS]
@@ -225,7 +228,7 @@ class BatchedEvaluation:
                         scratch = float(compiled.memory_analysis().temp_size_in_bytes) / len(rows)
                     except Exception:  # not every backend reports it
                         scratch = 0.0
-                    self.max_rows = max(1, int(budget // max(scratch, 8.0 * self.flat.n)))
+                    self.max_rows = self._rows_per_call(scratch)
         except Exception as exc:
             raise_if_users(exc)
             if not isinstance(exc, (RuntimeError, NotImplementedError, TypeError)):

@@ -20,7 +20,7 @@ import torch
 from gradcheck_core.errors import InputError
 from gradcheck_core.flatten import Flat
 
-from ..base import RngState
+from ..base import RngState, restore_states
 from .float64 import mode_depth, remove_stray_modes
 
 __all__ = ["torch_rng_states"]
@@ -122,9 +122,7 @@ class _Snapshot:
 
     def replay(self) -> None:
         """Put the random generators back to where the check started."""
-        for r, s in zip(self.rngs, self.rng_values):
-            if not r.unchanged(s):
-                r.set(s)
+        restore_states(self.rngs, self.rng_values)
 
     def restore(self) -> None:
         with torch.no_grad():
