@@ -224,7 +224,23 @@ def _check(
         raise InputError("fn has no floating input to differentiate; pass float arrays or tensors.")
     replay()
     memo: dict[str, Any] = {}  # what the adapter learns about fn on its first call, for later ones
-    if hasattr(adapter, "call_and_reasons"):  # the outputs and why some are left out, from one call
+    forward = vjp is None and hasattr(adapter, "jvp")
+    first_jvp: FirstJvp | None = None
+    with_jvp = None
+    if forward and len(fi.floating) == 1 and hasattr(adapter, "call_with_jvp"):
+        # One input: its JVP is taken with the first call (forward mode computes the tangents
+        # beside the values), along the direction the JVP check would draw for it.
+        i = fi.floating[0]
+        v = fi.tangent(i, _tangent_generator(opts))
+        with_jvp = adapter.call_with_jvp(
+            fn, list(inputs), [v if k == i else None for k in range(len(inputs))], memo
+        )
+        replay()  # (where fn has no forward mode, the plain call below starts from the same draws)
+        if with_jvp is not None:
+            first_jvp = (i, v, with_jvp[2])
+    if with_jvp is not None:
+        outputs, reasons = with_jvp[0], with_jvp[1]
+    elif hasattr(adapter, "call_and_reasons"):  # the outputs and why some are left out, from one call
         outputs, reasons = adapter.call_and_reasons(fn, list(inputs), memo=memo)
         replay()
     else:
@@ -322,11 +338,12 @@ def _check(
         gradients,
         opts,
         replay,
-        forward=vjp is None and hasattr(adapter, "jvp"),
+        forward=forward,
         memo=memo,
         # the outputs of the first call, computed as every evaluation computes them (at float64
         # copies of the inputs) by an adapter whose first call is made for that (torch's)
         first=outputs if hasattr(adapter, "call_and_reasons") else None,
+        first_jvp=first_jvp,
     )
     merged = merge_reports(reports)
     merged.skipped = skipped
@@ -354,6 +371,7 @@ def _check_outputs(
     forward: bool,
     memo: dict[str, Any] | None = None,
     first: list[np.ndarray] | None = None,
+    first_jvp: FirstJvp | None = None,
 ) -> tuple[list[Report], list[BlockResult], list[Finding], int]:
     """Every checked output's VJP check (and, with ``forward``, its JVP checks) from shared evaluations.
 
@@ -366,6 +384,7 @@ def _check_outputs(
     ``first``: that call's outputs, where they are what an evaluation at the
     inputs computes; in a small float64 check they are its first evaluation
     (the repeats that look for nondeterminism are later calls).
+    ``first_jvp``: the JVP that call took along one input, where it took one.
 
     Returns
     -------
@@ -431,7 +450,9 @@ def _check_outputs(
                 jvp_blocks: list[BlockResult] = []
                 jvp_findings: list[Finding] = []
                 if forward:
-                    _check_jvps(fi, checked, us, shared, ms, opts, replay, jvp_blocks, jvp_findings)
+                    _check_jvps(
+                        fi, checked, us, shared, ms, opts, replay, jvp_blocks, jvp_findings, first_jvp
+                    )
         finally:
             shared.restore_rngs()
     # The target put the generators back to the states given to it, when they were all of them.
@@ -660,6 +681,15 @@ class _FunctionInputs:
                 self.params[f"input{i}"] = adapter.as_parameter(x)
             self.floating.append(i)
 
+    def tangent(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """A random direction for input ``i``'s JVP: normal entries (complex for a complex input), 0 off its mask."""
+        full = np.asarray(self.adapter.to_numpy(self.inputs[i]))
+        v = rng.standard_normal(full.shape)
+        if full.dtype.kind == "c":
+            v = v + 1j * rng.standard_normal(full.shape)
+        mask = self.masks.get(i)
+        return v if mask is None else np.where(mask, v, 0)
+
     def restrict(self, i: int, gradient: Any) -> Any:
         """An input's gradient, restricted to the entries that are checked."""
         mask = self.masks.get(i)
@@ -804,6 +834,15 @@ def _rows_of(
     return rows
 
 
+#: ``(i, v, tangents)``: the output tangents of ``fn`` along direction ``v`` of input ``i``.
+FirstJvp = tuple[int, np.ndarray, list[np.ndarray]]
+
+
+def _tangent_generator(opts: Options) -> np.random.Generator:
+    """The generator of the JVP check's directions (its own stream, beside the cotangents')."""
+    return generator(None if opts.seed is None else opts.seed + 1)
+
+
 def _check_jvps(
     fi: _FunctionInputs,
     checked: list[int],
@@ -814,6 +853,7 @@ def _check_jvps(
     replay: Callable[[], None],
     blocks: list[BlockResult],
     findings: list[Finding],
+    first_jvp: FirstJvp | None = None,
 ) -> None:
     """Forward mode: ``<u_j, J_ij v_i>`` from the framework's JVP against finite differences.
 
@@ -826,29 +866,34 @@ def _check_jvps(
     ``fn`` serves all outputs; each output's value and noise come from its
     VJP check.  A function without forward mode (a
     ``custom_vjp`` rule, a torch Function without ``jvp``) gets a
-    ``no_forward_mode`` finding instead.
+    ``no_forward_mode`` finding instead.  ``first_jvp``: the JVP along one
+    input taken with ``fn``'s first call (its direction drawn as this
+    function would draw it), used instead of a call of its own.
     """
-    rng = generator(None if opts.seed is None else opts.seed + 1)
+    rng = _tangent_generator(opts)
     adapter, inputs = fi.adapter, fi.inputs
     flat = ms[0].ctx.flat
-    funs = [LossFunction(shared.output_target(pos), adapter) for pos in range(len(checked))]
+    funs: dict[int, LossFunction] = {}  # output position -> its projection, made where differences need it
+
+    def fun_of(pos: int) -> LossFunction:
+        if pos not in funs:
+            funs[pos] = LossFunction(shared.output_target(pos), adapter)
+        return funs[pos]
+
     rel = min(fd.relative_step("richardson", m.ctx.noise / abs(m.ctx.f0) if m.ctx.f0 else fd.EPS) for m in ms)
     for i in fi.floating:
-        full = np.asarray(adapter.to_numpy(inputs[i]))
-        shape = full.shape
-        v = rng.standard_normal(shape)
-        if full.dtype.kind == "c":
-            v = v + 1j * rng.standard_normal(shape)
         mask = fi.masks.get(i)
-        if mask is not None:
-            v = np.where(mask, v, 0)
-        tangents = [v if k == i else None for k in range(len(inputs))]
-        try:
-            replay()
-            out_tangents = adapter.jvp(fi.fn, inputs, tangents)
-        except InputError as exc:
-            findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))
-            return
+        if first_jvp is not None and first_jvp[0] == i:  # taken with fn's first call
+            v, out_tangents = first_jvp[1], first_jvp[2]
+        else:
+            v = fi.tangent(i, rng)
+            try:
+                replay()
+                out_tangents = adapter.jvp(fi.fn, inputs, [v if k == i else None for k in range(len(inputs))])
+            except InputError as exc:
+                findings.append(Finding("no_forward_mode", f"input{i}", str(exc), {}))
+                return
+        shape = v.shape
         direction = np.zeros(flat.n)
         group = flat.groups[fi.floating.index(i)]
         entries = (v if mask is None else v[mask]).reshape(-1)
@@ -860,18 +905,18 @@ def _check_jvps(
         swept = [_swept_slope(m, group, direction) for m in ms]
         if any(sw is None for sw in swept):  # the points directional differences evaluate, at once
             shared.prefetch(np.array(fd.directional_points(flat.x0, direction, rel)))
-        for j, u, m, fun, sw in zip(checked, us, ms, funs, swept):
+        for pos, (j, u, m, sw) in enumerate(zip(checked, us, ms, swept)):
             analytic = project(u, out_tangents[j])
             if sw is None:
                 numeric, err, _ = fd.directional(
-                    fun, flat.x0, direction, rel_step=rel, noise=m.ctx.noise, f0=m.ctx.f0
+                    fun_of(pos), flat.x0, direction, rel_step=rel, noise=m.ctx.noise, f0=m.ctx.f0
                 )
                 allowance = 8 * err
             else:
                 numeric, allowance = sw
             hidden = False
             if 0 in (analytic, numeric):  # inside one stair of a staircase?
-                flat_bound = flat_slope(fun, flat.x0, m.ctx.f0, direction)
+                flat_bound = flat_slope(fun_of(pos), flat.x0, m.ctx.f0, direction)
                 if flat_bound is not None:
                     numeric, allowance = 0.0, 8 * flat_bound
                     # flat, and the rule's slope too small for float64 to show over the step

@@ -390,22 +390,45 @@ def test_torch_vjps_are_taken_through_the_first_calls_graph() -> None:
 
 
 def test_a_small_torch_check_calls_fn_at_x0_once_more_than_its_first_call() -> None:
-    """The first call is the first evaluation, the vectorised row at x0 the first repeat."""
+    """The first call is the first evaluation and the JVP, the vectorised row at x0 the first repeat."""
     torch = _torch()
     from torch._C._functorch import is_batchedtensor
 
     x = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64)
-    plain_at_x0 = []
+    at_x0 = []  # whether each unbatched call at x0 carried a forward-mode tangent
 
     def fn(v: Any) -> Any:
-        dual = torch.autograd.forward_ad.unpack_dual(v).tangent is not None
-        if not is_batchedtensor(v) and not dual and torch.equal(v.detach(), x):
-            plain_at_x0.append(1)
+        if not is_batchedtensor(v) and torch.equal(v.detach(), x):
+            at_x0.append(torch.autograd.forward_ad.unpack_dual(v).tangent is not None)
         return torch.sin(v)
 
     report = gc.check_function(fn, x)
     assert report.verdict == "pass"
-    assert len(plain_at_x0) == 2
+    assert at_x0 == [True, False]
+
+
+def test_a_random_torch_function_without_forward_mode_is_called_again_from_the_same_draws() -> None:
+    """The first call tries forward mode; where fn has none, the plain call sees the same random draws."""
+    torch = _torch()
+
+    class Noisy(torch.autograd.Function):  # scales by a random draw; no jvp staticmethod
+        @staticmethod
+        def forward(ctx: Any, v: Any) -> Any:
+            s = 1 + torch.rand(())
+            ctx.save_for_backward(s)
+            return v * s
+
+        @staticmethod
+        def backward(ctx: Any, g: Any) -> Any:
+            (s,) = ctx.saved_tensors
+            return g * s
+
+    before = _states()
+    report = gc.check_function(Noisy.apply, torch.linspace(-1.0, 1.0, 6, dtype=torch.float64))
+    kinds = {f.kind for f in report.findings}
+    assert report.verdict == "pass", report.findings
+    assert "no_forward_mode" in kinds and "nondeterministic" not in kinds
+    assert _same_states(before, _states())
 
 
 @pytest.mark.parametrize("outputs", [1, 2])

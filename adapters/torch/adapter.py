@@ -39,6 +39,7 @@ from .autodiff import _gradient_of, _scalar_tensor, with_layout
 from .autodiff import call as _call
 from .autodiff import call_and_reasons as _call_and_reasons
 from .autodiff import call_rows as _call_rows
+from .autodiff import call_with_jvp as _call_with_jvp
 from .autodiff import directional_gradient as _directional_gradient
 from .autodiff import jvp as _jvp
 from .autodiff import nondifferentiable_outputs as _nondifferentiable_outputs
@@ -445,6 +446,16 @@ class TorchAdapter(Adapter):
     ) -> tuple[list[np.ndarray], list[str | None]]:
         """:meth:`call` and :meth:`nondifferentiable_outputs` from one call (see :func:`.autodiff.call_and_reasons`)."""
         return _call_and_reasons(self, fn, inputs, memo)
+
+    def call_with_jvp(
+        self,
+        fn: Callable[..., Any],
+        inputs: list[Any],
+        tangents: list[np.ndarray | None],
+        memo: dict[str, Any],
+    ) -> tuple[list[np.ndarray], list[str | None], list[np.ndarray]] | None:
+        """:meth:`call_and_reasons` and :meth:`jvp` from one call (see :func:`.autodiff.call_with_jvp`)."""
+        return _call_with_jvp(self, fn, inputs, tangents, memo)
 
     def nondifferentiable_outputs(self, fn: Callable[..., Any], inputs: list[Any]) -> list[str | None]:
         """Why each output is left out (None: checked); see :func:`.autodiff.nondifferentiable_outputs`."""

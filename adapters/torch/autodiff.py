@@ -27,6 +27,7 @@ __all__ = [
     "call",
     "call_and_reasons",
     "call_rows",
+    "call_with_jvp",
     "directional_gradient",
     "jvp",
     "nondifferentiable_outputs",
@@ -424,47 +425,91 @@ def jvp(
         Where ``fn`` has no forward-mode derivative (a custom
         ``autograd.Function`` without a ``jvp`` staticmethod, say).
     """
-    import torch.autograd.forward_ad as fwad
-
     xs = _inputs(inputs, True)
     try:
-        with _dual_level():
-            # Only fn runs in the float64 mode: the inputs are float64 copies already (where
-            # the mode is entered at all), so the mode has nothing to widen in making the
-            # duals, unpacking the tangents or converting them to numpy.
-            duals = []
-            for x, v in zip(xs, tangents):
-                if (
-                    v is None
-                    or not isinstance(x, torch.Tensor)
-                    or not (x.is_floating_point() or x.is_complex())
-                ):
-                    duals.append(x)
-                else:
-                    tangent = torch.as_tensor(
-                        np.asarray(v).reshape(tuple(x.shape)), dtype=x.dtype, device=x.device
-                    )
-                    duals.append(fwad.make_dual(x, tangent))
-            with float64_scope(_promotable(xs)):
-                outs = _as_list(fn(*duals))
-            found = [
-                (o, fwad.unpack_dual(o).tangent) if isinstance(o, torch.Tensor) else (o, None) for o in outs
-            ]
-            result = []
-            for o, tangent in found:
-                if not isinstance(o, torch.Tensor):
-                    result.append(np.zeros(np.shape(o)))
-                    continue
-                result.append(
-                    np.zeros(tuple(o.shape)) if tangent is None else wide_array(adapter.to_numpy(tangent))
-                )
-            return result
+        return _dual_call(adapter, fn, xs, tangents, None, graph=False)[1]
     except (RuntimeError, NotImplementedError) as exc:
-        raise InputError(
-            f"fn has no forward-mode derivative ({exc}). A custom torch.autograd.Function "
-            "needs a jvp staticmethod for forward mode; without one, check its backward "
-            "(vector-Jacobian products) only."
-        ) from exc
+        raise _no_forward_mode(exc) from exc
+
+
+def _no_forward_mode(exc: BaseException) -> InputError:
+    return InputError(
+        f"fn has no forward-mode derivative ({exc}). A custom torch.autograd.Function "
+        "needs a jvp staticmethod for forward mode; without one, check its backward "
+        "(vector-Jacobian products) only."
+    )
+
+
+def _dual_call(
+    adapter: Adapter,
+    fn: Callable[..., Any],
+    xs: list[Any],
+    tangents: list[np.ndarray | None],
+    promotion: Promotion | None,
+    graph: bool,
+) -> tuple[list[Any], list[np.ndarray]]:
+    """``fn(*xs)`` with the tangents attached as forward-mode duals: its outputs and their tangents.
+
+    ``xs`` are float64 copies already; only ``fn`` runs in the float64 mode
+    (the mode has nothing to widen in making the duals, unpacking the
+    tangents or converting them to numpy).  ``graph``: under
+    ``torch.enable_grad()``, so that the outputs keep autograd's graph (as
+    :func:`call_and_reasons` records it).  Raises what forward mode raises (RuntimeError,
+    NotImplementedError) where ``fn`` has no forward-mode derivative.
+    """
+    import torch.autograd.forward_ad as fwad
+
+    with _dual_level():
+        duals = []
+        for x, v in zip(xs, tangents):
+            if v is None or not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.is_complex()):
+                duals.append(x)
+            else:
+                tangent = torch.as_tensor(
+                    np.asarray(v).reshape(tuple(x.shape)), dtype=x.dtype, device=x.device
+                )
+                duals.append(fwad.make_dual(x, tangent))
+        with (
+            float64_scope(_promotable(xs), promotion),
+            torch.enable_grad() if graph else contextlib.nullcontext(),
+        ):
+            outs = _as_list(fn(*duals))
+        found = [(o, fwad.unpack_dual(o).tangent) if isinstance(o, torch.Tensor) else (o, None) for o in outs]
+        result = []
+        for o, tangent in found:
+            if not isinstance(o, torch.Tensor):
+                result.append(np.zeros(np.shape(o)))
+                continue
+            result.append(
+                np.zeros(tuple(o.shape)) if tangent is None else wide_array(adapter.to_numpy(tangent))
+            )
+        return outs, result
+
+
+def call_with_jvp(
+    adapter: Adapter,
+    fn: Callable[..., Any],
+    inputs: list[Any],
+    tangents: list[np.ndarray | None],
+    memo: dict[str, Any],
+) -> tuple[list[np.ndarray], list[str | None], list[np.ndarray]] | None:
+    """:func:`call_and_reasons` and :func:`jvp` from one call of ``fn``, with forward-mode duals.
+
+    The outputs (with their graph, under :data:`FIRST_CALL`) are those of
+    the plain call: forward mode computes the tangents beside the values.
+    Returns the outputs as numpy, why some are left out, and the output
+    tangents; None where ``fn`` has no forward-mode derivative (what forward
+    mode raised is left to :func:`jvp` to report), after which the caller
+    puts the generators back and makes the plain call.
+    """
+    promotion = memo.setdefault("promotion", Promotion())
+    xs = _inputs(inputs, True)
+    try:
+        outs, out_tangents = _dual_call(adapter, fn, xs, tangents, promotion, graph=True)
+    except (RuntimeError, NotImplementedError):
+        return None
+    memo[FIRST_CALL] = (xs, outs)
+    return [np.asarray(adapter.to_numpy(o)) for o in outs], _reasons(outs), out_tangents
 
 
 @contextlib.contextmanager
