@@ -265,3 +265,62 @@ def test_zeroed_gradient_of_a_1e13_slope_is_never_a_pass(
     report = gc.check(lambda v: 1.0 + 1e-13 * float(np.sum(c * v)), x, np.zeros_like(x), mode=mode)
     assert report.verdict != "pass", str(report)
     assert report.findings
+
+
+def _summary(report: gc.Report) -> tuple:
+    blocks = [
+        (
+            b.name,
+            b.verdict,
+            b.n_bad,
+            b.n_kink,
+            b.rel_error,
+            b.analytic.tobytes(),
+            b.numeric.tobytes(),
+            b.tolerance.tobytes(),
+        )
+        for b in report.blocks
+    ]
+    return report.verdict, report.nfev, blocks, [(f.kind, f.block, f.message) for f in report.findings]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(FUNCS, SHAPES, CORRUPTIONS, st.integers(0, 10_000))
+def test_a_sweep_settled_as_it_stands_is_judged_as_the_whole_rule_judges_it(
+    func, shape, corruption, seed
+) -> None:
+    """The shortcut for settled coordinates gives the report the full judgement gives, bit for bit."""
+    from unittest import mock
+
+    from gradcheck_core import sweep
+
+    x, f, g = _problem(func, shape, seed)
+    grad = _corrupt(corruption, g(x), np.random.default_rng(seed))
+    shortcut = gc.check(f, x, grad, mode="full")
+    with mock.patch.object(sweep, "_all_clear", return_value=None):
+        whole = gc.check(f, x, grad, mode="full")
+    assert _summary(shortcut) == _summary(whole)
+
+
+def test_the_shortcut_is_taken_for_a_clear_pass_and_not_for_a_flat_coordinate() -> None:
+    from unittest import mock
+
+    from gradcheck_core import sweep
+
+    c = np.array([1.0, -2.0, 0.5])
+    taken = []
+    original = sweep._all_clear
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    with mock.patch.object(sweep, "_all_clear", spy):
+        assert (
+            gc.check(lambda v: float(np.sum(c * v**2)), c + 1, 2 * c * (c + 1), mode="full").verdict == "pass"
+        )
+        # the second coordinate does not move the loss: its zero derivative goes to the flat probes
+        loss = lambda v: float(v[0] ** 2 + 0.0 * v[1])  # noqa: E731
+        assert gc.check(loss, np.array([1.5, 2.0]), np.array([3.0, 0.0]), mode="full").verdict == "pass"
+    assert taken == [True, False]
