@@ -859,3 +859,28 @@ def test_loss_of_the_module_in_compare_and_with_a_handwritten_gradient() -> None
         }
 
     assert gc.check(lambda m: (m(x) ** 2).sum(), a, grad).passed
+
+
+def test_forward_mode_checks_in_threads_take_turns() -> None:
+    """torch keeps one forward-mode level per process: checks in threads must not collide on it."""
+    import threading
+
+    x = torch.linspace(-1.0, 1.0, 10, dtype=torch.float64)
+    outcomes: list[tuple[str, frozenset[str]]] = []
+
+    def fn(t: torch.Tensor) -> torch.Tensor:  # many operators: a long stay in forward mode
+        for _ in range(30):
+            t = torch.softmax(t, -1) * 3
+        return t
+
+    def work() -> None:
+        for _ in range(10):
+            r = gc.check_function(fn, x)
+            outcomes.append((r.verdict, frozenset(f.kind for f in r.findings)))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes == [("pass", frozenset())] * 40

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 import warnings
 from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any
@@ -514,7 +515,15 @@ def call_with_jvp(
 
 @contextlib.contextmanager
 def _dual_level() -> Iterator[None]:
-    """``forward_ad.dual_level()``, quiet about torch's own deprecation notices."""
+    """``forward_ad.dual_level()``, quiet about torch's own deprecation notices, one thread at a time.
+
+    torch keeps one forward-mode level for the whole process: a second thread
+    entering one while another is open gets "nested forward mode AD is not
+    supported", which would read as a function without forward mode.  The
+    checks' own levels take turns (:data:`_DUAL_LEVEL_TURN`; reentrant, so a
+    function that checks another from inside a level meets torch's error,
+    not a deadlock).
+    """
     import torch.autograd.forward_ad as fwad
 
     if not _JVP_DECOMPOSITIONS:
@@ -525,9 +534,12 @@ def _dual_level() -> Iterator[None]:
             with contextlib.suppress(ImportError):  # other torch versions
                 importlib.import_module("torch._decomp.decompositions_for_jvp")
         _JVP_DECOMPOSITIONS.append(True)
-    with fwad.dual_level():
+    with _DUAL_LEVEL_TURN, fwad.dual_level():
         yield
 
+
+# Held while one of the checks' forward-mode levels is open (see _dual_level).
+_DUAL_LEVEL_TURN = threading.RLock()
 
 # Holds True once forward mode's decompositions are loaded (once per process).
 _JVP_DECOMPOSITIONS: list[bool] = []
