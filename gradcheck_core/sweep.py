@@ -218,19 +218,17 @@ def _all_clear(
 ) -> np.ndarray | None:
     """The tolerances, where the sweep settled every coordinate as it stands (else None).
 
-    Settled: both derivatives finite and nonzero, every error bound below a
-    quarter of its entry (so no entry is undecidable, whatever the scale), and
-    every gap within tolerance.  Then no step of :func:`_judge` after the sweep
+    Settled: both derivatives finite and nonzero, no entry undecidable whatever
+    the scale (every error bound at most a quarter of its entry), and every gap
+    within tolerance (the pass rule of :mod:`~gradcheck_core.tolerance`).  Then no step of :func:`_judge` after the sweep
     (the flat probes, the escalation to Richardson, the refinement of suspects,
     the kink and rounding probes) has anything to look at, and the blocks are
     summarised at once.
     """
-    size = np.maximum(np.abs(a), np.abs(numeric))
-    tol = atol + rtol * size + err
-    gap = np.abs(a - numeric)
-    # (NaN anywhere makes a comparison false: not settled)
-    settled = (size > 0) & (np.abs(a) > 0) & (np.abs(numeric) > 0) & (err <= 0.25 * size) & (gap <= tol)
-    return tol if settled.all() and np.isfinite(size).all() else None
+    tol = tolerance(a, numeric, err, rtol, atol)
+    # (a NaN anywhere makes a comparison false: not settled; scale 0 is the widest test of undecidable)
+    settled = (a != 0) & (numeric != 0) & ~undecidable(a, numeric, err, 0.0) & (np.abs(a - numeric) <= tol)
+    return tol if settled.all() and np.isfinite(a).all() and np.isfinite(numeric).all() else None
 
 
 def _blocks(

@@ -228,7 +228,13 @@ def call_and_reasons(
     :func:`vjp` to differentiate without calling ``fn`` again.
     """
     promotion = None if memo is None else memo.setdefault("promotion", Promotion())
-    xs, outs = _forward(fn, inputs, promotion)
+    return _first_call(adapter, memo, *_forward(fn, inputs, promotion))
+
+
+def _first_call(
+    adapter: Adapter, memo: dict[str, Any] | None, xs: list[Any], outs: list[Any]
+) -> tuple[list[np.ndarray], list[str | None]]:
+    """The first call's outputs as numpy and why some are left out; its inputs and outputs kept in ``memo``."""
     if memo is not None:
         memo[FIRST_CALL] = (xs, outs)
     return [np.asarray(adapter.to_numpy(o)) for o in outs], _reasons(outs)
@@ -509,8 +515,7 @@ def call_with_jvp(
         outs, out_tangents = _dual_call(adapter, fn, xs, tangents, promotion, graph=True)
     except (RuntimeError, NotImplementedError):
         return None
-    memo[FIRST_CALL] = (xs, outs)
-    return [np.asarray(adapter.to_numpy(o)) for o in outs], _reasons(outs), out_tangents
+    return (*_first_call(adapter, memo, xs, outs), out_tangents)
 
 
 @contextlib.contextmanager
