@@ -23,7 +23,7 @@ import numpy as np
 
 from . import differences as fd
 from .adapters import clip_note
-from .counted_loss import prepared
+from .counted_loss import PART_SECONDS, prepared
 from .diagnose import (
     diagnose_block,
     explain_verdicts,
@@ -51,6 +51,10 @@ AUTO_FULL_SIZE = 2000
 NOISY = 1e-12
 #: Parameters from which a noisy-looking probe along all of them is checked along single tensors.
 WIDE_PROBE = 100_000
+#: Points of one segment of the noise probe (:func:`~gradcheck_core.differences.estimate_noise`).
+PROBE_POINTS = 8
+#: The probe's rows go to an executor only up to this many floats in all (8 MiB).
+PROBE_ROWS_MOST = 1 << 20
 # mode="full" is refused above this many coordinates (the sweep keeps a few
 # float64 vectors of this length per batch row)...
 FULL_MAX_SIZE = 20_000_000
@@ -145,6 +149,19 @@ def _kinks_left_out(
             continue
         noise = min(noise, again)
     return noise
+
+
+def _probe_to_executor(fun: Any, n: int, t_eval: float) -> bool:
+    """Whether the noise probe's points go to the check's executor, as the sweep's do.
+
+    Where an executor is given and the probe's evaluations are worth at least one
+    part of rows (:data:`~gradcheck_core.counted_loss.PART_SECONDS`, which pays
+    for the round trips), and its rows are short enough to send: the probe's
+    eight points then take about the time of four.
+    """
+    if getattr(fun, "executor", None) is None:
+        return False
+    return PROBE_POINTS * t_eval >= PART_SECONDS and PROBE_POINTS * n <= PROBE_ROWS_MOST
 
 
 def _generators(framework: str) -> str:
@@ -413,11 +430,12 @@ def measured(
             raise _no_autodiff(target)  # before the probe's evaluations
         # The noise probe comes before the gradient: its direction and the gradient,
         # each as long as the parameters, are then never held at once.
+        probe_batch = fun.batch if batch_probe or _probe_to_executor(fun, flat.n, t_eval) else None
         try:
-            noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng, batch=fun.batch if batch_probe else None)
+            noise, _ = fd.estimate_noise(fun, flat.x0, f0, rng, batch=probe_batch)
         except InputError:  # the probe left the loss's domain; the sweep will say where
             noise = fd.EPS * abs(f0)
-        noise = _kinks_left_out(fun, flat, f0, noise, rng, fun.batch if batch_probe else None)
+        noise = _kinks_left_out(fun, flat, f0, noise, rng, probe_batch)
         fun.replay()  # the gradient sees the same random draws as every evaluation
         analytic, given_dtype = _analytic_and_dtype(grad, target, adapter)
         findings: list[Finding] = []

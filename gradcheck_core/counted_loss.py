@@ -37,6 +37,8 @@ __all__ = ["PART_SECONDS", "LossFunction", "prepared"]
 # An executor that runs in other processes gets parts of rows worth at least
 # this many seconds of evaluations (each part carries the loss with it).
 PART_SECONDS = 0.05
+# Two parts per worker where each would take at least this long (balance), else one.
+BALANCED_PART_SECONDS = 1.0
 
 
 class LossFunction:
@@ -375,17 +377,7 @@ class LossFunction:
         else:
             if hasattr(worker, "draws"):
                 worker.draws = bool(self._active)
-            # Each part travels to another process with the loss: parts of at
-            # least PART_SECONDS of evaluations keep that cost small.
-            if self.eval_seconds is not None:
-                parts_wanted = min(
-                    parts_wanted, max(2, math.ceil(len(rows) * self.eval_seconds / PART_SECONDS))
-                )
-            # No more parts than two per worker: each part costs a round trip and the loss's
-            # unpickling on the worker, and more parts than workers buy only balance.
-            workers = _worker_count(executor)
-            if workers is not None:
-                parts_wanted = min(parts_wanted, 2 * workers)
+            parts_wanted = _part_count(len(rows), self.eval_seconds, _worker_count(executor))
         parts = np.array_split(rows, max(1, parts_wanted))
         if isinstance(executor, ProcessPoolExecutor):
             _require_picklable(worker)
@@ -431,6 +423,27 @@ def _moved_point(x0: np.ndarray, i: int, v: float) -> np.ndarray:
     x = x0.copy()
     x[i] = v
     return x
+
+
+def _part_count(rows: int, eval_seconds: float | None, workers: int | None) -> int:
+    """How many parts ``rows`` evaluations go to other processes in.
+
+    Each part travels to another process with the loss: parts of at least
+    :data:`PART_SECONDS` of evaluations keep that cost small.  Then one part
+    per worker, or two where each would still take a second or more
+    (:data:`BALANCED_PART_SECONDS`): each part costs a round trip and the
+    loss's unpickling on its worker (and a Dask scheduler sends a worker its
+    next task only when it has finished the one before), more parts than
+    workers buy only balance between workers of unequal speed, and a count
+    that is not a multiple of the workers leaves some of them idle at the end.
+    """
+    wanted = min(rows, 64)
+    if eval_seconds is not None:
+        wanted = min(wanted, max(2, math.ceil(rows * eval_seconds / PART_SECONDS)))
+    if workers is not None:
+        two_each = eval_seconds is not None and rows * eval_seconds >= 2 * workers * BALANCED_PART_SECONDS
+        wanted = min(rows, (2 if two_each else 1) * workers)
+    return max(1, wanted)
 
 
 def _worker_count(executor: Executor) -> int | None:

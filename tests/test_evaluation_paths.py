@@ -185,3 +185,30 @@ def test_numpy_losses_get_their_structure_and_a_copy_of_their_own(shape: str) ->
     assert report.verdict == "pass"
     assert set(seen) == {type(params)}
     assert np.array_equal(w, np.random.default_rng(0).standard_normal((3, 2)))
+
+
+@given(
+    rows=st.integers(1, 2000),
+    eval_seconds=st.one_of(st.none(), st.floats(1e-6, 10.0)),
+    workers=st.one_of(st.none(), st.integers(1, 64)),
+)
+def test_parts_for_other_processes_keep_every_worker_busy(rows, eval_seconds, workers) -> None:
+    from gradcheck_core.counted_loss import _part_count
+
+    parts = _part_count(rows, eval_seconds, workers)
+    assert 1 <= parts <= rows
+    if workers is not None:
+        # every worker gets as many parts as the others: none idles at the end
+        assert parts == rows or parts in (workers, 2 * workers)
+    else:
+        assert parts <= 64
+
+
+def test_parts_for_other_processes_examples() -> None:
+    from gradcheck_core.counted_loss import _part_count
+
+    assert _part_count(8, 0.015, 2) == 2  # a noise probe: one part per worker, not three parts
+    assert _part_count(80, 0.0093, 2) == 2  # a short sweep: one part per worker
+    assert _part_count(800, 0.0093, 2) == 4  # two parts of 1.9 s per worker: balance between them
+    assert _part_count(80, 0.0093, None) == 15  # no worker count: parts of PART_SECONDS each
+    assert _part_count(3, 1.0, 8) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -230,6 +231,34 @@ def test_executor_evaluates_the_sweep_in_parallel(kind: str) -> None:
         )
     assert report.passed and report.rel_error < 1e-8
     assert wrong.verdict == "fail"
+
+
+def slow_loss(p):
+    time.sleep(0.008)  # a loss slow enough for the noise probe's points to go to the executor too
+    return module_level_loss(p)
+
+
+@pytest.mark.parametrize("loss", [module_level_loss, slow_loss], ids=["fast", "slow"])
+def test_executor_gets_the_probe_of_a_slow_loss_and_the_report_is_the_serial_one(loss) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Counting(ThreadPoolExecutor):
+        rows = 0
+
+        def submit(self, fn, /, *args, **kwargs):
+            Counting.rows += len(args[0])
+            return super().submit(fn, *args, **kwargs)
+
+    params = {"w": RNG.standard_normal(8)}
+    serial = gc.check(loss, params, module_level_grad, mode="full", seed=3)
+    with Counting(2) as pool:
+        spread = gc.check(loss, params, module_level_grad, mode="full", seed=3, executor=pool)
+    sweep_rows = 2 * 8
+    assert Counting.rows == (sweep_rows + 8 if loss is slow_loss else sweep_rows)
+    assert spread.nfev == serial.nfev
+    left, right = serial.to_dict(), spread.to_dict()
+    left.pop("seconds"), right.pop("seconds")
+    assert left == right  # the same points, the same values: the same report
 
 
 def test_process_pool_with_an_unpicklable_loss_says_why() -> None:
