@@ -588,3 +588,81 @@ def test_a_loss_the_moved_points_cannot_be_built_for_is_swept_by_rows() -> None:
     assert host_calls[0] >= right.nfev  # every point evaluated by a single call
     wrong = gc.check(loss, x, lambda p: 3 * np.tanh(p) * (1 - np.tanh(p) ** 2), mode="full")
     assert wrong.verdict == "fail"
+
+
+def test_block_size_trial_keeps_the_faster_of_two_sizes() -> None:
+    """The decision alone, on measured times given to it: the wider block only where clearly faster."""
+    import types
+
+    from gradcheck_core.adapters.jax import batching
+
+    def state(here: list[float], there: list[float], compiled_wide: bool = True) -> Any:
+        return types.SimpleNamespace(
+            max_rows=8,
+            compiled=True,
+            device=None,
+            single=object(),  # not a kept program: its notes are a fresh dict
+            shifted_seconds={8: here, 16: there},
+            shifted_executables={8: object(), **({16: object()} if compiled_wide else {})},
+            flat=types.SimpleNamespace(n=10_000),
+            shifted_done=0,
+        )
+
+    decide = batching.BatchedEvaluation._tuned_rows
+    calls = batching.TRIAL_CALLS
+    assert decide(state([1.0] * (calls - 1), []), 1000) == 8  # the budget's block is still being timed
+    assert decide(state([1.0] * calls, [0.5] * (calls - 1)), 1000) == 16  # the wider one is being timed
+    assert decide(state([1.0] * calls, [0.5] * calls), 1000) == 16
+    assert decide(state([1.0] * calls, [0.99] * calls), 1000) == 8  # within the machine's noise: the budget's
+    assert decide(state([1.0] * calls, [2.0] * calls), 1000) == 8
+    # not tried where compiling it is not known to pay: the budget's block was never compiled by a kept program
+    assert decide(state([1.0] * calls, [], compiled_wide=False), 1000) == 8
+
+
+def test_a_long_cpu_sweep_tries_a_wider_block_and_later_checks_keep_the_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sweep of several blocks times two sizes, notes the faster with the compiled loss, and the next
+    check of the same loss runs at it without a trial; the figures are those of the budget's block."""
+    from gradcheck_core.adapters.jax import batching, programs
+
+    A = jnp.asarray(np.random.default_rng(3).standard_normal((20, 300)))
+
+    def loss(p: Any) -> Any:
+        return jnp.sum(jnp.tanh(A @ p["w"]) ** 2)
+
+    params = {"w": jnp.asarray(np.random.default_rng(4).standard_normal(300))}
+    monkeypatch.setitem(batching.BATCH_MEMORY, "cpu", 8 * 8 * 300)  # blocks of at most 8 points
+    monkeypatch.setattr(batching, "TRIAL_WORTH", 0.0)  # worth a trial however short the sweep
+    monkeypatch.setattr(batching, "TRIAL_CALLS", 3)  # and room for it in 600 points
+    seen: dict[str, Any] = {}
+    sizes: list[int] = []
+    original = batching.BatchedEvaluation._shifted_padded
+
+    def spy(self, base, i, s):  # type: ignore[no-untyped-def]
+        seen["runner"] = self
+        sizes.append(len(i))
+        return original(self, base, i, s)
+
+    monkeypatch.setattr(batching.BatchedEvaluation, "_shifted_padded", spy)
+    first = gc.check(loss, params, mode="full")
+    budget = seen["runner"].max_rows
+    assert first.verdict == "pass", str(first)
+    assert 2 * budget in sizes  # the wider block was tried
+    chosen = programs.program_notes(seen["runner"].single).get("sweep_rows")
+    assert chosen is not None and chosen[0] == budget and chosen[1] in (budget, 2 * budget)
+
+    sizes.clear()
+    second = gc.check(loss, params, mode="full")
+    assert programs.program_notes(seen["runner"].single).get("sweep_rows") == chosen
+    done, k = 0, 0
+    while done < 300:  # the first call (one side of the sweep) is verified at the budget's block
+        done, k = done + sizes[k], k + 1
+    later = sizes[k:]  # the other side: the chosen block, no trial
+    assert later and all(size == chosen[1] for size in later[:-1]) and later[-1] <= chosen[1]
+
+    monkeypatch.setattr(batching.BatchedEvaluation, "_tuned_rows", lambda self, left: self.max_rows)
+    plain = gc.check(loss, params, mode="full")
+    for report in (first, second):
+        assert report.verdict == plain.verdict and report.nfev == plain.nfev
+        assert report.rel_error == pytest.approx(plain.rel_error, rel=1e-6, abs=1e-12)

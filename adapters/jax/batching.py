@@ -22,10 +22,19 @@ from gradcheck_core.flatten import Flat
 
 from ..base import python_rng_states
 from .callbacks import raise_if_users
-from .programs import compiled_program
+from .programs import compiled_program, program_notes
 from .x64_mode import x64
 
-__all__ = ["BATCH_MEMORY", "COMPILED_RTOL", "MIN_BATCH", "PROBE_ROWS", "BatchedEvaluation"]
+__all__ = [
+    "BATCH_MEMORY",
+    "COMPILED_RTOL",
+    "MIN_BATCH",
+    "PROBE_ROWS",
+    "TRIAL_CALLS",
+    "TRIAL_GAIN",
+    "TRIAL_WORTH",
+    "BatchedEvaluation",
+]
 
 #: Scratch memory (bytes) one batched call may use; larger chunks are split.
 #: On a CPU, blocks that stay in cache run two to three times faster per row
@@ -37,6 +46,13 @@ PROBE_ROWS = 8
 #: Fewer rows than this are evaluated one by one with the compiled loss: a
 #: batch size of its own would cost a compilation that a short loop does not.
 MIN_BATCH = 32
+#: Timed calls of each block size a long CPU sweep compares (the first call of a size not counted).
+TRIAL_CALLS = 20
+#: A block size is tried where the sweep left takes this many times the budget block's compile time.
+TRIAL_WORTH = 5.0
+#: The wider block is kept where its calls take less than this part of the other's per point (means:
+#: the calls' times vary by 2 x, and the sizes differ in how often a call is slow, not in the fastest).
+TRIAL_GAIN = 0.95
 #: Relative difference allowed between a compiled and a plain evaluation at
 #: the same point (XLA fuses and reorders; anything larger means the compiled
 #: function is not the same function, e.g. a Python side effect was frozen).
@@ -56,6 +72,10 @@ class BatchedEvaluation:
     row_scratch: float | None
     compile_seconds: float
     row_seconds: float
+    shifted_seconds: dict[int, list[float]]
+    shifted_done: int
+    compiled: bool
+    single: Any
     timed_sizes: set[int]
     batch_failed: bool
     shifted_executables: dict[int, Any]
@@ -131,9 +151,14 @@ class BatchedEvaluation:
         try:
             with x64(self.float64):
                 base = self.compiled_input(x)
-                for start in range(0, len(idx), step):
+                start = 0
+                while start < len(idx):
+                    if self.shifted_checked:
+                        step = max(1, min(len(idx), self._tuned_rows(len(idx) - start)))
                     i, s = idx[start : start + step], shift[start : start + step]
                     out[start : start + len(i)] = self._shifted_padded(base, i, s)
+                    start += len(i)
+                    self.shifted_done += len(i)
         except Exception as exc:
             raise_if_users(exc)
             if self.shifted_checked or not isinstance(exc, (RuntimeError, NotImplementedError, TypeError)):
@@ -182,7 +207,56 @@ class BatchedEvaluation:
         out = np.asarray(self.shifted_executables[size](base, i, s), dtype=np.float64)[:k]
         if compiled_before:  # a first call may include work of its own
             self.row_seconds = (time.perf_counter() - start) / size
+            self.shifted_seconds.setdefault(size, []).append(self.row_seconds)
         return out
+
+    def _tuned_rows(self, here_left: int) -> int:
+        """Points per call for the rest of a sweep: the scratch budget's, or twice as many where faster.
+
+        How fast a block runs per point depends on the model as much as on
+        its scratch memory (on one CPU, a 5,410-parameter MLP ran 15% faster
+        per point at twice the budget's block, a small CNN 8% slower), so on
+        a CPU a long sweep measures both: the mean time per point of
+        :data:`TRIAL_CALLS` timed calls of each, one size after the other
+        (taking turns, the two sizes ran alike: the faster block is faster
+        when it runs on), the first call of a size left out (the sizes differ in how often a call is slow).  The faster
+        is kept in the notes of the compiled loss (:func:`.programs.program_notes`), for the
+        rest of the sweep and for later checks of the same program.  Tried
+        only where the sweep left (a full sweep's two points per coordinate,
+        less those evaluated) is worth :data:`TRIAL_WORTH` times what
+        compiling the budget's block took and leaves room for the trial, and
+        where this call has two wide blocks left (``here_left``; a sampled
+        sweep, shorter than a full one, may pay for one compile in vain);
+        accelerators keep the budget's block, which is a memory limit there.
+        """
+        budget = self.max_rows
+        if not self.compiled or _platform(self.device) != "cpu":
+            return budget
+        notes = program_notes(self.single)
+        chosen = notes.get("sweep_rows")
+        if chosen is not None and chosen[0] == budget:
+            return int(chosen[1])
+        wide = 2 * budget
+        here = self.shifted_seconds.get(budget, [])
+        there = self.shifted_seconds.get(wide, [])
+        if len(here) < TRIAL_CALLS:
+            return budget
+        if not there and wide not in self.shifted_executables:  # not tried yet: worth a compile?
+            compiled = self.shifted_executables.get(budget)
+            compile_seconds = program_notes(compiled).get("compile_seconds") if compiled is not None else None
+            room = max(here_left, 2 * self.flat.n - self.shifted_done)  # a full sweep's points left
+            if (
+                compile_seconds is None
+                or room * _mean(here) < TRIAL_WORTH * compile_seconds
+                or room < 2 * wide * TRIAL_CALLS
+                or here_left < 2 * wide
+            ):
+                return budget
+        if len(there) < TRIAL_CALLS:
+            return wide
+        best = wide if _mean(there) < TRIAL_GAIN * _mean(here) else budget
+        notes["sweep_rows"] = (budget, best)
+        return best
 
     def _loop(self, rows: np.ndarray) -> np.ndarray:
         states = [(r, r.get()) for r in python_rng_states()]
@@ -261,6 +335,10 @@ class BatchedEvaluation:
             self.row_seconds = (time.perf_counter() - start) / size
         self.timed_sizes.add(size)
         return out
+
+
+def _mean(seconds: list[float]) -> float:
+    return sum(seconds) / len(seconds)
 
 
 def _same(a: Any, b: Any, dtype: Any = np.float64) -> bool:

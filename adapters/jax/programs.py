@@ -9,23 +9,28 @@ traces to, with the jaxpr's constants and the device: a trace to the same
 jaxpr with equal constants is the same computation, whatever Python object
 it came from (a new lambda each time, say), while a loss whose captured
 arrays have changed traces to other constants and is compiled afresh.  The
-most recent :data:`KEPT` programs are kept.
+most recent :data:`KEPT` programs are kept, each with its notes
+(:func:`program_notes`: how long it took to compile, and what later checks
+learnt about it, such as the block size its sweep runs fastest at).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-__all__ = ["KEPT", "compiled_program"]
+__all__ = ["KEPT", "compiled_program", "program_notes"]
 
 #: How many compiled programs are kept (the least recently used go first).
 KEPT = 32
 
 _kept: OrderedDict[tuple[str, str, tuple[int, ...]], tuple[list[Any], list[Any], Any]] = OrderedDict()
+#: Notes on each kept program, by its id (dropped with the program).
+_notes: dict[int, dict[str, Any]] = {}
 _lock = threading.Lock()
 
 
@@ -51,15 +56,36 @@ def compiled_program(traced: Any, device: Any) -> Any:
         if hit is not None and _equal(hit[0], consts):
             _kept.move_to_end(key)
             return hit[2]
+    start = time.perf_counter()
     program = traced.lower().compile()
+    seconds = time.perf_counter() - start
     # numpy constants are the caller's arrays, which may change in place later: keep copies
     kept = [np.array(c) if isinstance(c, np.ndarray) else c for c in consts]
     with _lock:
+        old = _kept.get(key)
+        if old is not None:
+            _notes.pop(id(old[2]), None)
         _kept[key] = (kept, hosts, program)
+        _notes[id(program)] = {"compile_seconds": seconds}
         _kept.move_to_end(key)
         while len(_kept) > KEPT:
-            _kept.popitem(last=False)
+            _, (_, _, dropped) = _kept.popitem(last=False)
+            _notes.pop(id(dropped), None)
     return program
+
+
+def program_notes(program: Any) -> dict[str, Any]:
+    """The notes kept with a program :func:`compiled_program` returned (a fresh dict once it is dropped).
+
+    ``"compile_seconds"``: how long compiling it took, whether this check
+    compiled it or found it kept.  Other keys are their writers': what one
+    check measured, the next check of the same program reads.
+    """
+    with _lock:
+        notes = _notes.get(id(program))
+        if notes is not None and any(entry[2] is program for entry in _kept.values()):
+            return notes
+    return {}
 
 
 def _host_functions(jaxpr: Any) -> list[Any]:

@@ -84,6 +84,8 @@ class Runner(BatchedEvaluation):
         self.vmapped: Any = None
         self.executables: dict[int, Any] = {}
         self.shifted_executables: dict[int, Any] = {}
+        self.shifted_seconds: dict[int, list[float]] = {}  # per point, per block size
+        self.shifted_done = 0  # points evaluated by evaluate_shifted
         self.shifted_failed = False
         self.shifted_checked = False
         self.max_rows = 1 << 30
