@@ -591,32 +591,50 @@ def test_a_loss_the_moved_points_cannot_be_built_for_is_swept_by_rows() -> None:
 
 
 def test_block_size_trial_keeps_the_faster_of_two_sizes() -> None:
-    """The decision alone, on measured times given to it: the wider block only where clearly faster."""
+    """The decision alone, on measured times given to it: the wider block only where clearly faster
+    than the budget's calls on both sides of it."""
     import types
 
     from gradcheck_core.adapters.jax import batching
 
-    def state(here: list[float], there: list[float], compiled_wide: bool = True) -> Any:
+    calls = batching.TRIAL_CALLS
+
+    def state(before: list[float], there: list[float], after: list[float] | None = None) -> Any:
+        marks = None if after is None else [len(before), len(before)]
         return types.SimpleNamespace(
             max_rows=8,
             compiled=True,
             device=None,
             single=object(),  # not a kept program: its notes are a fresh dict
-            shifted_seconds={8: here, 16: there},
-            shifted_executables={8: object(), **({16: object()} if compiled_wide else {})},
+            shifted_seconds={8: before + (after or []), 16: there},
+            shifted_executables={8: object(), 16: object()},
             flat=types.SimpleNamespace(n=10_000),
             shifted_done=0,
+            trial_marks=marks,
+            fresh_sizes=set(),
+            sweep_rows=None,
+            _trial_pays=lambda *args: True,
         )
 
     decide = batching.BatchedEvaluation._tuned_rows
-    calls = batching.TRIAL_CALLS
     assert decide(state([1.0] * (calls - 1), []), 1000) == 8  # the budget's block is still being timed
-    assert decide(state([1.0] * calls, [0.5] * (calls - 1)), 1000) == 16  # the wider one is being timed
-    assert decide(state([1.0] * calls, [0.5] * calls), 1000) == 16
-    assert decide(state([1.0] * calls, [0.99] * calls), 1000) == 8  # within the machine's noise: the budget's
-    assert decide(state([1.0] * calls, [2.0] * calls), 1000) == 8
-    # not tried where compiling it is not known to pay: the budget's block was never compiled by a kept program
-    assert decide(state([1.0] * calls, [], compiled_wide=False), 1000) == 8
+    assert decide(state([1.0] * calls, []), 1000) == 16  # then the wider one
+    assert decide(state([1.0] * calls, [0.5] * (calls - 1), []), 1000) == 16
+    assert decide(state([1.0] * calls, [0.5] * calls, [1.0] * (calls - 1)), 1000) == 8  # the budget's again
+    assert decide(state([1.0] * calls, [0.5] * calls, [1.0] * calls), 1000) == 16
+    assert decide(state([1.0] * calls, [0.99] * calls, [1.0] * calls), 1000) == 8  # within the noise
+    assert decide(state([1.0] * calls, [2.0] * calls, [1.0] * calls), 1000) == 8
+    # the machine slowed down during the trial: the wider block is judged against both sides
+    assert decide(state([1.0] * calls, [1.2] * calls, [2.0] * calls), 1000) == 16
+    assert decide(state([2.0] * calls, [1.8] * calls, [1.0] * calls), 1000) == 8
+    # not tried where a compile is not known to pay
+    never = state([1.0] * calls, [])
+    never._trial_pays = lambda *args: False
+    assert decide(never, 1000) == 8
+    # a wider block compiled during this sweep: chosen for this sweep, not noted for the next checks
+    fresh = state([1.0] * calls, [0.5] * calls, [1.0] * calls)
+    fresh.fresh_sizes = {16}
+    assert decide(fresh, 1000) == 16 and fresh.sweep_rows == 16
 
 
 def test_a_long_cpu_sweep_tries_a_wider_block_and_later_checks_keep_the_choice(
@@ -649,6 +667,11 @@ def test_a_long_cpu_sweep_tries_a_wider_block_and_later_checks_keep_the_choice(
     budget = seen["runner"].max_rows
     assert first.verdict == "pass", str(first)
     assert 2 * budget in sizes  # the wider block was tried
+    # compiled during that sweep, the wider block is tried again by the next check, which notes the choice
+    assert "sweep_rows" not in programs.program_notes(seen["runner"].single)
+    sizes.clear()
+    again = gc.check(loss, params, mode="full")
+    assert 2 * budget in sizes
     chosen = programs.program_notes(seen["runner"].single).get("sweep_rows")
     assert chosen is not None and chosen[0] == budget and chosen[1] in (budget, 2 * budget)
 
@@ -663,6 +686,6 @@ def test_a_long_cpu_sweep_tries_a_wider_block_and_later_checks_keep_the_choice(
 
     monkeypatch.setattr(batching.BatchedEvaluation, "_tuned_rows", lambda self, left: self.max_rows)
     plain = gc.check(loss, params, mode="full")
-    for report in (first, second):
+    for report in (first, again, second):
         assert report.verdict == plain.verdict and report.nfev == plain.nfev
         assert report.rel_error == pytest.approx(plain.rel_error, rel=1e-6, abs=1e-12)

@@ -22,7 +22,7 @@ from gradcheck_core.flatten import Flat
 
 from ..base import python_rng_states
 from .callbacks import raise_if_users
-from .programs import compiled_program, program_notes
+from .programs import compiled_program, compiles, program_notes
 from .x64_mode import x64
 
 __all__ = [
@@ -47,7 +47,7 @@ PROBE_ROWS = 8
 #: batch size of its own would cost a compilation that a short loop does not.
 MIN_BATCH = 32
 #: Timed calls of each block size a long CPU sweep compares (the first call of a size not counted).
-TRIAL_CALLS = 20
+TRIAL_CALLS = 60
 #: A block size is tried where the sweep left takes this many times the budget block's compile time.
 TRIAL_WORTH = 5.0
 #: The wider block is kept where its calls take less than this part of the other's per point (means:
@@ -74,6 +74,9 @@ class BatchedEvaluation:
     row_seconds: float
     shifted_seconds: dict[int, list[float]]
     shifted_done: int
+    trial_marks: list[int] | None
+    fresh_sizes: set[int]
+    sweep_rows: int | None
     compiled: bool
     single: Any
     timed_sizes: set[int]
@@ -200,9 +203,11 @@ class BatchedEvaluation:
             def moved(b: Any, i_: Any, s_: Any) -> Any:
                 return jax.vmap(lambda j, t: of_vector(b.at[j].add(t)))(i_, s_)
 
-            start = time.perf_counter()
+            start, before = time.perf_counter(), compiles()
             self.shifted_executables[size] = compiled_program(jax.jit(moved).trace(base, i, s), self.device)
             self.compile_seconds = time.perf_counter() - start
+            if compiles() > before:
+                self.fresh_sizes.add(size)
         start = time.perf_counter()
         out = np.asarray(self.shifted_executables[size](base, i, s), dtype=np.float64)[:k]
         if compiled_before:  # a first call may include work of its own
@@ -216,22 +221,29 @@ class BatchedEvaluation:
         How fast a block runs per point depends on the model as much as on
         its scratch memory (on one CPU, a 5,410-parameter MLP ran 15% faster
         per point at twice the budget's block, a small CNN 8% slower), so on
-        a CPU a long sweep measures both: the mean time per point of
-        :data:`TRIAL_CALLS` timed calls of each, one size after the other
-        (taking turns, the two sizes ran alike: the faster block is faster
-        when it runs on), the first call of a size left out (the sizes differ in how often a call is slow).  The faster
-        is kept in the notes of the compiled loss (:func:`.programs.program_notes`), for the
-        rest of the sweep and for later checks of the same program.  Tried
-        only where the sweep left (a full sweep's two points per coordinate,
-        less those evaluated) is worth :data:`TRIAL_WORTH` times what
-        compiling the budget's block took and leaves room for the trial, and
-        where this call has two wide blocks left (``here_left``; a sampled
-        sweep, shorter than a full one, may pay for one compile in vain);
-        accelerators keep the budget's block, which is a memory limit there.
+        a CPU a long sweep measures both: :data:`TRIAL_CALLS` timed calls of
+        the budget's block, as many of the wider block (its first call left
+        out), and as many of the budget's again, each size running on (taking
+        turns call by call, the two sizes ran alike: the faster block is
+        faster when it runs on), and the wider block's mean time per point
+        is compared with the budget's calls on both sides of it (a machine
+        that slows down or speeds up meanwhile moves both alike).  The faster
+        is kept for the rest of the sweep, and where the wider block was not
+        compiled during this sweep, in the notes of the compiled loss
+        (:func:`.programs.program_notes`), for later checks of the same
+        program.  Tried only where the sweep left (a
+        full sweep's two points per coordinate, less those evaluated) is worth
+        :data:`TRIAL_WORTH` times what compiling the budget's block took and
+        leaves room for the trial, and where this call has two wide blocks
+        left (``here_left``; a sampled sweep, shorter than a full one, may pay
+        for one compile in vain); accelerators keep the budget's block, which
+        is a memory limit there.
         """
         budget = self.max_rows
         if not self.compiled or _platform(self.device) != "cpu":
             return budget
+        if self.sweep_rows is not None:
+            return self.sweep_rows
         notes = program_notes(self.single)
         chosen = notes.get("sweep_rows")
         if chosen is not None and chosen[0] == budget:
@@ -239,24 +251,40 @@ class BatchedEvaluation:
         wide = 2 * budget
         here = self.shifted_seconds.get(budget, [])
         there = self.shifted_seconds.get(wide, [])
-        if len(here) < TRIAL_CALLS:
-            return budget
-        if not there and wide not in self.shifted_executables:  # not tried yet: worth a compile?
-            compiled = self.shifted_executables.get(budget)
-            compile_seconds = program_notes(compiled).get("compile_seconds") if compiled is not None else None
-            room = max(here_left, 2 * self.flat.n - self.shifted_done)  # a full sweep's points left
-            if (
-                compile_seconds is None
-                or room * _mean(here) < TRIAL_WORTH * compile_seconds
-                or room < 2 * wide * TRIAL_CALLS
-                or here_left < 2 * wide
-            ):
+        if self.trial_marks is None:  # not tried yet: worth a compile?
+            if len(here) < TRIAL_CALLS or not self._trial_pays(budget, wide, here, here_left):
                 return budget
+            self.trial_marks = [len(here)]
         if len(there) < TRIAL_CALLS:
             return wide
-        best = wide if _mean(there) < TRIAL_GAIN * _mean(here) else budget
-        notes["sweep_rows"] = (budget, best)
+        if len(self.trial_marks) == 1:
+            self.trial_marks.append(len(here))
+        began, ended = self.trial_marks
+        if len(here) - ended < TRIAL_CALLS:
+            return budget
+        beside = here[began - TRIAL_CALLS : began] + here[ended : ended + TRIAL_CALLS]
+        best = wide if _mean(there) < TRIAL_GAIN * _mean(beside) else budget
+        if wide in self.fresh_sizes:
+            # compiled during this sweep, the wider block ran slower for a while than it does
+            # once warm (one XLA thread: 91 to 100 us a point, then 73): this sweep takes the
+            # choice, and the next check of the program, which finds it compiled, tries again
+            self.sweep_rows = best
+        else:
+            notes["sweep_rows"] = (budget, best)
         return best
+
+    def _trial_pays(self, budget: int, wide: int, here: list[float], here_left: int) -> bool:
+        """Whether the sweep left is long enough to try the wider block (see :meth:`_tuned_rows`)."""
+        compiled = self.shifted_executables.get(budget)
+        compile_seconds = program_notes(compiled).get("compile_seconds") if compiled is not None else None
+        if compile_seconds is None and wide not in self.shifted_executables:
+            return False
+        room = max(here_left, 2 * self.flat.n - self.shifted_done)  # a full sweep's points left
+        return (
+            room * _mean(here) >= TRIAL_WORTH * (compile_seconds or 0.0)
+            and room >= 3 * TRIAL_CALLS * wide
+            and here_left >= 2 * wide
+        )
 
     def _loop(self, rows: np.ndarray) -> np.ndarray:
         states = [(r, r.get()) for r in python_rng_states()]

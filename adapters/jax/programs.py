@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KEPT", "compiled_program", "program_notes"]
+__all__ = ["KEPT", "compiled_program", "compiles", "program_notes"]
 
 #: How many compiled programs are kept (the least recently used go first).
 KEPT = 32
@@ -31,6 +31,8 @@ KEPT = 32
 _kept: OrderedDict[tuple[str, str, tuple[int, ...]], tuple[list[Any], list[Any], Any]] = OrderedDict()
 #: Notes on each kept program, by its id (dropped with the program).
 _notes: dict[int, dict[str, Any]] = {}
+#: Programs compiled so far (not found kept).
+_compiled_count = [0]
 _lock = threading.Lock()
 
 
@@ -67,11 +69,17 @@ def compiled_program(traced: Any, device: Any) -> Any:
             _notes.pop(id(old[2]), None)
         _kept[key] = (kept, hosts, program)
         _notes[id(program)] = {"compile_seconds": seconds}
+        _compiled_count[0] += 1
         _kept.move_to_end(key)
         while len(_kept) > KEPT:
             _, (_, _, dropped) = _kept.popitem(last=False)
             _notes.pop(id(dropped), None)
     return program
+
+
+def compiles() -> int:
+    """How many programs :func:`compiled_program` has compiled (rather than found kept) so far."""
+    return _compiled_count[0]
 
 
 def program_notes(program: Any) -> dict[str, Any]:
