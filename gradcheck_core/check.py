@@ -51,8 +51,6 @@ AUTO_FULL_SIZE = 2000
 NOISY = 1e-12
 #: Parameters from which a noisy-looking probe along all of them is checked along single tensors.
 WIDE_PROBE = 100_000
-#: Points of one segment of the noise probe (:func:`~gradcheck_core.differences.estimate_noise`).
-PROBE_POINTS = 8
 #: The probe's rows go to an executor only up to this many floats in all (8 MiB).
 PROBE_ROWS_MOST = 1 << 20
 # mode="full" is refused above this many coordinates (the sweep keeps a few
@@ -161,7 +159,7 @@ def _probe_to_executor(fun: Any, n: int, t_eval: float) -> bool:
     """
     if getattr(fun, "executor", None) is None:
         return False
-    return PROBE_POINTS * t_eval >= PART_SECONDS and PROBE_POINTS * n <= PROBE_ROWS_MOST
+    return fd.NOISE_POINTS * t_eval >= PART_SECONDS and fd.NOISE_POINTS * n <= PROBE_ROWS_MOST
 
 
 def _generators(framework: str) -> str:

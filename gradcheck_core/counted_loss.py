@@ -437,12 +437,12 @@ def _part_count(rows: int, eval_seconds: float | None, workers: int | None) -> i
     workers buy only balance between workers of unequal speed, and a count
     that is not a multiple of the workers leaves some of them idle at the end.
     """
+    if workers is not None:
+        two_each = eval_seconds is not None and rows * eval_seconds >= 2 * workers * BALANCED_PART_SECONDS
+        return max(1, min(rows, (2 if two_each else 1) * workers))
     wanted = min(rows, 64)
     if eval_seconds is not None:
         wanted = min(wanted, max(2, math.ceil(rows * eval_seconds / PART_SECONDS)))
-    if workers is not None:
-        two_each = eval_seconds is not None and rows * eval_seconds >= 2 * workers * BALANCED_PART_SECONDS
-        wanted = min(rows, (2 if two_each else 1) * workers)
     return max(1, wanted)
 
 

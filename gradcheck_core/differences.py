@@ -32,6 +32,7 @@ import numpy as np
 __all__ = [
     "EPS",
     "METHODS",
+    "NOISE_POINTS",
     "Refined",
     "add_scaled",
     "along",
@@ -382,13 +383,17 @@ def _checked_against(best: Refined, smaller: Refined) -> float:
     return max(best.error, gap + smaller.error)
 
 
+#: Points of one segment of the noise probe (:func:`estimate_noise`).
+NOISE_POINTS = 8
+
+
 def estimate_noise(
     fun: Callable[[np.ndarray], float],
     x0: np.ndarray,
     f0: float,
     rng: np.random.Generator,
     *,
-    points: int = 8,
+    points: int = NOISE_POINTS,
     rel_step: float = 1e-6,
     batch: Callable[[np.ndarray], np.ndarray] | None = None,
     block: slice | None = None,

@@ -244,14 +244,14 @@ class BatchedEvaluation:
             return budget
         if self.sweep_rows is not None:
             return self.sweep_rows
-        notes = program_notes(self.single)
-        chosen = notes.get("sweep_rows")
-        if chosen is not None and chosen[0] == budget:
-            return int(chosen[1])
         wide = 2 * budget
         here = self.shifted_seconds.get(budget, [])
         there = self.shifted_seconds.get(wide, [])
-        if self.trial_marks is None:  # not tried yet: worth a compile?
+        if self.trial_marks is None:  # not tried yet: chosen by an earlier check, or worth a compile?
+            chosen = program_notes(self.single).get("sweep_rows")
+            if chosen is not None and chosen[0] == budget:
+                self.sweep_rows = int(chosen[1])
+                return self.sweep_rows
             if len(here) < TRIAL_CALLS or not self._trial_pays(budget, wide, here, here_left):
                 return budget
             self.trial_marks = [len(here)]
@@ -263,15 +263,13 @@ class BatchedEvaluation:
         if len(here) - ended < TRIAL_CALLS:
             return budget
         beside = here[began - TRIAL_CALLS : began] + here[ended : ended + TRIAL_CALLS]
-        best = wide if _mean(there) < TRIAL_GAIN * _mean(beside) else budget
-        if wide in self.fresh_sizes:
-            # compiled during this sweep, the wider block ran slower for a while than it does
-            # once warm (one XLA thread: 91 to 100 us a point, then 73): this sweep takes the
-            # choice, and the next check of the program, which finds it compiled, tries again
-            self.sweep_rows = best
-        else:
-            notes["sweep_rows"] = (budget, best)
-        return best
+        self.sweep_rows = wide if _mean(there) < TRIAL_GAIN * _mean(beside) else budget
+        # Compiled during this sweep, the wider block ran slower for a while than it does once
+        # warm (one XLA thread: 91 to 100 us a point, then 73): this sweep takes the choice, and
+        # the next check of the program, which finds it compiled, tries again.
+        if wide not in self.fresh_sizes:
+            program_notes(self.single)["sweep_rows"] = (budget, self.sweep_rows)
+        return self.sweep_rows
 
     def _trial_pays(self, budget: int, wide: int, here: list[float], here_left: int) -> bool:
         """Whether the sweep left is long enough to try the wider block (see :meth:`_tuned_rows`)."""

@@ -29,8 +29,8 @@ __all__ = ["KEPT", "compiled_program", "compiles", "program_notes"]
 KEPT = 32
 
 _kept: OrderedDict[tuple[str, str, tuple[int, ...]], tuple[list[Any], list[Any], Any]] = OrderedDict()
-#: Notes on each kept program, by its id (dropped with the program).
-_notes: dict[int, dict[str, Any]] = {}
+#: Each kept program and its notes, by the program's id (dropped with the program).
+_notes: dict[int, tuple[Any, dict[str, Any]]] = {}
 #: Programs compiled so far (not found kept).
 _compiled_count = [0]
 _lock = threading.Lock()
@@ -68,7 +68,7 @@ def compiled_program(traced: Any, device: Any) -> Any:
         if old is not None:
             _notes.pop(id(old[2]), None)
         _kept[key] = (kept, hosts, program)
-        _notes[id(program)] = {"compile_seconds": seconds}
+        _notes[id(program)] = (program, {"compile_seconds": seconds})
         _compiled_count[0] += 1
         _kept.move_to_end(key)
         while len(_kept) > KEPT:
@@ -90,10 +90,8 @@ def program_notes(program: Any) -> dict[str, Any]:
     check measured, the next check of the same program reads.
     """
     with _lock:
-        notes = _notes.get(id(program))
-        if notes is not None and any(entry[2] is program for entry in _kept.values()):
-            return notes
-    return {}
+        entry = _notes.get(id(program))
+    return entry[1] if entry is not None and entry[0] is program else {}
 
 
 def _host_functions(jaxpr: Any) -> list[Any]:

@@ -88,7 +88,7 @@ class Runner(BatchedEvaluation):
         self.shifted_done = 0  # points evaluated by evaluate_shifted
         self.trial_marks: list[int] | None = None  # the budget block's timings when the trial began, ended
         self.fresh_sizes: set[int] = set()  # block sizes compiled during this check
-        self.sweep_rows: int | None = None  # this sweep's block where the trial's choice is not kept
+        self.sweep_rows: int | None = None  # the block the rest of this sweep runs at, once chosen
         self.shifted_failed = False
         self.shifted_checked = False
         self.max_rows = 1 << 30
